@@ -1,0 +1,159 @@
+"""The ASGI application: routes, the lifespan that builds the bridge, and error rendering.
+
+Errors are rendered here and nowhere else: a BridgeError becomes
+``{"success": false, "error": message}`` with its status; routing's 404/405 the
+same; anything unexpected a logged 500 in the same shape, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import reverse_api
+from .config import Config
+from .errors import BridgeError, PayloadTooLarge
+from .logs import request_id_var
+from .plugins import PluginRegistry
+from .runtime import open_bridge
+
+log = logging.getLogger("bridge.http")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Basic realm="pipedrive-video-bridge"'} if status == 401 else None
+    return JSONResponse({"success": False, "error": message}, status_code=status, headers=headers)
+
+
+async def _bridge_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BridgeError)
+    if exc.status >= 500:
+        log.warning("request failed", extra={"status": exc.status, "error": exc.message})
+    return error_response(exc.status, exc.message)
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    messages = {404: "not found", 405: "method not allowed"}
+    response = error_response(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+class RequestMiddleware:
+    """Request id, access log, body-size limit, and the last catch for unexpected errors."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            length = headers.get(b"content-length", b"")
+            if length and (not length.isdigit() or int(length) > self.max_body_bytes):
+                response = _too_large(self.max_body_bytes) if length.isdigit() else \
+                    error_response(400, "invalid Content-Length")
+                await response(scope, receive, send_with_id)
+            else:
+                await self.app(scope, self._limited(receive), send_with_id)
+        except Exception:
+            log.exception("unhandled error")
+            if not response_started:
+                await error_response(500, "internal error; the request id is in X-Request-ID")(
+                    scope, receive, send_with_id)
+        finally:
+            log.info("request", extra={"method": scope["method"], "path": scope["path"], "status": status,
+                                       "ms": round((time.perf_counter() - started) * 1000, 2)})
+            request_id_var.reset(token)
+
+    def _limited(self, receive: Receive) -> Receive:
+        seen = 0
+        limit = self.max_body_bytes
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+            return message
+
+        return limited
+
+
+def _too_large(limit: int) -> Response:
+    return error_response(413, f"the body is larger than {limit} bytes")
+
+
+async def healthz(_request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    try:
+        await request.state.bridge.store.ping()
+    except Exception as exc:
+        log.warning("not ready", extra={"error": exc.__class__.__name__})
+        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
+    return JSONResponse({"status": "ready", "database": "ok"})
+
+
+def create_app(config: Config, registry: PluginRegistry | None = None,
+               transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
+    """The bridge as an ASGI app. ``registry`` and ``transport`` let tests choose plugins and fake vendors."""
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        async with open_bridge(config, registry, transport=transport) as bridge:
+            log.info("bridge ready", extra={"backends": sorted(bridge.backends.available),
+                                            "default_backend": config.meetings.default_backend})
+            yield {"bridge": bridge}
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        *reverse_api.routes,
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={BridgeError: _bridge_error, HTTPException: _http_error},
+    )
+    app.add_middleware(RequestMiddleware, max_body_bytes=config.server.max_body_bytes)
+    return app

@@ -1,0 +1,105 @@
+"""The backend interface: what a video vendor plugin implements.
+
+A plugin hands the core backend *classes* through the ``register_backends`` hook
+(see ``bridge.hookspecs``). At start-up the core builds each allowed backend once
+from its own TOML table with :meth:`Backend.from_config`; then, for every
+meeting, it calls ``create``, ``update`` or ``delete`` with a :class:`BackendContext`
+that carries everything the backend may use and nothing else.
+
+Errors: raise ``bridge.errors.BackendError`` (or ``BackendUnavailable`` /
+``BackendTimeout``) with a message for the person reading it. Network errors of
+the shared ``httpx.AsyncClient`` are mapped by the core; anything else a backend
+raises is answered as a 502 and logged.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, Protocol, Self
+
+import httpx
+
+
+@dataclass(frozen=True)
+class MeetingRequest:
+    """The validated body of postMeeting / patchUpdateMeeting."""
+
+    topic: str
+    start_time: datetime  # timezone-aware, UTC
+    duration: int  # minutes, > 0
+
+    @property
+    def end_time(self) -> datetime:
+        return self.start_time + timedelta(minutes=self.duration)
+
+
+@dataclass(frozen=True)
+class UserIdentity:
+    """The Pipedrive user behind the link."""
+
+    link_id: str
+    user_id: int
+    company_id: int
+    name: str = ""
+    email: str = ""
+
+
+class CredentialStore(Protocol):
+    """Encrypted key-value storage scoped to one (link, backend): a backend sees only its own."""
+
+    async def get(self, name: str) -> str | None: ...
+
+    async def set(self, name: str, value: str) -> None: ...
+
+    async def delete(self, name: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class BackendContext:
+    user: UserIdentity
+    http: httpx.AsyncClient
+    credentials: CredentialStore
+
+
+@dataclass(frozen=True)
+class Room:
+    """A room the vendor made; ``vendor_meeting_id`` is what update and delete receive."""
+
+    vendor_meeting_id: str
+    join_url: str
+    invitation: str
+    password: str | None = None
+
+
+class Backend(ABC):
+    """One video vendor. Subclasses set ``name`` (a-z, 0-9, -, _) and ``title``."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Self:
+        """Build the backend from its ``[backends.<name>]`` table.
+
+        Raise ``ValueError("setting: what is wrong")`` for a bad value; the core
+        reports it with the table's name. The default accepts no settings.
+        """
+        if config:
+            raise ValueError(f"{', '.join(config)}: unknown setting")
+        return cls()
+
+    @abstractmethod
+    async def create(self, ctx: BackendContext, meeting: MeetingRequest) -> Room:
+        """Create a room for the meeting."""
+
+    @abstractmethod
+    async def update(self, ctx: BackendContext, vendor_meeting_id: str, meeting: MeetingRequest) -> Room:
+        """Move or rename the room; return it (a new ``vendor_meeting_id`` means a new room,
+        and the core deletes the old one once the new one is stored)."""
+
+    @abstractmethod
+    async def delete(self, ctx: BackendContext, vendor_meeting_id: str) -> None:
+        """Remove the room; a room that is already gone counts as deleted."""

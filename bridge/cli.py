@@ -1,0 +1,224 @@
+"""The ``pipedrive-video-bridge`` command: serve, check, manifest, links, plugins, keys, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__, migrations
+from .config import Config, load_config
+from .errors import ConfigError
+from .logs import configure_logging
+from .manifest import build_manifest, manifest_problems, render_manifest, write_manifest
+from .plugins import load_plugins
+from .runtime import StartupError, build_backends, open_bridge, open_store, prepare_database
+from .vault import generate_key
+
+EXIT_PROBLEM = 2
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_PROBLEM
+
+
+def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    configure_logging(config.logging.level, config.logging.format, config.secret_values())
+    try:
+        asyncio.run(_preflight(config))
+    except StartupError as exc:
+        return _fail(str(exc))
+    host = args.host or config.server.host
+    port = args.port or config.server.port
+    if config.pipedrive.trial:
+        print("local trial: the reverse API accepts the built-in trial credentials (see README); "
+              "set [pipedrive] client_id and client_secret before connecting Pipedrive", file=sys.stderr)
+    uvicorn.run(create_app(config), host=host, port=port, log_config=None, access_log=False,
+                proxy_headers=True, server_header=False)
+    return 0
+
+
+async def _preflight(config: Config) -> None:
+    async with open_bridge(config):
+        pass
+
+
+def cmd_check(config: Config, _args: argparse.Namespace) -> int:
+    registry = load_plugins()
+    _backends, problems = build_backends(registry, config)
+    problems += registry.problems()
+    problems += [f"[meetings] allowed_backends: no installed plugin provides {name!r}"
+                 for name in config.meetings.allowed_backends if name not in registry.backends]
+    problems += [f"manifest {p}" for p in manifest_problems(build_manifest(config))]
+    where = config.source or "built-in defaults"
+    if problems:
+        print(f"{where}: {len(problems)} problem(s)", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    print(f"{where}: OK (backends: {', '.join(sorted(registry.backends))}; "
+          f"default: {config.meetings.default_backend})")
+    return 0
+
+
+def cmd_manifest(config: Config, args: argparse.Namespace) -> int:
+    if args.output == "-":
+        manifest = build_manifest(config)
+        problems = manifest_problems(manifest)
+        if problems:
+            return _fail("the manifest would be invalid:\n" + "\n".join(problems))
+        sys.stdout.write(render_manifest(manifest))
+        return 0
+    try:
+        write_manifest(config, Path(args.output))
+    except (ValueError, OSError) as exc:
+        return _fail(str(exc))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_links_create(config: Config, args: argparse.Namespace) -> int:
+    if args.backend and args.backend not in config.meetings.allowed_backends:
+        return _fail(f"backend {args.backend!r} is not in [meetings] allowed_backends")
+
+    async def run() -> str:
+        async with open_bridge(config) as bridge:
+            link = await bridge.store.create_link(pipedrive_user_id=args.user_id, company_id=args.company_id,
+                                                  user_name=args.name, user_email=args.email,
+                                                  backend=args.backend)
+            return link.id
+
+    try:
+        print(asyncio.run(run()))
+    except StartupError as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def cmd_links_list(config: Config, _args: argparse.Namespace) -> int:
+    async def run() -> list[Any]:
+        async with open_bridge(config) as bridge:
+            return await bridge.store.list_links()
+
+    try:
+        links = asyncio.run(run())
+    except StartupError as exc:
+        return _fail(str(exc))
+    for link in links:
+        print(f"{link.id}  user={link.pipedrive_user_id} company={link.company_id} "
+              f"backend={link.backend or '(default)'} status={link.status}")
+    return 0
+
+
+def cmd_plugins(_config: Config, args: argparse.Namespace) -> int:
+    registry = load_plugins()
+    rows = [{"name": p.name, "version": p.version, "backends": p.backends, "error": p.error}
+            for p in registry.plugins]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no plugins installed (pip install a plugin, e.g. plugins/jitsi)")
+    for row in rows if not args.json else []:
+        status = f"ERROR: {row['error']}" if row["error"] else f"backends: {', '.join(row['backends']) or '-'}"
+        print(f"{row['name']} {row['version'] or ''}  {status}")
+    return 1 if registry.problems() else 0
+
+
+def cmd_keys_generate(_config: Config, _args: argparse.Namespace) -> int:
+    print(generate_key())
+    return 0
+
+
+def cmd_keys_rotate(config: Config, _args: argparse.Namespace) -> int:
+    async def run() -> tuple[int, dict[str, int]]:
+        store = open_store(config)
+        try:
+            await prepare_database(store, config)
+            moved = await store.rotate()
+            return moved, await store.count_by_key()
+        finally:
+            store.close()
+
+    try:
+        moved, counts = asyncio.run(run())
+    except StartupError as exc:
+        return _fail(str(exc))
+    print(f"re-encrypted {moved} secret(s); rows per key id: {json.dumps(counts)}")
+    return 0
+
+
+def cmd_migrate(config: Config, _args: argparse.Namespace) -> int:
+    store = open_store(config)
+    try:
+        applied = migrations.migrate(store.engine)
+    except Exception as exc:
+        return _fail(f"migration failed: {exc.__class__.__name__}: {exc}")
+    finally:
+        store.close()
+    print(f"applied migrations {applied}" if applied else f"schema is up to date (version {migrations.LATEST})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipedrive-video-bridge",
+                                     description="Pipedrive's video calling app extension on your own vendor.")
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("-c", "--config", type=Path, help="TOML config file (default: $PVB_CONFIG, "
+                        "else built-in local-trial defaults)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, handler: Callable[[Config, argparse.Namespace], int], help: str,
+            parent: Any = sub) -> argparse.ArgumentParser:
+        command = parent.add_parser(name, help=help, description=help)
+        command.set_defaults(handler=handler)
+        return command
+
+    serve = add("serve", cmd_serve, "start the service")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    add("check", cmd_check, "validate the config, plugins and manifest; list every problem")
+    manifest = add("manifest", cmd_manifest, "write the manifest to upload to Pipedrive")
+    manifest.add_argument("-o", "--output", default="manifest.json", help="file to write, or - for stdout")
+    links = sub.add_parser("links", help="manage links (Pipedrive user connections)").add_subparsers(
+        dest="links_command", required=True)
+    create = add("create", cmd_links_create, "create a link for a Pipedrive user and print its linkId", links)
+    create.add_argument("--user-id", type=int, required=True)
+    create.add_argument("--company-id", type=int, required=True)
+    create.add_argument("--name", default="")
+    create.add_argument("--email", default="")
+    create.add_argument("--backend")
+    add("list", cmd_links_list, "list links", links)
+    plugins = add("plugins", cmd_plugins, "list installed plugins and their backends")
+    plugins.add_argument("--json", action="store_true")
+    keys = sub.add_parser("keys", help="vault keys").add_subparsers(dest="keys_command", required=True)
+    add("generate", cmd_keys_generate, "print a new random vault key", keys)
+    add("rotate", cmd_keys_rotate, "re-encrypt every stored secret with the first configured key", keys)
+    add("migrate", cmd_migrate, "apply pending database migrations")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print("error: the configuration is invalid:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_PROBLEM
+    if args.handler is not cmd_serve:
+        configure_logging("WARNING", "text", config.secret_values())
+    return int(args.handler(config, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Errors as values: a status and a message meant for the person reading it.
+
+Everything the reverse API can fail with is a :class:`BridgeError`; the app
+renders it in exactly one place (``bridge.app``) into Pipedrive's shape,
+``{"success": false, "error": "..."}``. Backends raise the subclasses below.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """An error with the HTTP status it should be answered with."""
+
+    status: int = 500
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(BridgeError):
+    status = 400
+
+
+class Unauthorized(BridgeError):
+    status = 401
+
+
+class NotFound(BridgeError):
+    status = 404
+
+
+class Gone(BridgeError):
+    status = 410
+
+
+class UnsupportedMediaType(BridgeError):
+    status = 415
+
+
+class PayloadTooLarge(BridgeError):
+    status = 413
+
+
+class ServiceUnavailable(BridgeError):
+    """The bridge itself cannot serve right now (database down, backend not installed)."""
+
+    status = 503
+
+
+class BackendError(BridgeError):
+    """The vendor refused or failed the call; the message says what the user should do."""
+
+    status = 502
+
+
+class BackendUnavailable(BackendError):
+    """The vendor could not be reached or asked us to come back later."""
+
+    status = 503
+
+
+class BackendTimeout(BackendError):
+    """The vendor did not answer in time."""
+
+    status = 504
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; ``problems`` lists each one as ``where: what``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems

@@ -1,0 +1,93 @@
+"""Structured logs with a request id, and a last line of defence against leaked secrets.
+
+Code logs plain messages with ``extra={...}`` fields; the formatter adds the time,
+level, logger and the id of the request being served. Before anything is written,
+every configured secret value and anything that looks like a credential
+(``Bearer …``, ``Basic …``, ``jwt=…``, ``access_token``…) is replaced by ``***``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
+_PATTERNS = [  # (pattern, replacement): the credential goes, what names it stays
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 ***"),
+    (re.compile(r"(?i)([?&](?:jwt|token|access_token|code|state)=)[^&\s\"']+"), r"\1***"),
+    (re.compile(r"(?i)(\"?(?:access_token|refresh_token|client_secret|password|app_secret|api_key)\"?\s*[:=]\s*\"?)"
+                r"[^\"',\s}]+"), r"\1***"),
+]
+
+
+class Redactor:
+    """Replaces known secret values and credential-shaped text with ``***``."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = set()
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        self._secrets.update(s for s in secrets if s and len(s) >= 6)
+
+    def __call__(self, text: str) -> str:
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            if secret in text:
+                text = text.replace(secret, "***")
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
+        return text
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, redact: Redactor, as_json: bool) -> None:
+        super().__init__()
+        self.redact = redact
+        self.as_json = as_json
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        request_id = request_id_var.get()
+        if request_id:
+            fields["request_id"] = request_id
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                fields[key] = value
+        if record.exc_info:
+            fields["exc"] = self.formatException(record.exc_info)
+        if self.as_json:
+            line = json.dumps(fields, default=str, ensure_ascii=False)
+        else:
+            extras = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("ts", "level", "logger", "msg"))
+            line = f"{fields['ts']} {record.levelname:<7} {record.name}: {fields['msg']} {extras}".rstrip()
+        return self.redact(line)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json", secrets: Iterable[str] = (),
+                      stream: Any = None) -> Redactor:
+    """Send every log line (ours, uvicorn's, httpx's) through one redacting formatter."""
+    redactor = Redactor(secrets)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(_Formatter(redactor, as_json=fmt == "json"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").disabled = True  # the bridge writes its own access line
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry full URLs
+    return redactor

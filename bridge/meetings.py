@@ -1,0 +1,190 @@
+"""Creating, moving and deleting meetings: dispatch to a backend, keep the store in step.
+
+The rules that hold whatever the vendor:
+- the ``meeting_id`` Pipedrive gets is ours, mapped to (link, backend, vendor id);
+  update and delete go to the backend that made the room;
+- nothing half-written: a room created but not stored is deleted again; a room
+  replaced by a new one is deleted only once the new one is stored;
+- a delete the vendor fails leaves the row ``deleting``, so Pipedrive's retry finishes it;
+- every vendor failure becomes a BridgeError with a status (502/503/504).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import anyio
+import httpx
+
+from .backends import Backend, BackendContext, MeetingRequest, Room, UserIdentity
+from .errors import (BackendError, BackendTimeout, BackendUnavailable, BridgeError, Gone,
+                     NotFound, ServiceUnavailable)
+from .runtime import Bridge
+from .store import (LINK_ACTIVE, MEETING_ACTIVE, MEETING_DELETED, MEETING_DELETING, Link, Meeting,
+                    Store, StoredRoom, StoreError, backend_scope, new_meeting_id)
+from .vault import VaultError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_CLEANUP_SECONDS = 10.0
+
+
+class ScopedCredentials:
+    """The CredentialStore a backend gets: encrypted secrets of one (link, backend) only."""
+
+    def __init__(self, store: Store, link_id: str, backend: str) -> None:
+        self._store = store
+        self._scope = backend_scope(link_id, backend)
+
+    async def get(self, name: str) -> str | None:
+        return await self._store.get_secret(self._scope, name)
+
+    async def set(self, name: str, value: str) -> None:
+        await self._store.put_secret(self._scope, name, value)
+
+    async def delete(self, name: str) -> None:
+        await self._store.delete_secret(self._scope, name)
+
+
+@dataclass(frozen=True)
+class CreatedMeeting:
+    meeting_id: str
+    room: Room
+
+
+class MeetingService:
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self.store = bridge.store
+
+    # --- lookups --------------------------------------------------------------------
+
+    async def link(self, link_id: str) -> Link:
+        link = await _stored(self.store.get_link(link_id))
+        if link is None:
+            raise NotFound("unknown link: this user has no connection to the bridge (re-install the app)")
+        if link.status != LINK_ACTIVE:
+            raise Gone(f"this link is {link.status.replace('_', ' ')}: the user has to install the app again")
+        return link
+
+    async def meeting(self, link: Link, meeting_id: str) -> Meeting:
+        meeting = await _stored(self.store.get_meeting(link.id, meeting_id))
+        if meeting is None:
+            raise NotFound("unknown meeting for this link")
+        return meeting
+
+    def backend_for(self, link: Link) -> str:
+        allowed = self.bridge.config.meetings.allowed_backends
+        if link.backend and link.backend in allowed:
+            return link.backend
+        return self.bridge.config.meetings.default_backend
+
+    def _context(self, link: Link, backend: str) -> BackendContext:
+        user = UserIdentity(link_id=link.id, user_id=link.pipedrive_user_id, company_id=link.company_id,
+                            name=link.user_name, email=link.user_email)
+        return BackendContext(user=user, http=self.bridge.http,
+                              credentials=ScopedCredentials(self.store, link.id, backend))
+
+    # --- the three operations -------------------------------------------------------
+
+    async def create(self, link: Link, request: MeetingRequest) -> CreatedMeeting:
+        name = self.backend_for(link)
+        backend = self.bridge.backends.get(name)
+        ctx = self._context(link, name)
+        room = await self._call(backend, "create", lambda: backend.create(ctx, request))
+        meeting = Meeting(id=new_meeting_id(), link_id=link.id, backend=name,
+                          vendor_meeting_id=room.vendor_meeting_id,
+                          start_time=request.start_time, duration=request.duration)
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.store.add_meeting(meeting, _stored_room(room))
+            except Exception as exc:
+                await self._discard(backend, ctx, room.vendor_meeting_id, reason="create not stored")
+                raise ServiceUnavailable("the meeting could not be saved, so its room was removed again; "
+                                         "please try again") from exc
+        log.info("meeting created", extra={"meeting_id": meeting.id, "backend": name})
+        return CreatedMeeting(meeting.id, room)
+
+    async def update(self, link: Link, meeting_id: str, request: MeetingRequest) -> None:
+        meeting = await self.meeting(link, meeting_id)
+        if meeting.state != MEETING_ACTIVE:
+            raise NotFound("this meeting was deleted")
+        backend = self.bridge.backends.get(meeting.backend)
+        ctx = self._context(link, meeting.backend)
+        old_vendor_id = meeting.vendor_meeting_id
+        room = await self._call(backend, "update", lambda: backend.update(ctx, old_vendor_id, request))
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.store.replace_room(meeting, vendor_meeting_id=room.vendor_meeting_id,
+                                              room=_stored_room(room), start_time=request.start_time,
+                                              duration=request.duration)
+            except Exception as exc:
+                if room.vendor_meeting_id != old_vendor_id:
+                    await self._discard(backend, ctx, room.vendor_meeting_id, reason="update not stored")
+                raise ServiceUnavailable("the meeting change could not be saved; please try again") from exc
+            if room.vendor_meeting_id != old_vendor_id:
+                await self._discard(backend, ctx, old_vendor_id, reason="replaced by update")
+        log.info("meeting updated", extra={"meeting_id": meeting.id, "backend": meeting.backend})
+
+    async def delete(self, link: Link, meeting_id: str) -> None:
+        meeting = await self.meeting(link, meeting_id)
+        if meeting.state == MEETING_DELETED:
+            return  # a repeated delete answers as the first did
+        backend = self.bridge.backends.get(meeting.backend)
+        ctx = self._context(link, meeting.backend)
+        await _stored(self.store.set_meeting_state(meeting.id, MEETING_DELETING))
+        await self._call(backend, "delete", lambda: backend.delete(ctx, meeting.vendor_meeting_id))
+        await _stored(self.store.set_meeting_state(meeting.id, MEETING_DELETED))
+        log.info("meeting deleted", extra={"meeting_id": meeting.id, "backend": meeting.backend})
+
+    # --- vendor calls ---------------------------------------------------------------
+
+    async def _call(self, backend: Backend, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one backend operation under the configured deadline; map every failure to a status."""
+        title = backend.title
+        timeout = self.bridge.config.server.backend_timeout_seconds
+        try:
+            with anyio.fail_after(timeout):
+                return await call()
+        except BridgeError:
+            raise
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise BackendTimeout(f"{title} did not answer within {timeout:g} seconds; please try again") from exc
+        except httpx.TransportError as exc:
+            raise BackendUnavailable(f"{title} could not be reached ({exc.__class__.__name__}); "
+                                     "please try again") from exc
+        except httpx.HTTPStatusError as exc:
+            raise BackendError(f"{title} refused the request (HTTP {exc.response.status_code})") from exc
+        except (StoreError, VaultError) as exc:
+            log.error("storage failed during a backend call", extra={"backend": backend.name, "error": str(exc)})
+            raise ServiceUnavailable("the bridge's database is unavailable; please try again") from exc
+        except Exception as exc:
+            log.exception("backend failed", extra={"backend": backend.name, "operation": operation})
+            raise BackendError(f"{title} failed to {operation} the meeting") from exc
+
+    async def _discard(self, backend: Backend, ctx: BackendContext, vendor_meeting_id: str, *, reason: str) -> None:
+        """Best-effort removal of a room the bridge will not keep; failures are logged, not raised."""
+        try:
+            with anyio.fail_after(_CLEANUP_SECONDS):
+                await backend.delete(ctx, vendor_meeting_id)
+        except Exception:
+            log.exception("could not remove a room", extra={"backend": backend.name, "reason": reason,
+                                                             "vendor_meeting_id": vendor_meeting_id})
+
+
+async def _stored(awaitable: Awaitable[T]) -> T:
+    """Await a store call, answering 503 when the database is unavailable."""
+    try:
+        return await awaitable
+    except (StoreError, VaultError) as exc:
+        log.error("storage failed", extra={"error": str(exc)})
+        raise ServiceUnavailable("the bridge's database is unavailable; please try again") from exc
+
+
+def _stored_room(room: Room) -> StoredRoom:
+    return StoredRoom(join_url=room.join_url, invitation=room.invitation, password=room.password)
+

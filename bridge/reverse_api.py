@@ -1,0 +1,104 @@
+"""The reverse API Pipedrive calls: postMeeting, patchUpdateMeeting, deleteMeeting.
+
+Paths (each listed in the generated manifest, ``:linkId`` and ``:meetingId`` filled in):
+
+    POST   /api/v1/links/{linkId}/meetings               -> 201 {"success": true, "data": {...}}
+    PATCH  /api/v1/links/{linkId}/meetings/{meetingId}   -> 204
+    DELETE /api/v1/links/{linkId}/meetings/{meetingId}   -> 204
+
+Every call must carry ``Authorization: Basic base64(client_id:client_secret)``.
+Errors are raised as BridgeErrors and rendered by the app in Pipedrive's shape.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .auth import check_basic_auth
+from .backends import MeetingRequest
+from .errors import BadRequest, NotFound, UnsupportedMediaType
+from .meetings import MeetingService
+from .runtime import Bridge
+from .validation import parse_meeting
+
+PREFIX = "/api/v1/links"
+POST_MEETING = PREFIX + "/{link_id}/meetings"
+MEETING = PREFIX + "/{link_id}/meetings/{meeting_id}"
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _bridge(request: Request) -> Bridge:
+    return request.state.bridge  # type: ignore[no-any-return]
+
+
+def _authenticate(request: Request) -> None:
+    pipedrive = _bridge(request).config.pipedrive
+    check_basic_auth(request.headers.get("authorization"), pipedrive.client_id, pipedrive.client_secret)
+
+
+def _path_id(request: Request, name: str, what: str) -> str:
+    value = request.path_params[name]
+    if not _ID.fullmatch(value):
+        raise NotFound(f"unknown {what}")
+    return value  # type: ignore[no-any-return]
+
+
+async def _meeting_body(request: Request) -> MeetingRequest:
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaType("the body must be JSON (Content-Type: application/json)")
+    raw = await request.body()
+    try:
+        body: Any = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BadRequest("the body is not valid JSON") from None
+    return parse_meeting(body)
+
+
+async def post_meeting(request: Request) -> Response:
+    _authenticate(request)
+    service = MeetingService(_bridge(request))
+    link = await service.link(_path_id(request, "link_id", "link"))
+    meeting = await _meeting_body(request)
+    created = await service.create(link, meeting)
+    data: dict[str, str] = {
+        "meeting_id": created.meeting_id,
+        "join_url": created.room.join_url,
+        "invitation": created.room.invitation,
+    }
+    if created.room.password:
+        data["password"] = created.room.password
+    return JSONResponse({"success": True, "data": data}, status_code=201)
+
+
+async def patch_meeting(request: Request) -> Response:
+    _authenticate(request)
+    service = MeetingService(_bridge(request))
+    link = await service.link(_path_id(request, "link_id", "link"))
+    meeting_id = _path_id(request, "meeting_id", "meeting")
+    meeting = await _meeting_body(request)
+    await service.update(link, meeting_id, meeting)
+    return Response(status_code=204)
+
+
+async def delete_meeting(request: Request) -> Response:
+    _authenticate(request)
+    service = MeetingService(_bridge(request))
+    link = await service.link(_path_id(request, "link_id", "link"))
+    await service.delete(link, _path_id(request, "meeting_id", "meeting"))
+    return Response(status_code=204)
+
+
+routes = [
+    Route(POST_MEETING, post_meeting, methods=["POST"], name="postMeeting"),
+    Route(MEETING, patch_meeting, methods=["PATCH"], name="patchUpdateMeeting"),
+    Route(MEETING, delete_meeting, methods=["DELETE"], name="deleteMeeting"),
+]

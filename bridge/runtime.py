@@ -1,0 +1,154 @@
+"""The running bridge: everything with a lifetime, built once and closed once.
+
+``open_bridge`` is used by the app's lifespan and by the CLI commands that touch
+the database, so both start the same way: keys, database (migrated), plugins,
+backends built from their TOML tables, one shared HTTP client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio.to_thread
+import httpx
+
+from . import migrations
+from .backends import Backend
+from .config import Config
+from .errors import ConfigError, ServiceUnavailable
+from .plugins import PluginRegistry, load_plugins
+from .store import Store, make_engine
+from .vault import Vault, VaultError, load_or_create_key_file
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The bridge cannot start; the message says what to fix."""
+
+
+@dataclass
+class Backends:
+    """The backend objects built from config, and why the others are missing."""
+
+    available: dict[str, Backend] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+
+    def get(self, name: str) -> Backend:
+        backend = self.available.get(name)
+        if backend is None:
+            reason = self.missing.get(name, "no installed plugin provides it")
+            raise ServiceUnavailable(f"the video backend {name!r} is not available: {reason}")
+        return backend
+
+
+def build_backends(registry: PluginRegistry, config: Config) -> tuple[Backends, list[str]]:
+    """Build every installed backend; a problem with an allowed one is a config problem.
+
+    Backends that are installed but no longer allowed are built too (when their
+    config is fine) so meetings they made can still be moved and deleted.
+    """
+    backends = Backends()
+    problems: list[str] = []
+    allowed = config.meetings.allowed_backends
+    for name in allowed:
+        if name not in registry.backends:
+            plugin_errors = "; ".join(registry.problems())
+            reason = "no installed plugin provides it" + (f" ({plugin_errors})" if plugin_errors else "")
+            backends.missing[name] = reason
+    for name, cls in registry.backends.items():
+        try:
+            backends.available[name] = cls.from_config(config.backend_table(name))
+        except (ValueError, TypeError, KeyError) as exc:
+            backends.missing[name] = f"its configuration is invalid: {exc}"
+            if name in allowed:
+                problems.append(f"[backends.{name}] {exc}")
+    for name in config.backends:
+        if name not in registry.backends and name not in allowed:
+            problems.append(f"[backends.{name}]: no installed plugin provides a backend named {name!r}")
+    return backends, problems
+
+
+def vault_keys(config: Config) -> list[str]:
+    """The configured keys; a local trial on SQLite gets a key file beside its database."""
+    if config.vault.keys:
+        return list(config.vault.keys)
+    path = config.vault.key_file
+    if path is None:
+        db_path = config.database.sqlite_path
+        if db_path is None:
+            raise VaultError("no vault key is configured: set [vault] keys or PVB_VAULT_KEYS "
+                             "(make one with `pipedrive-video-bridge keys generate`)")
+        path = db_path.parent / "bridge.key"
+    return load_or_create_key_file(Path(path))
+
+
+@dataclass
+class Bridge:
+    config: Config
+    store: Store
+    registry: PluginRegistry
+    backends: Backends
+    http: httpx.AsyncClient
+
+
+def open_store(config: Config) -> Store:
+    try:
+        vault = Vault(vault_keys(config))
+    except (VaultError, OSError) as exc:
+        raise StartupError(f"vault: {exc}") from exc
+    return Store(make_engine(config.database.url), vault)
+
+
+async def prepare_database(store: Store, config: Config) -> None:
+    """Migrate (or check the schema) and prove the keys can read what is stored."""
+    try:
+        if config.database.auto_migrate:
+            applied = await anyio.to_thread.run_sync(migrations.migrate, store.engine)
+            if applied:
+                log.info("database migrated", extra={"versions": applied})
+        else:
+            version = await anyio.to_thread.run_sync(migrations.current_version, store.engine)
+            if version != migrations.LATEST:
+                raise StartupError(f"the database schema is at version {version}, this release needs "
+                                   f"{migrations.LATEST}: run `pipedrive-video-bridge migrate`")
+        unknown = await store.unknown_key_ids()
+        if unknown:
+            raise StartupError(f"vault: stored secrets use key id(s) {', '.join(unknown)}, which are not "
+                               "configured; put the old key back in [vault] keys (the first key encrypts, "
+                               "every key decrypts)")
+        await store.verify_one_secret()
+    except VaultError as exc:
+        raise StartupError(f"vault: {exc}") from exc
+    except StartupError:
+        raise
+    except Exception as exc:
+        raise StartupError(f"database: cannot open {store.engine.url.render_as_string(hide_password=True)}: "
+                           f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+
+
+@asynccontextmanager
+async def open_bridge(config: Config, registry: PluginRegistry | None = None,
+                      transport: httpx.AsyncBaseTransport | None = None,
+                      extra_headers: Mapping[str, str] | None = None) -> AsyncIterator[Bridge]:
+    registry = registry if registry is not None else load_plugins()
+    backends, problems = build_backends(registry, config)
+    if problems:
+        raise StartupError(str(ConfigError(problems)))
+    store = open_store(config)
+    try:
+        await prepare_database(store, config)
+        timeout = httpx.Timeout(config.server.backend_timeout_seconds, connect=5.0)
+        async with httpx.AsyncClient(timeout=timeout, transport=transport,
+                                     headers=dict(extra_headers or {}),
+                                     limits=httpx.Limits(max_connections=200,
+                                                         max_keepalive_connections=50)) as http:
+            for name, reason in backends.missing.items():
+                log.warning("backend unavailable", extra={"backend": name, "reason": reason})
+            yield Bridge(config=config, store=store, registry=registry, backends=backends, http=http)
+    finally:
+        store.close()

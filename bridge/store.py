@@ -1,0 +1,394 @@
+"""The store: SQLModel tables and every read and write the bridge makes.
+
+SQLite by file (the default) or PostgreSQL by URL. All database work runs in
+worker threads (``anyio.to_thread``) so it never blocks the event loop; each
+public coroutine is one short transaction. Secrets live in one table, encrypted
+by the vault with their (scope, name) as authenticated context, so a dump shows
+no secret and a ciphertext moved to another row does not decrypt.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import secrets as _secrets
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+
+import anyio
+import anyio.to_thread
+from sqlalchemy import BigInteger, Column, Engine, Index, event, func, update
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+from .vault import Vault, VaultError
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+LINK_ACTIVE = "active"
+MEETING_ACTIVE = "active"
+MEETING_DELETING = "deleting"
+MEETING_DELETED = "deleted"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Link(SQLModel, table=True):
+    """One Pipedrive user's connection; its id is the ``linkId`` in every reverse-API URL."""
+
+    __table_args__ = (Index("ix_link_company_user", "company_id", "pipedrive_user_id"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    pipedrive_user_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    company_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    user_name: str = Field(default="", max_length=255)
+    user_email: str = Field(default="", max_length=320)
+    api_domain: str | None = Field(default=None, max_length=255)
+    backend: str | None = Field(default=None, max_length=40)
+    status: str = Field(default=LINK_ACTIVE, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Meeting(SQLModel, table=True):
+    """The bridge's own meeting id, mapped to the backend and vendor id that made the room."""
+
+    id: str = Field(primary_key=True, max_length=64)
+    link_id: str = Field(foreign_key="link.id", index=True, max_length=64)
+    backend: str = Field(max_length=40)
+    vendor_meeting_id: str = Field(max_length=255)
+    start_time: datetime
+    duration: int
+    state: str = Field(default=MEETING_ACTIVE, max_length=16)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Secret(SQLModel, table=True):
+    """An encrypted value; (scope, name) is both its key and its authenticated context."""
+
+    scope: str = Field(primary_key=True, max_length=200)
+    name: str = Field(primary_key=True, max_length=100)
+    key_id: str = Field(index=True, max_length=16)
+    ciphertext: str
+    version: int = 1
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class SchemaMigration(SQLModel, table=True):
+    __tablename__ = "schema_migrations"
+
+    version: int = Field(primary_key=True)
+    description: str
+    applied_at: datetime = Field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class StoredRoom:
+    """What the vendor gave us for a meeting: kept encrypted (a join URL may carry a token)."""
+
+    join_url: str
+    invitation: str
+    password: str | None = None
+
+
+class StoreError(Exception):
+    """The database could not be reached or refused the write."""
+
+
+def link_scope(link_id: str) -> str:
+    return f"link:{link_id}"
+
+
+def backend_scope(link_id: str, backend: str) -> str:
+    return f"link:{link_id}:backend:{backend}"
+
+
+def meeting_scope(meeting_id: str) -> str:
+    return f"meeting:{meeting_id}"
+
+
+def new_meeting_id() -> str:
+    return _secrets.token_urlsafe(18)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for the URL; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` on request."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               poolclass=NullPool if url.endswith(":memory:") else None)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.pop("immediate", False) else "BEGIN")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _in_thread(method: Callable[P, T]) -> Callable[P, Awaitable[T]]:
+    """Run a blocking store method in a worker thread, mapping driver errors to StoreError."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        store = args[0]
+        call = functools.partial(method, *args, **kwargs)
+        return await anyio.to_thread.run_sync(call, limiter=store._limiter)  # type: ignore[attr-defined]
+
+    return wrapper
+
+
+class Store:
+    """Every read and write of the bridge, as coroutines over a blocking engine."""
+
+    def __init__(self, engine: Engine, vault: Vault | None, *, threads: int = 16) -> None:
+        self.engine = engine
+        self.vault = vault
+        self._limiter = anyio.CapacityLimiter(threads)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _session(self, *, lock: bool = False) -> Iterator[Session]:
+        """One transaction; ``lock`` takes SQLite's write lock up front (PostgreSQL locks rows instead)."""
+        try:
+            with self.engine.connect() as conn:
+                if lock and self.is_sqlite:
+                    conn.info["immediate"] = True
+                with Session(bind=conn, expire_on_commit=False) as session, session.begin():
+                    yield session
+        except IntegrityError:
+            raise
+        except OperationalError as exc:
+            raise StoreError(f"database unavailable: {exc.orig.__class__.__name__}") from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database error: {exc.__class__.__name__}") from exc
+
+    def _require_vault(self) -> Vault:
+        if self.vault is None:
+            raise VaultError("no vault key is configured")
+        return self.vault
+
+    # --- health ---------------------------------------------------------------------
+
+    @_in_thread
+    def ping(self) -> None:
+        with self._session() as session:
+            session.exec(select(1)).one()
+
+    # --- links ----------------------------------------------------------------------
+
+    @_in_thread
+    def create_link(self, *, pipedrive_user_id: int, company_id: int, user_name: str = "",
+                    user_email: str = "", api_domain: str | None = None,
+                    backend: str | None = None) -> Link:
+        link = Link(id=str(uuid.uuid4()), pipedrive_user_id=pipedrive_user_id, company_id=company_id,
+                    user_name=user_name, user_email=user_email, api_domain=api_domain, backend=backend)
+        with self._session() as session:
+            session.add(link)
+        return link
+
+    @_in_thread
+    def get_link(self, link_id: str) -> Link | None:
+        with self._session() as session:
+            return session.get(Link, link_id)
+
+    @_in_thread
+    def list_links(self) -> list[Link]:
+        with self._session() as session:
+            return list(session.exec(select(Link).order_by(Link.created_at)))
+
+    @_in_thread
+    def set_link_backend(self, link_id: str, backend: str | None) -> bool:
+        with self._session() as session:
+            result = session.exec(update(Link).where(Link.id == link_id)  # type: ignore[call-overload]
+                                  .values(backend=backend, updated_at=utcnow()))
+            return bool(result.rowcount)
+
+    # --- meetings -------------------------------------------------------------------
+
+    @_in_thread
+    def get_meeting(self, link_id: str, meeting_id: str) -> Meeting | None:
+        """The meeting, only if it belongs to this link: another link's id is simply unknown."""
+        with self._session() as session:
+            meeting = session.get(Meeting, meeting_id)
+            return meeting if meeting is not None and meeting.link_id == link_id else None
+
+    @_in_thread
+    def add_meeting(self, meeting: Meeting, room: StoredRoom) -> None:
+        """Insert the meeting and its encrypted room in one transaction."""
+        vault = self._require_vault()
+        with self._session() as session:
+            session.add(meeting)
+            session.flush()
+            self._put_secret(session, vault, meeting_scope(meeting.id), "room", _room_text(room))
+
+    @_in_thread
+    def replace_room(self, meeting: Meeting, *, vendor_meeting_id: str, room: StoredRoom,
+                     start_time: datetime, duration: int) -> None:
+        vault = self._require_vault()
+        with self._session() as session:
+            session.exec(update(Meeting).where(Meeting.id == meeting.id)  # type: ignore[call-overload]
+                         .values(vendor_meeting_id=vendor_meeting_id, start_time=start_time,
+                                 duration=duration, updated_at=utcnow()))
+            self._put_secret(session, vault, meeting_scope(meeting.id), "room", _room_text(room))
+
+    @_in_thread
+    def get_room(self, meeting_id: str) -> StoredRoom | None:
+        vault = self._require_vault()
+        with self._session() as session:
+            value = self._get_secret(session, vault, meeting_scope(meeting_id), "room")
+        return _room_from_text(value) if value is not None else None
+
+    @_in_thread
+    def set_meeting_state(self, meeting_id: str, state: str) -> None:
+        with self._session() as session:
+            session.exec(update(Meeting).where(Meeting.id == meeting_id)  # type: ignore[call-overload]
+                         .values(state=state, updated_at=utcnow()))
+            if state == MEETING_DELETED:
+                self._delete_scope(session, meeting_scope(meeting_id))
+
+    # --- secrets --------------------------------------------------------------------
+
+    @_in_thread
+    def get_secret(self, scope: str, name: str) -> str | None:
+        vault = self._require_vault()
+        with self._session() as session:
+            return self._get_secret(session, vault, scope, name)
+
+    @_in_thread
+    def put_secret(self, scope: str, name: str, value: str) -> None:
+        vault = self._require_vault()
+        with self._session() as session:
+            self._put_secret(session, vault, scope, name, value)
+
+    @_in_thread
+    def delete_secret(self, scope: str, name: str) -> None:
+        with self._session() as session:
+            row = session.get(Secret, (scope, name))
+            if row is not None:
+                session.delete(row)
+
+    @_in_thread
+    def delete_scope(self, scope: str) -> int:
+        """Erase every secret of a scope and of the scopes below it (``scope:...``)."""
+        with self._session() as session:
+            return self._delete_scope(session, scope)
+
+    @staticmethod
+    def _get_secret(session: Session, vault: Vault, scope: str, name: str) -> str | None:
+        row = session.get(Secret, (scope, name))
+        return None if row is None else vault.decrypt(row.ciphertext, _context(scope, name))
+
+    @staticmethod
+    def _put_secret(session: Session, vault: Vault, scope: str, name: str, value: str) -> None:
+        kid, ciphertext = vault.encrypt(value, _context(scope, name))
+        row = session.get(Secret, (scope, name))
+        if row is None:
+            session.add(Secret(scope=scope, name=name, key_id=kid, ciphertext=ciphertext))
+        else:
+            row.key_id, row.ciphertext = kid, ciphertext
+            row.version += 1
+            row.updated_at = utcnow()
+            session.add(row)
+        session.flush()
+
+    @staticmethod
+    def _delete_scope(session: Session, scope: str) -> int:
+        prefix = scope.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":%"
+        rows = list(session.exec(select(Secret).where(
+            (Secret.scope == scope) | Secret.scope.like(prefix, escape="\\"))))  # type: ignore[attr-defined]
+        for row in rows:
+            session.delete(row)
+        return len(rows)
+
+    # --- keys -----------------------------------------------------------------------
+
+    @_in_thread
+    def unknown_key_ids(self) -> list[str]:
+        """Key ids found in the database that the vault cannot decrypt with."""
+        vault = self._require_vault()
+        with self._session() as session:
+            kids = session.exec(select(Secret.key_id).distinct()).all()
+        return sorted(kid for kid in kids if not vault.knows(kid))
+
+    @_in_thread
+    def verify_one_secret(self) -> None:
+        """Decrypt one stored secret per key id, so a wrong key fails at start-up, not later."""
+        vault = self._require_vault()
+        with self._session() as session:
+            for kid in session.exec(select(Secret.key_id).distinct()).all():
+                row = session.exec(select(Secret).where(Secret.key_id == kid).limit(1)).one()
+                vault.decrypt(row.ciphertext, _context(row.scope, row.name))
+
+    @_in_thread
+    def rotate_batch(self, batch_size: int = 200) -> int:
+        """Re-encrypt up to ``batch_size`` rows not on the primary key; returns how many moved.
+
+        Each row is rewritten only if it is unchanged since it was read (its version),
+        so a token refreshed meanwhile by a running replica is never overwritten.
+        """
+        vault = self._require_vault()
+        with self._session() as session:
+            rows = list(session.exec(select(Secret).where(Secret.key_id != vault.primary_key_id)
+                                     .limit(batch_size)))
+            moved = 0
+            for row in rows:
+                context = _context(row.scope, row.name)
+                kid, ciphertext = vault.encrypt(vault.decrypt(row.ciphertext, context), context)
+                result = session.exec(
+                    update(Secret)  # type: ignore[call-overload]
+                    .where(Secret.scope == row.scope, Secret.name == row.name, Secret.version == row.version)
+                    .values(key_id=kid, ciphertext=ciphertext, version=row.version + 1))
+                moved += result.rowcount
+            return moved
+
+    async def rotate(self, batch_size: int = 200) -> int:
+        """Re-encrypt every secret with the primary key, in small transactions."""
+        total = 0
+        while moved := await self.rotate_batch(batch_size):
+            total += moved
+        return total
+
+    @_in_thread
+    def count_by_key(self) -> dict[str, int]:
+        with self._session() as session:
+            rows = session.exec(select(Secret.key_id, func.count()).group_by(Secret.key_id)).all()
+        return {kid: count for kid, count in rows}
+
+
+def _context(scope: str, name: str) -> str:
+    return f"secret/{scope}/{name}"
+
+
+def _room_text(room: StoredRoom) -> str:
+    return json.dumps({"join_url": room.join_url, "invitation": room.invitation, "password": room.password})
+
+
+def _room_from_text(value: str) -> StoredRoom:
+    data = json.loads(value)
+    return StoredRoom(join_url=data["join_url"], invitation=data["invitation"], password=data.get("password"))
+

@@ -1,0 +1,176 @@
+"""Test helpers for the bridge and its plugins, including the backend conformance kit.
+
+A plugin's tests subclass :class:`BackendConformance` and provide a ``backend``
+fixture (and, where the backend talks to a vendor, a ``context`` fixture whose
+``http`` client points at a fake vendor)::
+
+    from bridge.testing import BackendConformance
+
+    class TestMyVendor(BackendConformance):
+        @pytest.fixture
+        def backend(self):
+            return MyVendorBackend.from_config({"api_key": "test"})
+
+``bridge_client`` runs the whole app (lifespan included) behind an
+``httpx.AsyncClient``, with exactly the plugins a test passes.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from .backends import Backend, BackendContext, MeetingRequest, Room, UserIdentity
+from .config import BACKEND_NAME, Config, parse_config
+from .plugins import load_plugins
+from .vault import generate_key
+
+
+class InMemoryCredentials:
+    """A CredentialStore in a dict, for unit tests of a backend."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    async def get(self, name: str) -> str | None:
+        return self.values.get(name)
+
+    async def set(self, name: str, value: str) -> None:
+        self.values[name] = value
+
+    async def delete(self, name: str) -> None:
+        self.values.pop(name, None)
+
+
+def sample_user(**overrides: Any) -> UserIdentity:
+    fields: dict[str, Any] = {"link_id": "0b9f3c2e-5d7a-4e61-9a38-2f4c6d8e1a57", "user_id": 4242,
+                              "company_id": 777, "name": "Ada Lovelace", "email": "ada@example.com"}
+    return UserIdentity(**{**fields, **overrides})
+
+
+def sample_meeting(**overrides: Any) -> MeetingRequest:
+    fields: dict[str, Any] = {"topic": "Demo with Acme", "duration": 45,
+                              "start_time": datetime(2031, 5, 14, 9, 30, tzinfo=UTC)}
+    return MeetingRequest(**{**fields, **overrides})
+
+
+def make_context(http: httpx.AsyncClient, user: UserIdentity | None = None,
+                 credentials: Any = None) -> BackendContext:
+    return BackendContext(user=user or sample_user(), http=http, credentials=credentials or InMemoryCredentials())
+
+
+def basic_auth(client_id: str, client_secret: str) -> dict[str, str]:
+    token = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def make_config(tmp_path: Path, database_url: str | None = None, **sections: Mapping[str, Any]) -> Config:
+    """A valid config for tests: SQLite in ``tmp_path`` (or ``database_url``), a fresh vault key."""
+    raw: dict[str, Any] = {
+        "pipedrive": {"client_id": "test-client", "client_secret": "test-secret-" + generate_key()[:12]},
+        "database": {"url": database_url or f"sqlite:///{tmp_path / 'bridge.sqlite3'}"},
+        "vault": {"keys": [generate_key()]},
+        "server": {"public_url": "https://bridge.example.com"},
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return parse_config(raw, env={})
+
+
+@asynccontextmanager
+async def bridge_client(config: Config, plugins: Iterable[object] = (), *, entry_points: bool = False,
+                        transport: httpx.AsyncBaseTransport | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan running, behind an AsyncClient authenticated as Pipedrive."""
+    from asgi_lifespan import LifespanManager
+
+    from .app import create_app
+
+    app = create_app(config, load_plugins(plugins, entry_points=entry_points), transport=transport)
+    async with LifespanManager(app) as manager:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app),
+                                     base_url="http://bridge.test",
+                                     headers=basic_auth(config.pipedrive.client_id,
+                                                        config.pipedrive.client_secret)) as client:
+            yield client
+
+
+# --- the conformance kit ------------------------------------------------------------
+
+HOSTILE_TOPICS = [
+    "Quarterly review",
+    "Café ☕ with Zoë — 見積もり 🚀",
+    "<script>alert(1)</script> & \"quotes\" 'single'",
+    "x" * 300,
+    "../../etc/passwd %00 ${jndi:ldap://x}",
+]
+
+
+def _assert_room(room: Any, meeting: MeetingRequest) -> None:
+    assert isinstance(room, Room), f"create/update must return bridge.backends.Room, got {type(room).__name__}"
+    assert isinstance(room.vendor_meeting_id, str) and 0 < len(room.vendor_meeting_id) <= 255, \
+        "vendor_meeting_id must be a non-empty string of at most 255 characters"
+    url = urlsplit(room.join_url)
+    assert url.scheme in ("https", "http") and url.netloc, f"join_url must be an absolute URL: {room.join_url!r}"
+    assert not re.search(r"\s", room.join_url), "join_url must not contain whitespace"
+    assert isinstance(room.invitation, str) and room.invitation.strip(), "invitation must be non-empty text"
+    assert room.join_url in room.invitation, "the invitation must contain the join link"
+    assert meeting.topic[:100] in room.invitation, "the invitation must name the topic"
+    assert room.password is None or (isinstance(room.password, str) and room.password), \
+        "password must be None or a non-empty string"
+
+
+class BackendConformance:
+    """The backend interface's contract. Subclass it and provide a ``backend`` fixture."""
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        return "asyncio"
+
+    @pytest.fixture
+    async def context(self) -> AsyncIterator[BackendContext]:
+        async with httpx.AsyncClient() as http:
+            yield make_context(http)
+
+    def test_declares_name_and_title(self, backend: Backend) -> None:
+        assert isinstance(backend, Backend)
+        assert BACKEND_NAME.match(type(backend).name), "name must match [a-z][a-z0-9_-]{0,39}"
+        assert isinstance(type(backend).title, str) and type(backend).title.strip()
+
+    def test_rejects_unknown_settings_with_value_error(self, backend: Backend) -> None:
+        with pytest.raises(ValueError):
+            type(backend).from_config({"surely_not_a_setting_of_any_backend": 1})
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("topic", HOSTILE_TOPICS)
+    async def test_create_returns_a_room(self, backend: Backend, context: BackendContext, topic: str) -> None:
+        meeting = sample_meeting(topic=topic)
+        _assert_room(await backend.create(context, meeting), meeting)
+
+    @pytest.mark.anyio
+    async def test_rooms_are_distinct(self, backend: Backend, context: BackendContext) -> None:
+        rooms = [await backend.create(context, sample_meeting()) for _ in range(3)]
+        assert len({r.vendor_meeting_id for r in rooms}) == 3, "each create must make its own room"
+        assert len({r.join_url for r in rooms}) == 3, "each room must have its own join_url"
+
+    @pytest.mark.anyio
+    async def test_update_returns_the_moved_room(self, backend: Backend, context: BackendContext) -> None:
+        room = await backend.create(context, sample_meeting())
+        moved = sample_meeting(topic="Moved demo", start_time=datetime(2031, 6, 1, 16, 0, tzinfo=UTC),
+                               duration=90)
+        _assert_room(await backend.update(context, room.vendor_meeting_id, moved), moved)
+
+    @pytest.mark.anyio
+    async def test_delete_is_idempotent(self, backend: Backend, context: BackendContext) -> None:
+        room = await backend.create(context, sample_meeting())
+        assert await backend.delete(context, room.vendor_meeting_id) is None
+        assert await backend.delete(context, room.vendor_meeting_id) is None, \
+            "deleting a room that is already gone must count as deleted"
