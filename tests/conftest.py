@@ -1,0 +1,189 @@
+"""Shared fixtures: databases (SQLite and PostgreSQL), a config, a fake vendor backend, the app."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from bridge.backends import Backend, BackendContext, MeetingRequest, Room
+from bridge.config import Config
+from bridge.errors import BackendError
+from bridge.hookspecs import hookimpl
+from bridge.invitation import render_invitation
+from bridge.runtime import open_store, prepare_database
+from bridge.store import Link, Store
+from bridge.testing import bridge_client, make_config
+
+POSTGRES_ADMIN_URL = os.environ.get("PVB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _postgres_reason() -> str | None:
+    try:
+        engine = create_engine(POSTGRES_ADMIN_URL, connect_args={"connect_timeout": 2})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:  # any failure means: no usable server here
+        return f"no PostgreSQL at {POSTGRES_ADMIN_URL.split('@')[-1]} ({exc.__class__.__name__})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    reason = _postgres_reason()
+    if reason:
+        if os.environ.get("PVB_REQUIRE_POSTGRES"):
+            pytest.fail(f"PVB_REQUIRE_POSTGRES is set but {reason}")
+        pytest.skip(f"PostgreSQL tests skipped: {reason}; start one or set PVB_TEST_POSTGRES_URL")
+    return POSTGRES_ADMIN_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    name = f"pvb_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    base = postgres_server.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'bridge.sqlite3'}"
+    return request.getfixturevalue("postgres_url")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def config(tmp_path: Path, database_url: str) -> Config:
+    return make_config(tmp_path, database_url, meetings={"default_backend": "fake",
+                                                         "allowed_backends": ["fake", "other"]})
+
+
+# --- a fake vendor -------------------------------------------------------------------
+
+@dataclass
+class FakeVendor:
+    """The vendor's own records, and switches to make the next call fail or stall."""
+
+    rooms: dict[str, MeetingRequest] = field(default_factory=dict)
+    calls: list[tuple[str, str, str]] = field(default_factory=list)  # (backend, operation, vendor id)
+    fail: dict[str, Exception] = field(default_factory=dict)  # operation -> exception to raise once
+    delay: float = 0.0
+    new_room_on_update: bool = False
+    counter: int = 0
+
+    def take_failure(self, operation: str) -> None:
+        exc = self.fail.pop(operation, None)
+        if exc is not None:
+            raise exc
+
+
+def make_fake_plugin(vendor: FakeVendor) -> Any:
+    """A plugin with two backends, ``fake`` and ``other``, that keep their rooms in ``vendor``."""
+
+    class FakeBackend(Backend):
+        name = "fake"
+        title = "Fake Video"
+
+        async def create(self, ctx: BackendContext, meeting: MeetingRequest) -> Room:
+            if vendor.delay:
+                await anyio.sleep(vendor.delay)
+            vendor.take_failure("create")
+            vendor.counter += 1
+            room_id = f"{self.name}-{vendor.counter}"
+            vendor.rooms[room_id] = meeting
+            vendor.calls.append((self.name, "create", room_id))
+            return self._room(ctx, room_id, meeting)
+
+        async def update(self, ctx: BackendContext, vendor_meeting_id: str, meeting: MeetingRequest) -> Room:
+            vendor.take_failure("update")
+            if vendor_meeting_id not in vendor.rooms:
+                raise BackendError("room does not exist at the vendor")
+            vendor.calls.append((self.name, "update", vendor_meeting_id))
+            if vendor.new_room_on_update:
+                vendor.counter += 1
+                new_id = f"{self.name}-{vendor.counter}"
+                vendor.rooms[new_id] = meeting
+                return self._room(ctx, new_id, meeting)
+            vendor.rooms[vendor_meeting_id] = meeting
+            return self._room(ctx, vendor_meeting_id, meeting)
+
+        async def delete(self, ctx: BackendContext, vendor_meeting_id: str) -> None:
+            vendor.take_failure("delete")
+            vendor.calls.append((self.name, "delete", vendor_meeting_id))
+            vendor.rooms.pop(vendor_meeting_id, None)
+
+        def _room(self, ctx: BackendContext, room_id: str, meeting: MeetingRequest) -> Room:
+            url = f"https://video.example.com/{room_id}"
+            return Room(vendor_meeting_id=room_id, join_url=url, password="s3cret-pass",
+                        invitation=render_invitation(meeting, url, user=ctx.user, password="s3cret-pass"))
+
+    class OtherBackend(FakeBackend):
+        name = "other"
+        title = "Other Video"
+
+    class Plugin:
+        __name__ = "fake-plugin"
+
+        @staticmethod
+        @hookimpl
+        def register_backends(register: Any) -> None:
+            register(FakeBackend)
+            register(OtherBackend)
+
+    return Plugin()
+
+
+@pytest.fixture
+def vendor() -> FakeVendor:
+    return FakeVendor()
+
+
+@pytest.fixture
+def fake_plugin(vendor: FakeVendor) -> Any:
+    return make_fake_plugin(vendor)
+
+
+@pytest.fixture
+async def store(config: Config) -> AsyncIterator[Store]:
+    """A second handle on the app's database, for arranging and inspecting rows."""
+    store = open_store(config)
+    await prepare_database(store, config)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+async def client(config: Config, fake_plugin: Any, store: Store) -> AsyncIterator[httpx.AsyncClient]:
+    async with bridge_client(config, [fake_plugin]) as client:
+        yield client
+
+
+@pytest.fixture
+async def link(store: Store) -> Link:
+    return await store.create_link(pipedrive_user_id=101, company_id=202, user_name="Ada Lovelace",
+                                   user_email="ada@example.com")
