@@ -68,10 +68,10 @@ def _settings(config: Mapping[str, Any]) -> JitsiSettings:
     if mode not in MODES:
         raise ValueError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
     domain = str(config.get("domain", JAAS_DOMAIN if mode == "jaas" else "meet.jit.si")).lower()
-    if not _DOMAIN.match(domain):
+    if not _DOMAIN.fullmatch(domain):
         raise ValueError(f"domain: must be a host name such as meet.example.com, got {domain!r}")
     prefix = config.get("room_prefix", "")
-    if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
         raise ValueError("room_prefix: use at most 24 characters a-z and 0-9")
     grace = config.get("token_grace_minutes", 24 * 60)
     if isinstance(grace, bool) or not isinstance(grace, int) or grace < 0:
@@ -107,6 +107,8 @@ def _private_key(config: Mapping[str, Any]) -> RSAPrivateKey:
             pem = Path(str(config["private_key_file"])).read_text()
         except OSError as exc:
             raise ValueError(f"private_key_file: cannot be read ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise ValueError("private_key_file: not a PEM text file") from None
     if not isinstance(pem, str) or not pem.strip():
         raise ValueError("private_key or private_key_file: required with mode = 'jaas'")
     try:
@@ -133,7 +135,7 @@ class JitsiBackend(Backend):
         return self._room(ctx.user, new_room_name(self.settings.room_prefix), meeting)
 
     async def update(self, ctx: BackendContext, vendor_meeting_id: str, meeting: MeetingRequest) -> Room:
-        if not _ROOM.match(vendor_meeting_id):
+        if not _ROOM.fullmatch(vendor_meeting_id):
             raise ValueError("not a room name this backend made")
         return self._room(ctx.user, vendor_meeting_id, meeting)  # same room; a fresh token for the new time
 

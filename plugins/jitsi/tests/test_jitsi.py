@@ -1,0 +1,535 @@
+"""Tests of the Jitsi backend, written like a third-party plugin's: only ``bridge.testing`` helpers.
+
+Unit tests drive ``JitsiBackend`` directly; the end-to-end tests run the bridge with the
+plugin discovered through its installed entry point, in-process and on a real socket.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from bridge.backends import Backend, BackendContext, MeetingRequest, Room
+from bridge.testing import (BackendConformance, basic_auth, bridge_client, make_config, make_context,
+                            sample_meeting, sample_user)
+from pipedrive_video_bridge_jitsi import JitsiBackend
+
+APP_ID = "my-jitsi-app"
+APP_SECRET = "a-shared-secret-long-enough-for-hs256-0123456789"
+JAAS_APP_ID = "vpaas-magic-cookie-0123456789abcdef0123456789abcdef"
+JAAS_KEY_ID = "4f4910"
+GRACE = 24 * 60 * 60  # the default token_grace_minutes, in seconds
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@cache
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def pem(key: Any) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def token_config(**overrides: Any) -> dict[str, Any]:
+    return {"mode": "token", "domain": "meet.example.org", "app_id": APP_ID, "app_secret": APP_SECRET,
+            **overrides}
+
+
+def jaas_config(**overrides: Any) -> dict[str, Any]:
+    return {"mode": "jaas", "app_id": JAAS_APP_ID, "api_key_id": JAAS_KEY_ID, "private_key": pem(rsa_key()),
+            **overrides}
+
+
+def room_of(join_url: str) -> str:
+    return urlsplit(join_url).path.rsplit("/", 1)[-1]
+
+
+def jwt_of(join_url: str) -> str:
+    values = parse_qs(urlsplit(join_url).query)["jwt"]
+    assert len(values) == 1
+    return values[0]
+
+
+def decode_token(join_url: str) -> dict[str, Any]:
+    return jwt.decode(jwt_of(join_url), APP_SECRET, algorithms=["HS256"], audience="jitsi")
+
+
+def decode_jaas(join_url: str) -> dict[str, Any]:
+    return jwt.decode(jwt_of(join_url), rsa_key().public_key(), algorithms=["RS256"], audience="jitsi")
+
+
+@pytest.fixture
+async def context() -> AsyncIterator[BackendContext]:
+    async with httpx.AsyncClient() as http:
+        yield make_context(http)
+
+
+async def create(backend: Backend, context: BackendContext, meeting: MeetingRequest | None = None) -> Room:
+    return await backend.create(context, meeting or sample_meeting())
+
+
+# --- the conformance kit, once per mode ------------------------------------------------------
+
+class TestPublicConformance(BackendConformance):
+    @pytest.fixture
+    def backend(self) -> Backend:
+        return JitsiBackend.from_config({})
+
+
+class TestTokenConformance(BackendConformance):
+    @pytest.fixture
+    def backend(self) -> Backend:
+        return JitsiBackend.from_config(token_config())
+
+
+class TestJaasConformance(BackendConformance):
+    @pytest.fixture
+    def backend(self) -> Backend:
+        return JitsiBackend.from_config(jaas_config())
+
+
+# --- room names and URLs ---------------------------------------------------------------------
+
+@pytest.mark.anyio
+async def test_public_room_is_an_unguessable_name_on_meet_jit_si(context: BackendContext) -> None:
+    room = await create(JitsiBackend.from_config({}), context)
+    assert re.fullmatch(r"[a-z0-9]{26,}", room.vendor_meeting_id)
+    assert room.join_url == f"https://meet.jit.si/{room.vendor_meeting_id}"
+    assert room.password is None
+
+
+@pytest.mark.anyio
+async def test_room_prefix_is_honoured(context: BackendContext) -> None:
+    room = await create(JitsiBackend.from_config({"room_prefix": "acme"}), context)
+    assert room.vendor_meeting_id.startswith("acme")
+    assert re.fullmatch(r"acme[a-z0-9]{26,}", room.vendor_meeting_id)
+    assert room.join_url == f"https://meet.jit.si/{room.vendor_meeting_id}"
+
+
+@pytest.mark.anyio
+async def test_a_thousand_rooms_are_all_distinct(context: BackendContext) -> None:
+    backend = JitsiBackend.from_config({"room_prefix": "x"})
+    names = [(await create(backend, context)).vendor_meeting_id for _ in range(1000)]
+    assert len(set(names)) == 1000
+    assert all(re.fullmatch(r"x[a-z0-9]{26,}", name) for name in names)
+    # the random part really varies in every position (no constant padding or counter)
+    random_parts = [name[1:] for name in names]
+    assert all(len({part[i] for part in random_parts}) > 1 for i in range(26))
+
+
+@pytest.mark.anyio
+async def test_self_hosted_domain_from_config(context: BackendContext) -> None:
+    room = await create(JitsiBackend.from_config({"domain": "Meet.Example.org"}), context)
+    assert room.join_url == f"https://meet.example.org/{room.vendor_meeting_id}"
+    room = await create(JitsiBackend.from_config({"domain": "meet.example.org:8443"}), context)
+    assert room.join_url == f"https://meet.example.org:8443/{room.vendor_meeting_id}"
+
+
+# --- token mode (self-hosted jitsi-meet-tokens) ----------------------------------------------
+
+@pytest.mark.anyio
+async def test_token_mode_jwt_claims(context: BackendContext) -> None:
+    meeting = sample_meeting()
+    room = await create(JitsiBackend.from_config(token_config()), context, meeting)
+    url = urlsplit(room.join_url)
+    assert url.scheme == "https" and url.netloc == "meet.example.org"
+    assert url.path == f"/{room.vendor_meeting_id}"
+    assert re.fullmatch(r"[a-z0-9]{26,}", room.vendor_meeting_id)
+
+    assert jwt.get_unverified_header(jwt_of(room.join_url))["alg"] == "HS256"
+    claims = decode_token(room.join_url)
+    assert claims["iss"] == APP_ID
+    assert claims["aud"] == "jitsi"
+    assert claims["sub"] == "meet.example.org"
+    assert claims["room"] == room.vendor_meeting_id
+    end = int(meeting.end_time.timestamp())
+    assert end + GRACE <= claims["exp"] <= end + GRACE + 60
+    assert abs(claims["iat"] - time.time()) < 60
+    user = sample_user()
+    assert claims["context"]["user"] == {"id": str(user.user_id), "name": user.name, "email": user.email}
+
+
+@pytest.mark.anyio
+async def test_token_mode_audience_subject_and_grace_from_config(context: BackendContext) -> None:
+    backend = JitsiBackend.from_config(token_config(audience="my-aud", subject="tenant",
+                                                    token_grace_minutes=30))
+    meeting = sample_meeting()
+    room = await create(backend, context, meeting)
+    claims = jwt.decode(jwt_of(room.join_url), APP_SECRET, algorithms=["HS256"], audience="my-aud")
+    assert claims["sub"] == "tenant"
+    assert claims["exp"] == int(meeting.end_time.timestamp()) + 30 * 60
+
+
+@pytest.mark.anyio
+async def test_token_for_a_past_meeting_is_valid_from_now(context: BackendContext) -> None:
+    meeting = sample_meeting(start_time=datetime.now(UTC) - timedelta(days=3))
+    room = await create(JitsiBackend.from_config(token_config()), context, meeting)
+    claims = decode_token(room.join_url)  # would raise ExpiredSignatureError if exp were in the past
+    assert time.time() + GRACE - 60 <= claims["exp"] <= time.time() + GRACE + 60
+
+
+@pytest.mark.anyio
+async def test_token_signed_with_another_secret_does_not_verify(context: BackendContext) -> None:
+    room = await create(JitsiBackend.from_config(token_config()), context)
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(jwt_of(room.join_url), "another-secret-that-is-also-long-enough-000",
+                   algorithms=["HS256"], audience="jitsi")
+    other = JitsiBackend.from_config(token_config(app_secret="another-secret-that-is-also-long-enough-000"))
+    forged = await create(other, context)
+    with pytest.raises(jwt.InvalidSignatureError):
+        decode_token(forged.join_url)
+
+
+# --- jaas mode (8x8 Jitsi as a Service) --------------------------------------------------------
+
+@pytest.mark.anyio
+async def test_jaas_jwt_header_claims_and_url(context: BackendContext) -> None:
+    meeting = sample_meeting()
+    room = await create(JitsiBackend.from_config(jaas_config()), context, meeting)
+    name = room.vendor_meeting_id
+    assert re.fullmatch(r"[a-z0-9]{26,}", name)
+    assert room.join_url.startswith(f"https://8x8.vc/{JAAS_APP_ID}/{name}?jwt=")
+
+    header = jwt.get_unverified_header(jwt_of(room.join_url))
+    assert header["alg"] == "RS256"
+    assert header["kid"] == f"{JAAS_APP_ID}/{JAAS_KEY_ID}"
+    claims = decode_jaas(room.join_url)
+    assert claims["iss"] == "chat"
+    assert claims["aud"] == "jitsi"
+    assert claims["sub"] == JAAS_APP_ID
+    assert claims["room"] == name
+    end = int(meeting.end_time.timestamp())
+    assert end + GRACE <= claims["exp"] <= end + GRACE + 60
+    user = claims["context"]["user"]
+    assert user["moderator"] == "true"
+    assert user["id"] == str(sample_user().user_id)
+    assert user["name"] == "Ada Lovelace" and user["email"] == "ada@example.com"
+
+
+@pytest.mark.anyio
+async def test_jaas_moderator_false(context: BackendContext) -> None:
+    room = await create(JitsiBackend.from_config(jaas_config(moderator=False)), context)
+    assert decode_jaas(room.join_url)["context"]["user"]["moderator"] == "false"
+
+
+@pytest.mark.anyio
+async def test_jaas_token_does_not_verify_with_another_key(context: BackendContext) -> None:
+    room = await create(JitsiBackend.from_config(jaas_config()), context)
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(jwt_of(room.join_url), other.public_key(), algorithms=["RS256"], audience="jitsi")
+
+
+@pytest.mark.anyio
+async def test_jaas_private_key_file(tmp_path: Path, context: BackendContext) -> None:
+    key_file = tmp_path / "jaas.pem"
+    key_file.write_text(pem(rsa_key()))
+    config = jaas_config(private_key_file=str(key_file))
+    del config["private_key"]
+    room = await create(JitsiBackend.from_config(config), context)
+    assert decode_jaas(room.join_url)["room"] == room.vendor_meeting_id
+
+
+# --- update and invitation ----------------------------------------------------------------------
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("config", [{}, token_config(), jaas_config()], ids=["public", "token", "jaas"])
+async def test_update_keeps_the_room(context: BackendContext, config: dict[str, Any]) -> None:
+    backend = JitsiBackend.from_config(config)
+    room = await create(backend, context)
+    moved = sample_meeting(topic="Moved demo", start_time=datetime(2031, 6, 1, 16, 0, tzinfo=UTC), duration=90)
+    updated = await backend.update(context, room.vendor_meeting_id, moved)
+    assert updated.vendor_meeting_id == room.vendor_meeting_id
+    assert urlsplit(updated.join_url).path == urlsplit(room.join_url).path
+    assert "Moved demo" in updated.invitation
+    assert "Sunday, 01 June 2031, 16:00 UTC" in updated.invitation
+    assert "90 minutes" in updated.invitation
+    assert updated.join_url in updated.invitation
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["token", "jaas"])
+async def test_update_gives_a_fresh_token_for_the_new_time(context: BackendContext, mode: str) -> None:
+    backend = JitsiBackend.from_config(token_config() if mode == "token" else jaas_config())
+    decode = decode_token if mode == "token" else decode_jaas
+    room = await create(backend, context)
+    moved = sample_meeting(start_time=datetime(2031, 6, 1, 16, 0, tzinfo=UTC), duration=90)
+    updated = await backend.update(context, room.vendor_meeting_id, moved)
+    assert jwt_of(updated.join_url) != jwt_of(room.join_url)
+    before, after = decode(room.join_url), decode(updated.join_url)
+    assert after["room"] == before["room"] == room.vendor_meeting_id
+    assert after["exp"] == int(moved.end_time.timestamp()) + GRACE
+    assert before["exp"] == int(sample_meeting().end_time.timestamp()) + GRACE
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("bad", ["", "../etc", "Room", "room-name", "x" * 65, "abc\n", "abc/def"])
+async def test_update_refuses_foreign_room_names(context: BackendContext, bad: str) -> None:
+    with pytest.raises(ValueError):
+        await JitsiBackend.from_config({}).update(context, bad, sample_meeting())
+
+
+@pytest.mark.anyio
+async def test_invitation_text(context: BackendContext) -> None:
+    meeting = sample_meeting()
+    room = await create(JitsiBackend.from_config({}), context, meeting)
+    text = room.invitation
+    assert "Demo with Acme" in text
+    assert "Wednesday, 14 May 2031, 09:30 UTC" in text
+    assert "45 minutes" in text
+    assert f"Join: {room.join_url}" in text
+    assert "Ada Lovelace" in text
+
+
+@pytest.mark.anyio
+async def test_invitation_without_user_name() -> None:
+    async with httpx.AsyncClient() as http:
+        ctx = make_context(http, user=sample_user(name=""))
+        room = await create(JitsiBackend.from_config({}), ctx)
+    assert room.invitation.strip() and room.join_url in room.invitation
+
+
+@pytest.mark.anyio
+async def test_delete_is_a_no_op(context: BackendContext) -> None:
+    backend = JitsiBackend.from_config({})
+    assert await backend.delete(context, "doesnotexist") is None
+
+
+# --- configuration errors -----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("config", "setting"), [
+    ({"colour": "blue"}, "colour"),
+    ({"mode": "private"}, "mode"),
+    ({"domain": "meet.jit.si/x"}, "domain"),
+    ({"domain": "http://x"}, "domain"),
+    ({"domain": "https://meet.example.org"}, "domain"),
+    ({"domain": ""}, "domain"),
+    ({"domain": "meet.example.org\n"}, "domain"),
+    ({"domain": "meet example.org"}, "domain"),
+    ({"room_prefix": "acme-"}, "room_prefix"),
+    ({"room_prefix": "Acme"}, "room_prefix"),
+    ({"room_prefix": "acme\n"}, "room_prefix"),
+    ({"room_prefix": "a" * 25}, "room_prefix"),
+    ({"room_prefix": 7}, "room_prefix"),
+    ({"token_grace_minutes": -1}, "token_grace_minutes"),
+    ({"token_grace_minutes": "60"}, "token_grace_minutes"),
+    ({"moderator": "yes"}, "moderator"),
+    ({"mode": "token", "app_id": APP_ID}, "app_secret"),
+    ({"mode": "token", "app_id": APP_ID, "app_secret": "   "}, "app_secret"),
+    ({"mode": "token", "app_secret": APP_SECRET}, "app_id"),
+    (jaas_config(app_id="my-app"), "app_id"),
+    (jaas_config(api_key_id=""), "api_key_id"),
+    (jaas_config(private_key="garbage"), "private_key"),
+    (jaas_config(private_key="-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), "private_key"),
+    (jaas_config(private_key=pem(ec.generate_private_key(ec.SECP256R1()))), "private_key"),
+    ({**jaas_config(), "private_key": "", "private_key_file": "/nonexistent/jaas.pem"}, "private_key_file"),
+    ({k: v for k, v in jaas_config().items() if k != "private_key"}, "private_key"),
+], ids=lambda value: value if isinstance(value, str) else None)
+def test_config_errors_name_the_setting(config: dict[str, Any], setting: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        JitsiBackend.from_config(config)
+    assert setting in str(excinfo.value)
+
+
+def test_jaas_with_an_ec_key_says_rsa_is_needed() -> None:
+    with pytest.raises(ValueError, match="RSA"):
+        JitsiBackend.from_config(jaas_config(private_key=pem(ec.generate_private_key(ec.SECP256R1()))))
+
+
+def test_jaas_with_an_encrypted_key_is_refused() -> None:
+    encrypted = rsa_key().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.BestAvailableEncryption(b"passphrase")).decode()
+    with pytest.raises(ValueError, match="private_key"):
+        JitsiBackend.from_config(jaas_config(private_key=encrypted))
+
+
+def test_jaas_private_key_file_in_der_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    key_file = tmp_path / "jaas.der"
+    key_file.write_bytes(rsa_key().private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()))
+    config = {k: v for k, v in jaas_config().items() if k != "private_key"}
+    with pytest.raises(ValueError, match="private_key"):
+        JitsiBackend.from_config({**config, "private_key_file": str(key_file)})
+
+
+def test_defaults_are_public_on_meet_jit_si() -> None:
+    backend = JitsiBackend.from_config({})
+    assert backend.settings.mode == "public"
+    assert backend.settings.domain == "meet.jit.si"
+    assert JitsiBackend.from_config(jaas_config()).settings.domain == "8x8.vc"
+
+
+# --- end to end, in-process, plugin found through its entry point -------------------------------
+
+async def create_link(config: Any, **fields: Any) -> str:
+    from bridge.runtime import open_store, prepare_database
+
+    store = open_store(config)
+    try:
+        await prepare_database(store, config)
+        link = await store.create_link(pipedrive_user_id=5, company_id=6, **fields)
+        return link.id
+    finally:
+        store.close()
+
+
+MEETING_BODY = {"topic": "Demo with Acme", "start_time": "2031-05-14 09:30", "duration": 45}
+MOVED_BODY = {"topic": "Moved demo", "start_time": "2031-06-01 16:00", "duration": 90}
+
+
+@pytest.mark.anyio
+async def test_end_to_end_in_process_public(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    link_id = await create_link(config)
+    async with bridge_client(config, entry_points=True) as client:
+        response = await client.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY)
+        assert response.status_code == 201, response.text
+        body = response.json()
+        assert body["success"] is True
+        data = body["data"]
+        assert re.fullmatch(r"https://meet\.jit\.si/[a-z0-9]{26,}", data["join_url"])
+        assert data["join_url"] in data["invitation"] and "Demo with Acme" in data["invitation"]
+        meeting_url = f"/api/v1/links/{link_id}/meetings/{data['meeting_id']}"
+
+        response = await client.patch(meeting_url, json=MOVED_BODY)
+        assert response.status_code == 204, response.text
+        response = await client.delete(meeting_url)
+        assert response.status_code == 204, response.text
+        response = await client.delete(meeting_url)
+        assert response.status_code == 204, "a repeated delete answers as the first did"
+        response = await client.patch(meeting_url, json=MOVED_BODY)
+        assert response.status_code == 404
+
+
+@pytest.mark.anyio
+async def test_end_to_end_in_process_token_mode_carries_the_link_user(tmp_path: Path) -> None:
+    config = make_config(tmp_path, backends={"jitsi": token_config()})
+    link_id = await create_link(config, user_name="Grace Hopper", user_email="grace@example.com")
+    async with bridge_client(config, entry_points=True) as client:
+        response = await client.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY)
+        assert response.status_code == 201, response.text
+        data = response.json()["data"]
+        assert data["join_url"].startswith("https://meet.example.org/")
+        claims = decode_token(data["join_url"])
+        assert claims["context"]["user"] == {"id": "5", "name": "Grace Hopper", "email": "grace@example.com"}
+        assert claims["room"] == room_of(data["join_url"])
+        assert "Grace Hopper" in data["invitation"]
+
+
+@pytest.mark.anyio
+async def test_end_to_end_refuses_wrong_credentials(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    link_id = await create_link(config)
+    async with bridge_client(config, entry_points=True) as client:
+        response = await client.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY,
+                                     headers=basic_auth(config.pipedrive.client_id, "wrong"))
+        assert response.status_code == 401
+
+
+# --- end to end on a real socket: the CLI, uvicorn, the installed plugin ------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
+    """``serve`` in a subprocess on a free port: (base URL, config file, auth headers)."""
+    from bridge.vault import generate_key
+
+    client_secret = "e2e-secret-" + generate_key()[:16]
+    config_file = tmp_path / "bridge.toml"
+    config_file.write_text(
+        "[pipedrive]\n"
+        'client_id = "e2e-client"\n'
+        f'client_secret = "{client_secret}"\n'
+        "[database]\n"
+        f'url = "sqlite:///{tmp_path / "bridge.sqlite3"}"\n'
+        "[vault]\n"
+        f'keys = ["{generate_key()}"]\n'
+        "[logging]\n"
+        'level = "WARNING"\n'
+        "[backends.jitsi]\n"
+        'domain = "meet.example.org"\n',
+        encoding="utf-8")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PVB_")}
+    log_file = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen([sys.executable, "-m", "bridge.cli", "--config", str(config_file), "serve",
+                               "--port", str(port)], stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"serve exited with {server.returncode}: {(tmp_path / 'serve.log').read_text()}")
+            try:
+                if httpx.get(base_url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"serve not ready within 20 s: {(tmp_path / 'serve.log').read_text()}")
+            time.sleep(0.1)
+        yield base_url, config_file, basic_auth("e2e-client", client_secret)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log_file.close()
+
+
+def test_end_to_end_on_a_real_socket(served: tuple[str, Path, dict[str, str]]) -> None:
+    base_url, config_file, auth = served
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PVB_")}
+    created = subprocess.run([sys.executable, "-m", "bridge.cli", "--config", str(config_file), "links", "create",
+                              "--user-id", "5", "--company-id", "6"],
+                             capture_output=True, text=True, timeout=20, env=env)
+    assert created.returncode == 0, created.stderr
+    link_id = created.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f-]{36}", link_id)
+
+    with httpx.Client(base_url=base_url, headers=auth, timeout=10) as client:
+        assert client.get("/readyz").json()["status"] == "ready"
+        response = client.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY)
+        assert response.status_code == 201, response.text
+        data = response.json()["data"]
+        assert re.fullmatch(r"https://meet\.example\.org/[a-z0-9]{26,}", data["join_url"])
+        assert data["join_url"] in data["invitation"]
+        meeting_url = f"/api/v1/links/{link_id}/meetings/{data['meeting_id']}"
+
+        assert client.patch(meeting_url, json=MOVED_BODY).status_code == 204
+        assert client.delete(meeting_url).status_code == 204
+        assert client.patch(meeting_url, json=MOVED_BODY).status_code == 404
+
+        unauthenticated = client.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY,
+                                      headers={"Authorization": ""})
+        assert unauthenticated.status_code == 401
+        assert unauthenticated.json()["success"] is False
