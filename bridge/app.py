@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,12 +24,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import reverse_api
+from . import install, reverse_api
 from .config import Config
 from .errors import BridgeError, PayloadTooLarge
 from .logs import request_id_var
+from .manifest import build_manifest
 from .plugins import PluginRegistry
 from .runtime import open_bridge
+from .tokens import run_upkeep
 
 log = logging.getLogger("bridge.http")
 
@@ -134,21 +137,31 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready", "database": "ok"})
 
 
+async def manifest(request: Request) -> Response:
+    """The manifest this deployment's config produces (what to upload to Pipedrive)."""
+    return JSONResponse(build_manifest(request.state.bridge.config))
+
+
 def create_app(config: Config, registry: PluginRegistry | None = None,
                transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
     """The bridge as an ASGI app. ``registry`` and ``transport`` let tests choose plugins and fake vendors."""
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with open_bridge(config, registry, transport=transport) as bridge:
+        async with open_bridge(config, registry, transport=transport) as bridge, \
+                anyio.create_task_group() as tasks:
+            tasks.start_soon(run_upkeep, bridge.tokens, config.pipedrive.refresh_idle_days)
             log.info("bridge ready", extra={"backends": sorted(bridge.backends.available),
                                             "default_backend": config.meetings.default_backend})
             yield {"bridge": bridge}
+            tasks.cancel_scope.cancel()
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/manifest.json", manifest, methods=["GET"]),
         *reverse_api.routes,
+        *install.routes,
     ]
     app = Starlette(
         routes=routes,

@@ -41,6 +41,12 @@ class ServerConfig:
 class PipedriveConfig:
     client_id: str = TRIAL_CLIENT_ID
     client_secret: str = field(default=TRIAL_CLIENT_SECRET, repr=False)
+    oauth_base: str = "https://oauth.pipedrive.com"
+    # None: accept any https://<company>.pipedrive.com as api_domain; set: accept only this base
+    api_base: str | None = None
+    provider_links_path: str = "/api/v1/meetings/userProviderLinks"
+    token_refresh_margin_seconds: int = 300
+    refresh_idle_days: int = 30
 
     @property
     def trial(self) -> bool:
@@ -150,6 +156,11 @@ def _check_http_url(value: Any) -> str | None:
     return value.rstrip("/")
 
 
+def _check_path(value: Any) -> str | None:
+    ok = isinstance(value, str) and re.fullmatch(r"(/[A-Za-z0-9._-]+)+", value)
+    return value if ok else None
+
+
 def _check_bool(value: Any) -> bool | None:
     return value if isinstance(value, bool) else None
 
@@ -205,6 +216,11 @@ _SCHEMA: dict[str, dict[str, tuple[_Checker, str]]] = {
     "pipedrive": {
         "client_id": (_string, "a non-empty string (Developer Hub > OAuth & access scopes)"),
         "client_secret": (_string, "a non-empty string"),
+        "oauth_base": (_check_http_url, "an http(s) URL, e.g. https://oauth.pipedrive.com"),
+        "api_base": (_check_http_url, "an http(s) URL (only for tests and staging)"),
+        "provider_links_path": (_check_path, "an absolute URL path such as /api/v1/meetings/userProviderLinks"),
+        "token_refresh_margin_seconds": (_check_positive_int, "a positive integer"),
+        "refresh_idle_days": (_check_positive_int, "a positive number of days below 60"),
     },
     "database": {
         "url": (_check_db_url, "sqlite:///PATH or postgresql://USER@HOST:PORT/DB"),
@@ -228,6 +244,8 @@ _SCHEMA: dict[str, dict[str, tuple[_Checker, str]]] = {
 _ENV: dict[str, tuple[str, str]] = {
     "PVB_PIPEDRIVE_CLIENT_ID": ("pipedrive", "client_id"),
     "PVB_PIPEDRIVE_CLIENT_SECRET": ("pipedrive", "client_secret"),
+    "PVB_PIPEDRIVE_OAUTH_BASE": ("pipedrive", "oauth_base"),
+    "PVB_PIPEDRIVE_API_BASE": ("pipedrive", "api_base"),
     "PVB_DATABASE_URL": ("database", "url"),
     "PVB_VAULT_KEYS": ("vault", "keys"),
     "PVB_SERVER_PUBLIC_URL": ("server", "public_url"),
@@ -372,6 +390,9 @@ def _cross_checks(config: Config, problems: _Problems) -> None:
     if not config.database.is_sqlite and not config.vault.keys and config.vault.key_file is None:
         problems.add("[vault] keys", "are required with PostgreSQL: every replica must share them "
                      "(set PVB_VAULT_KEYS; make one with `pipedrive-video-bridge keys generate`)")
+    if config.pipedrive.refresh_idle_days >= 60:
+        problems.add("[pipedrive] refresh_idle_days", "must be below 60: Pipedrive refresh tokens lapse "
+                     "after 60 days unused")
     if config.pipedrive.trial and not is_loopback(config.server.host):
         problems.add("[server] host", f"{config.server.host!r} is not a loopback address, but the app still uses "
                      "the local-trial credentials; set [pipedrive] client_id and client_secret first")

@@ -60,6 +60,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         "CREATE INDEX ix_secret_key_id ON secret (key_id)",
     )),
+    Migration(2, "one live link per Pipedrive user; token refresh bookkeeping", (
+        "ALTER TABLE link ADD COLUMN tokens_refreshed_at TIMESTAMP WITH TIME ZONE",
+        "CREATE UNIQUE INDEX ux_link_active_user ON link (company_id, pipedrive_user_id) WHERE status = 'active'",
+    )),
 )
 
 LATEST = MIGRATIONS[-1].version

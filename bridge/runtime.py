@@ -8,7 +8,7 @@ backends built from their TOML tables, one shared HTTP client.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +20,11 @@ from . import migrations
 from .backends import Backend
 from .config import Config
 from .errors import ConfigError, ServiceUnavailable
+from .pipedrive import PipedriveClient
 from .plugins import PluginRegistry, load_plugins
+from .signing import Signer
 from .store import Store, make_engine
+from .tokens import TokenKeeper
 from .vault import Vault, VaultError, load_or_create_key_file
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,9 @@ class Bridge:
     registry: PluginRegistry
     backends: Backends
     http: httpx.AsyncClient
+    pipedrive: PipedriveClient
+    tokens: TokenKeeper
+    signer: Signer
 
 
 def open_store(config: Config) -> Store:
@@ -133,8 +139,7 @@ async def prepare_database(store: Store, config: Config) -> None:
 
 @asynccontextmanager
 async def open_bridge(config: Config, registry: PluginRegistry | None = None,
-                      transport: httpx.AsyncBaseTransport | None = None,
-                      extra_headers: Mapping[str, str] | None = None) -> AsyncIterator[Bridge]:
+                      transport: httpx.AsyncBaseTransport | None = None) -> AsyncIterator[Bridge]:
     registry = registry if registry is not None else load_plugins()
     backends, problems = build_backends(registry, config)
     if problems:
@@ -144,11 +149,15 @@ async def open_bridge(config: Config, registry: PluginRegistry | None = None,
         await prepare_database(store, config)
         timeout = httpx.Timeout(config.server.backend_timeout_seconds, connect=5.0)
         async with httpx.AsyncClient(timeout=timeout, transport=transport,
-                                     headers=dict(extra_headers or {}),
                                      limits=httpx.Limits(max_connections=200,
                                                          max_keepalive_connections=50)) as http:
             for name, reason in backends.missing.items():
                 log.warning("backend unavailable", extra={"backend": name, "reason": reason})
-            yield Bridge(config=config, store=store, registry=registry, backends=backends, http=http)
+            pipedrive = PipedriveClient(config.pipedrive, http)
+            assert store.vault is not None
+            yield Bridge(config=config, store=store, registry=registry, backends=backends, http=http,
+                         pipedrive=pipedrive,
+                         tokens=TokenKeeper(store, pipedrive, config.pipedrive.token_refresh_margin_seconds),
+                         signer=Signer(store.vault.derive("signing")))
     finally:
         store.close()

@@ -10,18 +10,21 @@ no secret and a ciphertext moved to another row does not decrypt.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import secrets as _secrets
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import BigInteger, Column, Engine, Index, event, func, update
+from sqlalchemy import BigInteger, Column, Connection, Engine, Index, delete, event, func, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from sqlmodel import Field, Session, SQLModel, create_engine, select
@@ -32,6 +35,9 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 LINK_ACTIVE = "active"
+LINK_NEEDS_REINSTALL = "needs_reinstall"
+LINK_UNINSTALLED = "uninstalled"
+PIPEDRIVE_TOKENS = "pipedrive_tokens"
 MEETING_ACTIVE = "active"
 MEETING_DELETING = "deleting"
 MEETING_DELETED = "deleted"
@@ -54,6 +60,7 @@ class Link(SQLModel, table=True):
     api_domain: str | None = Field(default=None, max_length=255)
     backend: str | None = Field(default=None, max_length=40)
     status: str = Field(default=LINK_ACTIVE, max_length=32)
+    tokens_refreshed_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -89,6 +96,17 @@ class SchemaMigration(SQLModel, table=True):
     version: int = Field(primary_key=True)
     description: str
     applied_at: datetime = Field(default_factory=utcnow)
+
+
+@dataclass
+class LockedSecret:
+    """A secret read under ``Store.locked_secret``; set ``new_value`` (via ``replace``) to write it."""
+
+    value: str | None
+    new_value: str | None = None
+
+    def replace(self, value: str) -> None:
+        self.new_value = value
 
 
 @dataclass(frozen=True)
@@ -228,6 +246,66 @@ class Store:
                                   .values(backend=backend, updated_at=utcnow()))
             return bool(result.rowcount)
 
+    @_in_thread
+    def find_active_link(self, company_id: int, pipedrive_user_id: int) -> Link | None:
+        with self._session() as session:
+            return session.exec(select(Link).where(Link.company_id == company_id,
+                                                   Link.pipedrive_user_id == pipedrive_user_id,
+                                                   Link.status == LINK_ACTIVE)).first()
+
+    @_in_thread
+    def find_link(self, company_id: int, pipedrive_user_id: int) -> Link | None:
+        """The user's most recent link, whatever its status."""
+        with self._session() as session:
+            return session.exec(select(Link).where(Link.company_id == company_id,
+                                                   Link.pipedrive_user_id == pipedrive_user_id)
+                                .order_by(Link.created_at.desc())).first()  # type: ignore[attr-defined]
+
+    @_in_thread
+    def save_install(self, link: Link, tokens: str) -> Link:
+        """Insert or re-activate the link and store its Pipedrive tokens, in one transaction."""
+        vault = self._require_vault()
+        with self._session(lock=True) as session:
+            row = session.get(Link, link.id)
+            now = utcnow()
+            if row is None:
+                row = link
+            else:
+                row.user_name, row.user_email, row.api_domain = link.user_name, link.user_email, link.api_domain
+            row.status, row.tokens_refreshed_at, row.updated_at = LINK_ACTIVE, now, now
+            session.add(row)
+            session.flush()
+            self._put_secret(session, vault, link_scope(row.id), PIPEDRIVE_TOKENS, tokens)
+            return row
+
+    @_in_thread
+    def uninstall_link(self, link_id: str) -> int:
+        """Mark the link uninstalled and erase every secret of it; returns how many secrets went."""
+        with self._session(lock=True) as session:
+            session.exec(update(Link).where(Link.id == link_id)  # type: ignore[call-overload]
+                         .values(status=LINK_UNINSTALLED, updated_at=utcnow()))
+            return self._delete_scope(session, link_scope(link_id))
+
+    @_in_thread
+    def set_link_status(self, link_id: str, status: str) -> None:
+        with self._session() as session:
+            session.exec(update(Link).where(Link.id == link_id)  # type: ignore[call-overload]
+                         .values(status=status, updated_at=utcnow()))
+
+    @_in_thread
+    def touch_link_tokens(self, link_id: str) -> None:
+        with self._session() as session:
+            session.exec(update(Link).where(Link.id == link_id)  # type: ignore[call-overload]
+                         .values(tokens_refreshed_at=utcnow()))
+
+    @_in_thread
+    def links_to_refresh(self, refreshed_before: datetime, limit: int = 100) -> list[str]:
+        """Active links whose Pipedrive tokens were last refreshed before the given time."""
+        with self._session() as session:
+            return list(session.exec(select(Link.id).where(
+                Link.status == LINK_ACTIVE, Link.tokens_refreshed_at.is_not(None),  # type: ignore[union-attr]
+                Link.tokens_refreshed_at < refreshed_before).limit(limit)))  # type: ignore[operator]
+
     # --- meetings -------------------------------------------------------------------
 
     @_in_thread
@@ -282,20 +360,18 @@ class Store:
     @_in_thread
     def put_secret(self, scope: str, name: str, value: str) -> None:
         vault = self._require_vault()
-        with self._session() as session:
+        with self._session(lock=True) as session:
             self._put_secret(session, vault, scope, name, value)
 
     @_in_thread
     def delete_secret(self, scope: str, name: str) -> None:
-        with self._session() as session:
-            row = session.get(Secret, (scope, name))
-            if row is not None:
-                session.delete(row)
+        with self._session(lock=True) as session:
+            session.exec(delete(Secret).where(Secret.scope == scope, Secret.name == name))  # type: ignore[call-overload]
 
     @_in_thread
     def delete_scope(self, scope: str) -> int:
         """Erase every secret of a scope and of the scopes below it (``scope:...``)."""
-        with self._session() as session:
+        with self._session(lock=True) as session:
             return self._delete_scope(session, scope)
 
     @staticmethod
@@ -306,24 +382,73 @@ class Store:
     @staticmethod
     def _put_secret(session: Session, vault: Vault, scope: str, name: str, value: str) -> None:
         kid, ciphertext = vault.encrypt(value, _context(scope, name))
-        row = session.get(Secret, (scope, name))
-        if row is None:
-            session.add(Secret(scope=scope, name=name, key_id=kid, ciphertext=ciphertext))
-        else:
-            row.key_id, row.ciphertext = kid, ciphertext
-            row.version += 1
-            row.updated_at = utcnow()
-            session.add(row)
-        session.flush()
+        # one atomic upsert: two first writes of a secret racing each other must not fail on the
+        # primary key, and ``version`` must go up on every write (rotation relies on it)
+        insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        now = utcnow()
+        session.exec(insert(Secret).values(scope=scope, name=name, key_id=kid, ciphertext=ciphertext,  # type: ignore[call-overload]
+                                           version=1, updated_at=now)
+                     .on_conflict_do_update(index_elements=["scope", "name"],
+                                            set_={"key_id": kid, "ciphertext": ciphertext,
+                                                  "version": Secret.version + 1, "updated_at": now}))
 
     @staticmethod
     def _delete_scope(session: Session, scope: str) -> int:
         prefix = scope.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":%"
-        rows = list(session.exec(select(Secret).where(
-            (Secret.scope == scope) | Secret.scope.like(prefix, escape="\\"))))  # type: ignore[attr-defined]
-        for row in rows:
-            session.delete(row)
-        return len(rows)
+        result = session.exec(delete(Secret).where(  # type: ignore[call-overload]
+            (Secret.scope == scope) | Secret.scope.like(prefix, escape="\\")))  # type: ignore[attr-defined]
+        return int(result.rowcount)
+
+    @asynccontextmanager
+    async def locked_secret(self, scope: str, name: str) -> AsyncIterator[LockedSecret]:
+        """Hold a lock on one secret across processes while the caller refreshes it.
+
+        PostgreSQL: a transaction-scoped advisory lock on the secret's key; SQLite:
+        the database write lock (``BEGIN IMMEDIATE``). The caller re-reads
+        ``value`` inside the lock and writes with ``replace``; both run on the
+        locked transaction, which commits when the block ends.
+        """
+        vault = self._require_vault()
+        run = functools.partial(anyio.to_thread.run_sync, limiter=self._limiter)
+
+        def begin() -> tuple[Connection, Session, str | None]:
+            conn = self.engine.connect()
+            try:
+                if self.is_sqlite:
+                    conn.info["immediate"] = True
+                conn.begin()
+                if not self.is_sqlite:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(scope, name)})
+                session = Session(bind=conn, expire_on_commit=False)
+                return conn, session, self._get_secret(session, vault, scope, name)
+            except Exception:
+                conn.close()
+                raise
+
+        try:
+            conn, session, value = await run(begin)
+        except OperationalError as exc:
+            raise StoreError(f"database unavailable: {exc.orig.__class__.__name__}") from exc
+        locked = LockedSecret(value)
+        ok = False
+        try:
+            yield locked
+            ok = True
+        finally:
+            def finish() -> None:
+                try:
+                    if ok and locked.new_value is not None:
+                        self._put_secret(session, vault, scope, name, locked.new_value)
+                    session.close()
+                    if ok:
+                        conn.commit()
+                    else:
+                        conn.rollback()
+                finally:
+                    conn.close()
+
+            with anyio.CancelScope(shield=True):
+                await run(finish)
 
     # --- keys -----------------------------------------------------------------------
 
@@ -352,7 +477,7 @@ class Store:
         so a token refreshed meanwhile by a running replica is never overwritten.
         """
         vault = self._require_vault()
-        with self._session() as session:
+        with self._session(lock=True) as session:
             rows = list(session.exec(select(Secret).where(Secret.key_id != vault.primary_key_id)
                                      .limit(batch_size)))
             moved = 0
@@ -368,16 +493,24 @@ class Store:
 
     async def rotate(self, batch_size: int = 200) -> int:
         """Re-encrypt every secret with the primary key, in small transactions."""
+        primary = self._require_vault().primary_key_id
         total = 0
-        while moved := await self.rotate_batch(batch_size):
-            total += moved
-        return total
+        while True:
+            total += await self.rotate_batch(batch_size)
+            # a batch whose rows were all rewritten meanwhile moves none: stop when none is left
+            if set(await self.count_by_key()) <= {primary}:
+                return total
 
     @_in_thread
     def count_by_key(self) -> dict[str, int]:
         with self._session() as session:
             rows = session.exec(select(Secret.key_id, func.count()).group_by(Secret.key_id)).all()
         return {kid: count for kid, count in rows}
+
+
+def _lock_key(scope: str, name: str) -> int:
+    """A signed 64-bit advisory-lock key for one secret."""
+    return int.from_bytes(hashlib.sha256(f"{scope}/{name}".encode()).digest()[:8], "big", signed=True)
 
 
 def _context(scope: str, name: str) -> str:

@@ -19,7 +19,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +59,19 @@ class Vault:
 
     def __init__(self, keys: Iterable[str]) -> None:
         ring: dict[str, AESGCM] = {}
+        raw: dict[str, bytes] = {}
         order: list[str] = []
         for key in keys:
             kid = key_id(key)
             if kid not in ring:
-                ring[kid] = AESGCM(_decode_key(key))
+                raw[kid] = _decode_key(key)
+                ring[kid] = AESGCM(raw[kid])
                 order.append(kid)
         if not order:
             raise VaultError("no vault key is configured: set [vault] keys or PVB_VAULT_KEYS "
                              "(make one with `pipedrive-video-bridge keys generate`)")
         self._ring = ring
+        self._raw = raw
         self.primary_key_id = order[0]
         self.key_ids = tuple(order)
 
@@ -97,6 +102,12 @@ class Vault:
 
     def knows(self, kid: str) -> bool:
         return kid in self._ring
+
+    def derive(self, purpose: str) -> list[bytes]:
+        """One 256-bit key per vault key (primary first) for another use, via HKDF."""
+        return [HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                     info=f"pipedrive-video-bridge/{purpose}".encode()).derive(self._raw[kid])
+                for kid in self.key_ids]
 
 
 def load_or_create_key_file(path: Path) -> list[str]:

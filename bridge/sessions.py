@@ -1,0 +1,87 @@
+"""The signed-in Pipedrive user's browser session, and CSRF tokens for its forms.
+
+The session is a signed cookie (no server-side state, so any replica can read
+it): ``HttpOnly``, ``SameSite=Lax``, ``Secure`` when the public URL is https.
+A form's CSRF token is signed for the session's random id, so it is useless
+with any other session.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .runtime import Bridge
+
+SESSION_COOKIE = "pvb_session"
+STATE_COOKIE = "pvb_oauth_state"
+SESSION_SECONDS = 8 * 3600
+STATE_SECONDS = 10 * 60
+
+
+@dataclass(frozen=True)
+class Session:
+    link_id: str
+    user_id: int
+    company_id: int
+    sid: str
+
+
+def _secure(bridge: Bridge) -> bool:
+    return bridge.config.server.public_url.startswith("https://")
+
+
+def set_cookie(response: Response, bridge: Bridge, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="lax", secure=_secure(bridge),
+                        path="/")
+
+
+def start_session(response: Response, bridge: Bridge, link_id: str, user_id: int, company_id: int) -> None:
+    token = bridge.signer.sign("session", {"link": link_id, "uid": user_id, "cid": company_id,
+                                           "sid": secrets.token_urlsafe(16)}, SESSION_SECONDS)
+    set_cookie(response, bridge, SESSION_COOKIE, token, SESSION_SECONDS)
+
+
+def end_session(response: Response) -> None:
+    response.delete_cookie(SESSION_COOKIE, path="/")
+
+
+def read_session(request: Request, bridge: Bridge) -> Session | None:
+    payload = bridge.signer.verify("session", request.cookies.get(SESSION_COOKIE))
+    if payload is None:
+        return None
+    try:
+        return Session(link_id=str(payload["link"]), user_id=int(payload["uid"]),
+                       company_id=int(payload["cid"]), sid=str(payload["sid"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def csrf_token(bridge: Bridge, session: Session) -> str:
+    return bridge.signer.sign("csrf", {"sid": session.sid}, SESSION_SECONDS)
+
+
+def csrf_ok(bridge: Bridge, session: Session, token: str | None) -> bool:
+    payload = bridge.signer.verify("csrf", token)
+    return payload is not None and hmac.compare_digest(str(payload.get("sid", "")), session.sid)
+
+
+def new_state(bridge: Bridge, purpose: str) -> tuple[str, str]:
+    """(state for the authorize URL, value for the state cookie): both carry the same nonce."""
+    nonce = secrets.token_urlsafe(24)
+    state = bridge.signer.sign("state", {"purpose": purpose, "nonce": nonce}, STATE_SECONDS)
+    return state, nonce
+
+
+def check_state(request: Request, bridge: Bridge, state: str | None) -> str | None:
+    """The purpose of a valid state bound to this browser's cookie; None if invalid."""
+    payload = bridge.signer.verify("state", state)
+    cookie = request.cookies.get(STATE_COOKIE, "")
+    if payload is None or not hmac.compare_digest(str(payload.get("nonce", "")).encode(), cookie.encode()):
+        return None
+    purpose = payload.get("purpose")
+    return purpose if purpose in ("install", "login") else None
