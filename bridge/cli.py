@@ -92,6 +92,10 @@ def cmd_links_create(config: Config, args: argparse.Namespace) -> int:
 
     async def run() -> str:
         async with open_bridge(config) as bridge:
+            existing = await bridge.store.find_active_link(args.company_id, args.user_id)
+            if existing is not None:
+                raise StartupError(f"user {args.user_id} of company {args.company_id} already has the "
+                                   f"active link {existing.id}")
             link = await bridge.store.create_link(pipedrive_user_id=args.user_id, company_id=args.company_id,
                                                   user_name=args.name, user_email=args.email,
                                                   backend=args.backend)

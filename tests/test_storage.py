@@ -1,0 +1,556 @@
+"""The store, its migrations and the vault, on SQLite and on PostgreSQL.
+
+Covers: migrations applied once (also by replicas starting together), schema drift
+between the migrations and the SQLModel tables, secrets at rest (round trip,
+nothing readable in a dump, ciphertexts bound to their row), key rotation (also
+while secrets are being written), start-up with a wrong key, scope deletion,
+concurrency, an unreachable database, and the vault's own unit behaviour.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import re
+import stat
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import pytest
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.dialects import postgresql
+from sqlmodel import SQLModel
+
+from bridge import migrations
+from bridge.config import Config, VaultConfig
+from bridge.runtime import StartupError, open_store, prepare_database
+from bridge.store import (Link, Meeting, Store, StoredRoom, StoreError, backend_scope, link_scope,
+                          make_engine, meeting_scope, new_meeting_id)
+from bridge.vault import Vault, VaultError, generate_key, key_id, load_or_create_key_file
+
+pytestmark = pytest.mark.anyio
+
+MODEL_TABLES = ("link", "meeting", "secret")
+
+
+def new_store(url: str, keys: list[str]) -> Store:
+    """Another handle on the same database, e.g. a replica with a different key ring."""
+    return Store(make_engine(url), Vault(keys))
+
+
+def config_key(config: Config) -> str:
+    return config.vault.keys[0]
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[Engine]:
+    """An engine on an empty database (nothing migrated yet)."""
+    engine = make_engine(database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+# --- migrations -----------------------------------------------------------------------
+
+async def test_migrations_apply_once_and_are_idempotent(engine: Engine) -> None:
+    assert migrations.current_version(engine) == 0
+    assert migrations.migrate(engine) == [m.version for m in migrations.MIGRATIONS]
+    assert migrations.current_version(engine) == migrations.LATEST
+    assert migrations.migrate(engine) == []
+    assert migrations.migrate(engine) == []
+    assert migrations.current_version(engine) == migrations.LATEST
+    with engine.connect() as conn:
+        versions = [row[0] for row in conn.execute(text("SELECT version FROM schema_migrations ORDER BY version"))]
+    assert versions == [m.version for m in migrations.MIGRATIONS]
+
+
+async def test_replicas_starting_together_migrate_exactly_once(database_url: str) -> None:
+    engines = [make_engine(database_url) for _ in range(4)]
+    results: list[list[int]] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(engines))
+
+    def run(engine: Engine) -> None:
+        try:
+            barrier.wait(timeout=10)
+            results.append(migrations.migrate(engine))
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(e,)) for e in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    try:
+        assert errors == []
+        assert sorted(v for applied in results for v in applied) == [m.version for m in migrations.MIGRATIONS]
+        assert migrations.current_version(engines[0]) == migrations.LATEST
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+def _type_name(type_text: str) -> str:
+    """Normalise a column type: VARCHAR without a length is TEXT on both databases."""
+    type_text = re.sub(r"\s+", " ", type_text.upper()).strip()
+    return "TEXT" if type_text == "VARCHAR" else type_text
+
+
+def _declared_types(engine: Engine, table: str) -> dict[str, str]:
+    """Column types as the database holds them (SQLite: as declared in CREATE TABLE)."""
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            return {row[1]: _type_name(row[2]) for row in conn.execute(text(f"PRAGMA table_info({table})"))}
+    return {column["name"]: _type_name(str(column["type"].compile(dialect=engine.dialect)))
+            for column in inspect(engine).get_columns(table)}
+
+
+async def test_migrated_schema_matches_the_sqlmodel_tables(engine: Engine) -> None:
+    migrations.migrate(engine)
+    inspector = inspect(engine)
+    assert set(inspector.get_table_names()) == set(SQLModel.metadata.tables), \
+        "the migrations and bridge.store define different tables"
+    for name in MODEL_TABLES:
+        model = SQLModel.metadata.tables[name]
+        reflected = {column["name"]: column for column in inspector.get_columns(name)}
+        assert set(reflected) == {c.name for c in model.columns}, f"{name}: the columns differ"
+        for column in model.columns:
+            assert reflected[column.name]["nullable"] == column.nullable, f"{name}.{column.name}: nullability"
+        assert inspector.get_pk_constraint(name)["constrained_columns"] == [c.name for c in model.primary_key]
+        declared = _declared_types(engine, name)
+        expected = {c.name: _type_name(str(c.type.compile(dialect=postgresql.dialect()))) for c in model.columns}
+        assert declared == expected, f"{name}: column types differ"
+        indexes = {ix["name"]: ix["column_names"] for ix in inspector.get_indexes(name)}
+        for index in model.indexes:  # the database may hold more (e.g. partial unique indexes)
+            assert indexes.get(index.name) == [c.name for c in index.columns], f"{name}: index {index.name}"
+        foreign_keys = {(tuple(fk["constrained_columns"]), fk["referred_table"], tuple(fk["referred_columns"]))
+                        for fk in inspector.get_foreign_keys(name)}
+        assert foreign_keys == {((fk.parent.name,), fk.column.table.name, (fk.column.name,))
+                                for fk in model.foreign_keys}, f"{name}: foreign keys"
+
+
+async def test_migrated_schema_takes_the_models_rows(store: Store, link: Link) -> None:
+    """The ORM writes and reads back every column of the migrated tables (aware datetimes included)."""
+    start = datetime(2031, 5, 14, 9, 30, tzinfo=UTC)
+    meeting = Meeting(id=new_meeting_id(), link_id=link.id, backend="fake", vendor_meeting_id="v-1",
+                      start_time=start, duration=45)
+    await store.add_meeting(meeting, StoredRoom(join_url="https://v.example.com/r", invitation="join"))
+    stored = await store.get_meeting(link.id, meeting.id)
+    assert stored is not None
+    assert stored.start_time == start and stored.start_time.tzinfo is not None
+    assert (await store.get_link(link.id)) == link
+
+
+async def test_auto_migrate_off_refuses_an_old_schema(config: Config) -> None:
+    config = dataclasses.replace(config, database=dataclasses.replace(config.database, auto_migrate=False))
+    store = open_store(config)
+    try:
+        with pytest.raises(StartupError, match="pipedrive-video-bridge migrate"):
+            await prepare_database(store, config)
+        await anyio.to_thread.run_sync(migrations.migrate, store.engine)
+        await prepare_database(store, config)
+    finally:
+        store.close()
+
+
+# --- secrets at rest ------------------------------------------------------------------
+
+async def test_secrets_round_trip(store: Store) -> None:
+    values = {"ascii": "refresh-token-1", "unicode": "pässwörd ☕ 見積もり", "empty": "", "long": "x" * 5000}
+    for name, value in values.items():
+        await store.put_secret("link:a", name, value)
+    for name, value in values.items():
+        assert await store.get_secret("link:a", name) == value
+    await store.put_secret("link:a", "ascii", "refresh-token-2")
+    assert await store.get_secret("link:a", "ascii") == "refresh-token-2"
+    assert await store.get_secret("link:a", "missing") is None
+    assert await store.get_secret("link:b", "ascii") is None
+    await store.delete_secret("link:a", "ascii")
+    assert await store.get_secret("link:a", "ascii") is None
+    await store.delete_secret("link:a", "ascii")  # deleting nothing is fine
+
+
+def _dump(engine: Engine) -> str:
+    """Every row of every table, as text: what a stolen backup shows."""
+    lines = []
+    with engine.connect() as conn:
+        for table in inspect(engine).get_table_names():
+            for row in conn.execute(text(f'SELECT * FROM "{table}"')):
+                lines.append(f"{table}: " + " | ".join(str(value) for value in row))
+    return "\n".join(lines)
+
+
+async def test_a_dump_shows_no_secret(store: Store, link: Link, config: Config) -> None:
+    plaintexts = [f"access-token-{uuid.uuid4().hex}", f"refresh-{uuid.uuid4().hex}", "hunter2-hunter2"]
+    for i, value in enumerate(plaintexts):
+        await store.put_secret(backend_scope(link.id, "fake"), f"name{i}", value)
+    jwt_value = f"eyJhbGciOi.{uuid.uuid4().hex}"
+    room_password = f"room-pass-{uuid.uuid4().hex[:8]}"
+    meeting = Meeting(id=new_meeting_id(), link_id=link.id, backend="fake", vendor_meeting_id="vendor-1",
+                      start_time=datetime(2031, 1, 1, tzinfo=UTC), duration=30)
+    await store.add_meeting(meeting, StoredRoom(join_url=f"https://video.example.com/r?jwt={jwt_value}",
+                                                invitation=f"Join: https://video.example.com/r?jwt={jwt_value}",
+                                                password=room_password))
+    assert (await store.get_room(meeting.id)).password == room_password  # type: ignore[union-attr]
+
+    dump = _dump(store.engine)
+    assert link.id in dump and "vendor-1" in dump, "the dump should hold the rows"
+    assert dump.count("\nsecret: ") + dump.startswith("secret: ") >= 4
+    for secret in [*plaintexts, jwt_value, room_password, config_key(config)]:
+        assert secret not in dump
+
+
+async def _ciphertext(store: Store, scope: str, name: str) -> str:
+    with store.engine.connect() as conn:
+        return conn.execute(text("SELECT ciphertext FROM secret WHERE scope = :s AND name = :n"),
+                            {"s": scope, "n": name}).scalar_one()
+
+
+async def _set_ciphertext(store: Store, scope: str, name: str, ciphertext: str) -> None:
+    with store.engine.begin() as conn:
+        result = conn.execute(text("UPDATE secret SET ciphertext = :c WHERE scope = :s AND name = :n"),
+                              {"c": ciphertext, "s": scope, "n": name})
+        assert result.rowcount == 1
+
+
+MOVES = [
+    (("link:one:backend:zoom", "token"), ("link:two:backend:zoom", "token")),  # to another link
+    (("link:one:backend:zoom", "token"), ("link:one:backend:zoom", "refresh")),  # to another name
+    (("link:one:backend:zoom", "token"), ("link:one:backend:teams", "token")),  # to another backend
+    (("link:one:backend:zoom", "token"), ("link:one", "token")),  # to the link's own scope
+]
+
+
+async def test_a_ciphertext_moved_to_another_row_does_not_decrypt(store: Store) -> None:
+    for source, target in MOVES:
+        await store.put_secret(*source, "the-victims-token")
+        await store.put_secret(*target, "the-attackers-token")
+        await _set_ciphertext(store, *target, await _ciphertext(store, *source))
+        with pytest.raises(VaultError, match="moved or altered"):
+            await store.get_secret(*target)
+        assert await store.get_secret(*source) == "the-victims-token"
+
+
+async def test_a_room_moved_to_another_meeting_does_not_decrypt(store: Store, link: Link) -> None:
+    ids = []
+    for n in range(2):
+        meeting = Meeting(id=new_meeting_id(), link_id=link.id, backend="fake", vendor_meeting_id=f"v{n}",
+                          start_time=datetime(2031, 1, 1, tzinfo=UTC), duration=30)
+        await store.add_meeting(meeting, StoredRoom(join_url=f"https://v.example.com/{n}", invitation=f"i{n}"))
+        ids.append(meeting.id)
+    await _set_ciphertext(store, meeting_scope(ids[1]), "room", await _ciphertext(store, meeting_scope(ids[0]), "room"))
+    with pytest.raises(VaultError):
+        await store.get_room(ids[1])
+
+
+def _flip(text_: str, index: int) -> str:
+    return text_[:index] + ("A" if text_[index] != "A" else "B") + text_[index + 1:]
+
+
+async def test_a_flipped_character_does_not_decrypt(store: Store) -> None:
+    await store.put_secret("link:a", "token", "a-long-enough-secret-value")
+    ciphertext = await _ciphertext(store, "link:a", "token")
+    version, kid, token = ciphertext.split(":", 2)
+    start = len(version) + len(kid) + 2
+    places = {"version": 0, "key id": len(version) + 1, "token start": start,
+              "token middle": start + len(token) // 2, "token end": len(ciphertext) - 3}
+    for part, index in places.items():
+        await _set_ciphertext(store, "link:a", "token", _flip(ciphertext, index))
+        with pytest.raises(VaultError):
+            await store.get_secret("link:a", "token")
+            pytest.fail(f"a ciphertext with its {part} altered was decrypted")
+    await _set_ciphertext(store, "link:a", "token", ciphertext)
+    assert await store.get_secret("link:a", "token") == "a-long-enough-secret-value"
+
+
+async def test_the_wrong_row_context_is_also_refused_by_the_vault() -> None:
+    vault = Vault([generate_key()])
+    kid, ciphertext = vault.encrypt("value", "secret/link:a/token")
+    assert kid == vault.primary_key_id and ciphertext.startswith(f"v1:{kid}:")
+    assert vault.decrypt(ciphertext, "secret/link:a/token") == "value"
+    with pytest.raises(VaultError):
+        vault.decrypt(ciphertext, "secret/link:b/token")
+    with pytest.raises(VaultError, match="malformed"):
+        vault.decrypt("garbage", "secret/link:a/token")
+
+
+# --- key rotation ---------------------------------------------------------------------
+
+async def test_key_rotation_moves_every_row_to_the_new_key(store: Store, config: Config, database_url: str,
+                                                           link: Link) -> None:
+    key_a, key_b = config_key(config), generate_key()
+    values = {(f"link:{n}:backend:fake", f"name{m}"): f"value-{n}-{m}" for n in range(7) for m in range(3)}
+    for (scope, name), value in values.items():
+        await store.put_secret(scope, name, value)
+    meeting = Meeting(id=new_meeting_id(), link_id=link.id, backend="fake", vendor_meeting_id="v",
+                      start_time=datetime(2031, 1, 1, tzinfo=UTC), duration=30)
+    room = StoredRoom(join_url="https://v.example.com/r", invitation="join", password="pw")
+    await store.add_meeting(meeting, room)
+    assert await store.count_by_key() == {key_id(key_a): len(values) + 1}
+
+    rotating = new_store(database_url, [key_b, key_a])
+    try:
+        assert await rotating.rotate(batch_size=5) == len(values) + 1
+        assert await rotating.count_by_key() == {key_id(key_b): len(values) + 1}
+        assert await rotating.rotate() == 0
+    finally:
+        rotating.close()
+
+    only_b = new_store(database_url, [key_b])
+    try:
+        for (scope, name), value in values.items():
+            assert await only_b.get_secret(scope, name) == value
+        assert await only_b.get_room(meeting.id) == room
+        assert await only_b.unknown_key_ids() == []
+    finally:
+        only_b.close()
+    with pytest.raises(VaultError, match=key_id(key_b)):
+        await store.get_secret("link:0:backend:fake", "name0")  # the old ring alone cannot read them now
+
+
+async def test_rotation_while_secrets_are_written(store: Store, config: Config, database_url: str) -> None:
+    key_a, key_b = config_key(config), generate_key()
+    rows = 120
+    latest = {f"s{i:03d}": f"old-{i}" for i in range(rows)}
+    for name, value in latest.items():
+        await store.put_secret("link:busy", name, value)
+
+    rotating = new_store(database_url, [key_b, key_a])
+    replica = new_store(database_url, [key_b, key_a])  # a running replica, already given the new ring
+
+    async def write(worker: int) -> None:
+        for round_ in range(3):
+            for i in range(worker, rows, 4):
+                name = f"s{i:03d}"
+                value = f"new-{round_}-{i}"
+                await replica.put_secret("link:busy", name, value)
+                latest[name] = value
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(rotating.rotate, 7)
+            for worker in range(4):
+                tg.start_soon(write, worker)
+        await rotating.rotate()  # what a second `keys rotate` would find: nothing must be left
+        assert await rotating.count_by_key() == {key_id(key_b): rows}
+    finally:
+        rotating.close()
+        replica.close()
+
+    only_b = new_store(database_url, [key_b])
+    try:
+        for name, value in latest.items():
+            assert await only_b.get_secret("link:busy", name) == value
+    finally:
+        only_b.close()
+
+
+async def test_one_rotate_call_finishes_even_when_writes_race_it(store: Store, config: Config,
+                                                                 database_url: str) -> None:
+    """``rotate`` must not stop early because a batch's rows were all rewritten meanwhile."""
+    key_a, key_b = config_key(config), generate_key()
+    for i in range(40):
+        await store.put_secret("link:race", f"s{i:02d}", f"old-{i}")
+    rotating = new_store(database_url, [key_b, key_a])
+    replica = new_store(database_url, [key_b, key_a])
+    stop = anyio.Event()
+
+    async def keep_writing() -> None:
+        n = 0
+        while not stop.is_set():
+            await replica.put_secret("link:race", f"s{n % 40:02d}", f"new-{n}")
+            n += 1
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep_writing)
+            await rotating.rotate(1)
+            stop.set()
+        counts = await rotating.count_by_key()
+        assert key_id(key_a) not in counts, f"rotate returned with rows still on the old key: {counts}"
+    finally:
+        rotating.close()
+        replica.close()
+
+
+async def test_startup_with_a_wrong_key_names_the_missing_key_id(store: Store, config: Config) -> None:
+    await store.put_secret("link:a", "token", "value")
+    old_kid = key_id(config_key(config))
+    unrelated = generate_key()
+    wrong = dataclasses.replace(config, vault=VaultConfig(keys=(unrelated,)))
+    other = open_store(wrong)
+    try:
+        with pytest.raises(StartupError) as excinfo:
+            await prepare_database(other, wrong)
+    finally:
+        other.close()
+    message = str(excinfo.value)
+    assert old_kid in message
+    assert "not configured" in message and "[vault] keys" in message
+    assert unrelated not in message and config_key(config) not in message
+
+
+async def test_startup_with_a_fresh_database_accepts_any_key(config: Config) -> None:
+    store = open_store(config)
+    try:
+        await prepare_database(store, config)
+        assert await store.count_by_key() == {}
+    finally:
+        store.close()
+
+
+# --- scopes and concurrency -----------------------------------------------------------
+
+async def test_delete_scope_erases_the_link_and_its_backends_only(store: Store) -> None:
+    link_id = "0b9f3c2e-5d7a-4e61-9a38-2f4c6d8e1a57"
+    doomed = [(link_scope(link_id), "a"), (link_scope(link_id), "b"),
+              (backend_scope(link_id, "zoom"), "token"), (backend_scope(link_id, "jitsi"), "x")]
+    kept = [(link_scope(link_id + "ff"), "a"),  # another link whose id shares the prefix
+            (backend_scope(link_id + "ff", "zoom"), "token"),
+            (link_scope(link_id[:-1]), "a"),  # a prefix of this link's id
+            (link_scope("a_b"), "x"), ("link:aXb:backend:zoom", "x"),  # LIKE wildcards are escaped
+            (meeting_scope("m1"), "room")]
+    for scope, name in doomed + kept:
+        await store.put_secret(scope, name, f"{scope}/{name}")
+    assert await store.delete_scope(link_scope(link_id)) == len(doomed)
+    for scope, name in doomed:
+        assert await store.get_secret(scope, name) is None
+    for scope, name in kept:
+        assert await store.get_secret(scope, name) == f"{scope}/{name}"
+    assert await store.delete_scope(link_scope("a_b")) == 1
+    assert await store.get_secret("link:aXb:backend:zoom", "x") == "link:aXb:backend:zoom/x"
+    assert await store.delete_scope(link_scope(link_id)) == 0
+
+
+async def test_concurrent_puts_and_gets_do_not_error(store: Store) -> None:
+    async def one(i: int) -> None:
+        name = f"n{i % 10}"  # overlapping names: first writes of one secret race each other too
+        await store.put_secret("link:many:backend:fake", name, f"value-{i}")
+        value = await store.get_secret("link:many:backend:fake", name)
+        assert value is not None and value.startswith("value-")
+        await store.put_secret("link:many:backend:fake", f"own-{i}", f"own-{i}")
+        assert await store.get_secret("link:many:backend:fake", f"own-{i}") == f"own-{i}"
+
+    async with anyio.create_task_group() as tg:
+        for i in range(50):
+            tg.start_soon(one, i)
+    assert sum((await store.count_by_key()).values()) == 60
+
+
+async def test_concurrent_deletes_and_puts_do_not_error(store: Store) -> None:
+    async def one(i: int) -> None:
+        scope = backend_scope(f"l{i % 5}", "fake")
+        await store.put_secret(scope, "token", f"v{i}")
+        await store.delete_secret(scope, "token")
+        await store.put_secret(scope, "token", f"w{i}")
+        await store.delete_scope(link_scope(f"l{i % 5}"))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(30):
+            tg.start_soon(one, i)
+
+
+# --- an unreachable database ----------------------------------------------------------
+
+async def test_an_unreachable_database_is_a_store_error() -> None:
+    store = new_store("postgresql+psycopg://postgres:hunter2@127.0.0.1:1/nothing", [generate_key()])
+    try:
+        with pytest.raises(StoreError, match="database unavailable"):
+            await store.ping()
+        with pytest.raises(StoreError):
+            await store.get_secret("link:a", "token")
+        with pytest.raises(StoreError):
+            await store.create_link(pipedrive_user_id=1, company_id=2)
+    finally:
+        store.close()
+
+
+async def test_startup_against_an_unreachable_database_hides_the_password(tmp_path: Path) -> None:
+    from bridge.testing import make_config
+
+    config = make_config(tmp_path, "postgresql+psycopg://postgres:hunter2@127.0.0.1:1/nothing")
+    store = open_store(config)
+    try:
+        with pytest.raises(StartupError, match="database: cannot open") as excinfo:
+            await prepare_database(store, config)
+    finally:
+        store.close()
+    assert "hunter2" not in str(excinfo.value)
+    assert "127.0.0.1:1" in str(excinfo.value)
+
+
+# --- the vault ------------------------------------------------------------------------
+
+def test_generate_key_format() -> None:
+    key = generate_key()
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}=", key)
+    assert len(base64.urlsafe_b64decode(key)) == 32
+    assert generate_key() != key
+    assert re.fullmatch(r"[0-9a-f]{12}", key_id(key))
+    assert key_id(key) == key_id(key + "\n")  # stable, whitespace-insensitive
+    assert key_id(key) != key_id(generate_key())
+    Vault([key])  # usable as is
+
+
+def test_an_empty_key_ring_is_refused() -> None:
+    with pytest.raises(VaultError, match="no vault key is configured"):
+        Vault([])
+
+
+@pytest.mark.parametrize(("key", "message"), [
+    ("abc", "not valid base64"),
+    ("!!!not-a-key", "not valid base64"),
+    (base64.urlsafe_b64encode(b"k" * 16).decode(), "must be 32 bytes, got 16"),
+    (base64.urlsafe_b64encode(b"k" * 64).decode(), "must be 32 bytes, got 64"),
+])
+def test_malformed_keys_are_refused_with_a_message(key: str, message: str) -> None:
+    with pytest.raises(VaultError, match=message) as excinfo:
+        Vault([generate_key(), key])
+    assert "keys generate" in str(excinfo.value)
+
+
+def test_the_first_key_encrypts_and_every_key_decrypts() -> None:
+    key_a, key_b = generate_key(), generate_key()
+    old = Vault([key_a])
+    ring = Vault([key_b, key_a, key_b])
+    assert ring.key_ids == (key_id(key_b), key_id(key_a))
+    assert ring.primary_key_id == key_id(key_b)
+    _, from_old = old.encrypt("v", "ctx")
+    assert ring.decrypt(from_old, "ctx") == "v"
+    kid, from_ring = ring.encrypt("v", "ctx")
+    assert kid == key_id(key_b)
+    with pytest.raises(VaultError, match=key_id(key_b)):
+        old.decrypt(from_ring, "ctx")
+    assert from_ring != ring.encrypt("v", "ctx")[1], "every encryption uses a fresh nonce"
+
+
+def test_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "bridge.key"
+    keys = load_or_create_key_file(path)
+    assert len(keys) == 1
+    Vault(keys)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_key_file(path) == keys
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_key_file_with_comments_and_several_keys(tmp_path: Path) -> None:
+    key_a, key_b = generate_key(), generate_key()
+    path = tmp_path / "bridge.key"
+    path.write_text(f"# new key first\n{key_b}\n\n  {key_a}  \n")
+    assert load_or_create_key_file(path) == [key_b, key_a]
+
+
+def test_an_empty_key_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.key"
+    path.write_text("# nothing here\n\n")
+    with pytest.raises(VaultError, match="holds no key") as excinfo:
+        load_or_create_key_file(path)
+    assert str(path) in str(excinfo.value)
