@@ -16,7 +16,7 @@ from .errors import BadRequest
 
 MAX_TOPIC_LENGTH = 1000
 MAX_DURATION_MINUTES = 31 * 24 * 60
-_START_TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}")
+_START_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}")
 
 
 def parse_meeting(body: Any) -> MeetingRequest:

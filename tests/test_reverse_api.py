@@ -1,0 +1,539 @@
+"""The reverse API through HTTP: postMeeting, patchUpdateMeeting, deleteMeeting.
+
+Happy paths, the meeting's life cycle, dispatch to the backend that made a room,
+the "nothing half-written" rules, request ids and the health endpoints.
+Errors (validation, auth, routing, vendor failures) are in test_reverse_api_errors.py.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import httpx
+import pytest
+from sqlmodel import Session, select
+
+import bridge.store
+from bridge.backends import Backend, BackendContext, MeetingRequest, Room
+from bridge.config import Config
+from bridge.errors import BackendError
+from bridge.hookspecs import hookimpl
+from bridge.invitation import render_invitation
+from bridge.store import (MEETING_ACTIVE, MEETING_DELETED, MEETING_DELETING, Link, Meeting, Secret, Store,
+                          StoreError)
+from bridge.testing import bridge_client, make_config
+
+pytestmark = pytest.mark.anyio
+
+BODY: dict[str, Any] = {"topic": "Demo with Acme", "start_time": "2030-01-01 10:00", "duration": 30}
+MOVED: dict[str, Any] = {"topic": "Moved demo", "start_time": "2030-02-03 16:45", "duration": 90}
+
+
+def meetings_url(link_id: str) -> str:
+    return f"/api/v1/links/{link_id}/meetings"
+
+
+def meeting_url(link_id: str, meeting_id: str) -> str:
+    return f"/api/v1/links/{link_id}/meetings/{meeting_id}"
+
+
+def assert_error(response: httpx.Response, status: int, *words: str) -> str:
+    """The response is ``status`` with exactly ``{"success": false, "error": <message>}``."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"success", "error"}, body
+    assert body["success"] is False
+    assert isinstance(body["error"], str) and body["error"].strip()
+    for word in words:
+        assert word in body["error"], (word, body["error"])
+    return body["error"]  # type: ignore[no-any-return]
+
+
+async def create(client: httpx.AsyncClient, link_id: str, **overrides: Any) -> str:
+    response = await client.post(meetings_url(link_id), json={**BODY, **overrides})
+    assert response.status_code == 201, response.text
+    return response.json()["data"]["meeting_id"]  # type: ignore[no-any-return]
+
+
+def _all_rows(store: Store) -> tuple[list[Meeting], list[Secret]]:
+    with Session(store.engine) as session:
+        return list(session.exec(select(Meeting))), list(session.exec(select(Secret)))
+
+
+async def all_rows(store: Store) -> tuple[list[Meeting], list[Secret]]:
+    return await anyio.to_thread.run_sync(_all_rows, store)
+
+
+# --- postMeeting ---------------------------------------------------------------------
+
+async def test_post_meeting_answers_201_with_exactly_the_contract_fields(client, link, vendor):
+    response = await client.post(meetings_url(link.id), json=BODY)
+
+    assert response.status_code == 201, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"success", "data"}
+    assert body["success"] is True
+    data = body["data"]
+    assert set(data) == {"meeting_id", "join_url", "password", "invitation"}
+    assert all(isinstance(value, str) and value for value in data.values())
+
+    # the vendor made exactly one room, and the bridge answers with that room's details
+    assert list(vendor.rooms) == ["fake-1"]
+    assert vendor.calls == [("fake", "create", "fake-1")]
+    assert data["join_url"] == "https://video.example.com/fake-1"
+    assert data["password"] == "s3cret-pass"
+    assert data["join_url"] in data["invitation"]
+    assert "Demo with Acme" in data["invitation"]
+
+    room = vendor.rooms["fake-1"]
+    assert room == MeetingRequest(topic="Demo with Acme", start_time=datetime(2030, 1, 1, 10, 0, tzinfo=UTC),
+                                  duration=30)
+
+
+async def test_meeting_id_is_opaque_and_not_the_vendor_id(client, link, vendor, store):
+    meeting_ids = [await create(client, link.id) for _ in range(3)]
+
+    assert len(set(meeting_ids)) == 3
+    vendor_ids = set(vendor.rooms)
+    assert vendor_ids == {"fake-1", "fake-2", "fake-3"}
+    for meeting_id in meeting_ids:
+        assert meeting_id not in vendor_ids
+        assert not any(vendor_id in meeting_id for vendor_id in vendor_ids)
+        assert 16 <= len(meeting_id) <= 64
+        stored = await store.get_meeting(link.id, meeting_id)
+        assert stored is not None and stored.backend == "fake" and stored.vendor_meeting_id in vendor_ids
+        assert stored.state == MEETING_ACTIVE
+    stored_vendor_ids = {(await store.get_meeting(link.id, m)).vendor_meeting_id for m in meeting_ids}
+    assert stored_vendor_ids == vendor_ids
+
+
+async def test_post_meeting_stores_the_room_encrypted(client, link, store):
+    response = await client.post(meetings_url(link.id), json=BODY)
+    data = response.json()["data"]
+
+    room = await store.get_room(data["meeting_id"])
+    assert room is not None
+    assert (room.join_url, room.invitation, room.password) == (data["join_url"], data["invitation"],
+                                                               data["password"])
+    _, secrets = await all_rows(store)
+    assert secrets and all(data["join_url"] not in s.ciphertext for s in secrets)
+
+
+async def test_topic_whitespace_is_normalised_and_extra_fields_are_ignored(client, link, vendor):
+    response = await client.post(meetings_url(link.id), json={
+        **BODY, "topic": "  Demo \t with\n Acme  ", "timezone": "Europe/Tallinn", "attendees": [1, 2],
+        "duration": 45, "unexpected": {"nested": True}})
+
+    assert response.status_code == 201, response.text
+    assert vendor.rooms["fake-1"].topic == "Demo with Acme"
+    assert vendor.rooms["fake-1"].duration == 45
+
+
+async def test_fractional_duration_is_accepted_and_rounded_up(client, link, vendor, store):
+    for number, (duration, minutes) in enumerate([(30.5, 31), (0.1, 1), (59.999, 60), (60.0, 60), (1, 1),
+                                                  (1e-9, 1)], start=1):
+        meeting_id = await create(client, link.id, duration=duration)
+        assert vendor.rooms[f"fake-{number}"].duration == minutes, duration
+        stored = await store.get_meeting(link.id, meeting_id)
+        assert stored is not None and stored.duration == minutes, duration
+
+    # and on update
+    vendor_id = f"fake-{number}"
+    assert (await client.patch(meeting_url(link.id, meeting_id), json={**MOVED, "duration": 44.2})).status_code == 204
+    assert vendor.rooms[vendor_id].duration == 45
+
+
+async def test_json_media_type_variants_are_accepted(client, link, vendor):
+    import json
+
+    for content_type in ("application/json; charset=utf-8", "Application/JSON", "application/vnd.api+json"):
+        response = await client.post(meetings_url(link.id), content=json.dumps(BODY),
+                                     headers={"Content-Type": content_type})
+        assert response.status_code == 201, (content_type, response.text)
+    assert len(vendor.rooms) == 3
+
+
+class NoPasswordBackend(Backend):
+    name = "nopass"
+    title = "No Password Video"
+
+    async def create(self, ctx: BackendContext, meeting: MeetingRequest) -> Room:
+        return self._room(ctx, "room-1", meeting)
+
+    async def update(self, ctx: BackendContext, vendor_meeting_id: str, meeting: MeetingRequest) -> Room:
+        return self._room(ctx, vendor_meeting_id, meeting)
+
+    async def delete(self, ctx: BackendContext, vendor_meeting_id: str) -> None:
+        return None
+
+    def _room(self, ctx: BackendContext, room_id: str, meeting: MeetingRequest) -> Room:
+        url = f"https://open.example.com/{room_id}"
+        return Room(vendor_meeting_id=room_id, join_url=url, invitation=render_invitation(meeting, url, user=ctx.user))
+
+
+class NoPasswordPlugin:
+    __name__ = "nopass-plugin"
+
+    @staticmethod
+    @hookimpl
+    def register_backends(register: Any) -> None:
+        register(NoPasswordBackend)
+
+
+async def test_password_is_left_out_when_the_backend_gives_none(tmp_path: Path, database_url: str,
+                                                                config: Config, store: Store, link: Link):
+    nopass = make_config(tmp_path, database_url, vault={"keys": list(config.vault.keys)},
+                         meetings={"default_backend": "nopass", "allowed_backends": ["nopass"]})
+    async with bridge_client(nopass, [NoPasswordPlugin()]) as client:
+        response = await client.post(meetings_url(link.id), json=BODY)
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["success"] is True
+    assert set(body["data"]) == {"meeting_id", "join_url", "invitation"}
+    assert body["data"]["join_url"] == "https://open.example.com/room-1"
+
+
+# --- patchUpdateMeeting and deleteMeeting ---------------------------------------------
+
+async def test_patch_answers_204_with_an_empty_body_and_moves_the_room(client, link, vendor, store):
+    meeting_id = await create(client, link.id)
+
+    response = await client.patch(meeting_url(link.id, meeting_id), json=MOVED)
+
+    assert response.status_code == 204, response.text
+    assert response.content == b""
+    assert vendor.calls == [("fake", "create", "fake-1"), ("fake", "update", "fake-1")]
+    assert vendor.rooms == {"fake-1": MeetingRequest(topic="Moved demo", duration=90,
+                                                     start_time=datetime(2030, 2, 3, 16, 45, tzinfo=UTC))}
+    stored = await store.get_meeting(link.id, meeting_id)
+    assert stored is not None
+    assert stored.duration == 90 and stored.vendor_meeting_id == "fake-1"
+    room = await store.get_room(meeting_id)
+    assert room is not None and "Moved demo" in room.invitation
+
+
+async def test_patch_can_be_repeated(client, link, vendor):
+    meeting_id = await create(client, link.id)
+
+    for duration in (40, 50, 60):
+        response = await client.patch(meeting_url(link.id, meeting_id), json={**MOVED, "duration": duration})
+        assert response.status_code == 204, response.text
+    assert vendor.rooms["fake-1"].duration == 60
+    assert len(vendor.rooms) == 1
+
+
+async def test_delete_answers_204_with_an_empty_body_and_removes_the_room(client, link, vendor, store):
+    keep = await create(client, link.id)
+    meeting_id = await create(client, link.id)
+    assert set(vendor.rooms) == {"fake-1", "fake-2"}
+
+    response = await client.delete(meeting_url(link.id, meeting_id))
+
+    assert response.status_code == 204, response.text
+    assert response.content == b""
+    assert set(vendor.rooms) == {"fake-1"}
+    assert vendor.calls[-1] == ("fake", "delete", "fake-2")
+    stored = await store.get_meeting(link.id, meeting_id)
+    assert stored is not None and stored.state == MEETING_DELETED
+    assert await store.get_room(meeting_id) is None  # the room's secrets are erased
+    assert (await store.get_meeting(link.id, keep)).state == MEETING_ACTIVE  # type: ignore[union-attr]
+    assert await store.get_room(keep) is not None
+
+
+async def test_full_life_cycle_keeps_vendor_and_bridge_in_step(client, link, vendor):
+    first = await create(client, link.id)
+    second = await create(client, link.id, topic="Second")
+    assert set(vendor.rooms) == {"fake-1", "fake-2"}
+
+    assert (await client.patch(meeting_url(link.id, first), json=MOVED)).status_code == 204
+    assert vendor.rooms["fake-1"].topic == "Moved demo"
+    assert vendor.rooms["fake-2"].topic == "Second"
+
+    assert (await client.delete(meeting_url(link.id, first))).status_code == 204
+    assert set(vendor.rooms) == {"fake-2"}
+    assert (await client.delete(meeting_url(link.id, second))).status_code == 204
+    assert vendor.rooms == {}
+
+
+async def test_repeated_delete_answers_204_without_calling_the_vendor_again(client, link, vendor):
+    meeting_id = await create(client, link.id)
+    assert (await client.delete(meeting_url(link.id, meeting_id))).status_code == 204
+    calls = list(vendor.calls)
+
+    again = await client.delete(meeting_url(link.id, meeting_id))
+
+    assert again.status_code == 204, again.text
+    assert again.content == b""
+    assert vendor.calls == calls
+
+
+async def test_patch_after_delete_is_404(client, link, vendor):
+    meeting_id = await create(client, link.id)
+    assert (await client.delete(meeting_url(link.id, meeting_id))).status_code == 204
+
+    response = await client.patch(meeting_url(link.id, meeting_id), json=MOVED)
+
+    assert_error(response, 404, "deleted")
+    assert vendor.rooms == {}
+    assert [c[1] for c in vendor.calls] == ["create", "delete"]
+
+
+async def test_delete_the_vendor_fails_can_be_retried(client, link, vendor, store):
+    meeting_id = await create(client, link.id)
+    vendor.fail["delete"] = httpx.ConnectError("connection refused")
+
+    failed = await client.delete(meeting_url(link.id, meeting_id))
+
+    assert_error(failed, 503, "Fake Video", "ConnectError")
+    assert "fake-1" in vendor.rooms
+    stored = await store.get_meeting(link.id, meeting_id)
+    assert stored is not None and stored.state == MEETING_DELETING
+    # while it is half-deleted, it cannot be moved
+    assert_error(await client.patch(meeting_url(link.id, meeting_id), json=MOVED), 404)
+
+    retry = await client.delete(meeting_url(link.id, meeting_id))
+
+    assert retry.status_code == 204, retry.text
+    assert retry.content == b""
+    assert vendor.rooms == {}
+    assert (await store.get_meeting(link.id, meeting_id)).state == MEETING_DELETED  # type: ignore[union-attr]
+
+    repeated = await client.delete(meeting_url(link.id, meeting_id))
+    assert repeated.status_code == 204, repeated.text
+    assert vendor.calls.count(("fake", "delete", "fake-1")) == 1
+
+    assert_error(await client.patch(meeting_url(link.id, meeting_id), json=MOVED), 404)
+
+
+# --- a vendor that makes a new room on update --------------------------------------------
+
+async def test_update_that_makes_a_new_room_deletes_the_old_one_after_storing(client, link, vendor, store,
+                                                                             monkeypatch):
+    meeting_id = await create(client, link.id)
+    vendor.new_room_on_update = True
+    original = bridge.store.Store.replace_room
+
+    async def recording_replace_room(self: Store, *args: Any, **kwargs: Any) -> None:
+        # the old room must still exist at the vendor when the new one is stored
+        assert "fake-1" in vendor.rooms
+        await original(self, *args, **kwargs)
+        vendor.calls.append(("store", "replace_room", kwargs["vendor_meeting_id"]))
+
+    monkeypatch.setattr(bridge.store.Store, "replace_room", recording_replace_room)
+
+    response = await client.patch(meeting_url(link.id, meeting_id), json=MOVED)
+
+    assert response.status_code == 204, response.text
+    assert vendor.calls == [("fake", "create", "fake-1"), ("fake", "update", "fake-1"),
+                            ("store", "replace_room", "fake-2"), ("fake", "delete", "fake-1")]
+    assert list(vendor.rooms) == ["fake-2"]
+    assert vendor.rooms["fake-2"].topic == "Moved demo"
+    stored = await store.get_meeting(link.id, meeting_id)
+    assert stored is not None and stored.vendor_meeting_id == "fake-2"
+    room = await store.get_room(meeting_id)
+    assert room is not None and room.join_url == "https://video.example.com/fake-2"
+
+    # the same bridge meeting id keeps working, now for the new room
+    deleted = await client.delete(meeting_url(link.id, meeting_id))
+    assert deleted.status_code == 204, deleted.text
+    assert vendor.calls[-1] == ("fake", "delete", "fake-2")
+    assert vendor.rooms == {}
+
+
+async def test_update_whose_new_room_is_not_stored_keeps_the_old_room(client, link, vendor, store, monkeypatch):
+    meeting_id = await create(client, link.id)
+    vendor.new_room_on_update = True
+
+    async def failing_replace_room(self: Store, *args: Any, **kwargs: Any) -> None:
+        raise StoreError("database unavailable: OperationalError")
+
+    monkeypatch.setattr(bridge.store.Store, "replace_room", failing_replace_room)
+
+    response = await client.patch(meeting_url(link.id, meeting_id), json=MOVED)
+
+    assert_error(response, 503)
+    # the new room was removed again, the old one (still the stored one) kept
+    assert list(vendor.rooms) == ["fake-1"]
+    assert ("fake", "delete", "fake-2") in vendor.calls
+    assert ("fake", "delete", "fake-1") not in vendor.calls
+    stored = await store.get_meeting(link.id, meeting_id)
+    assert stored is not None and stored.vendor_meeting_id == "fake-1" and stored.state == MEETING_ACTIVE
+
+    monkeypatch.undo()
+    deleted = await client.delete(meeting_url(link.id, meeting_id))
+    assert deleted.status_code == 204, deleted.text
+    assert vendor.rooms == {}
+
+
+# --- nothing half-written on create ------------------------------------------------------
+
+async def test_room_is_deleted_again_when_the_meeting_cannot_be_stored(client, link, vendor, store, monkeypatch):
+    async def failing_add_meeting(self: Store, *args: Any, **kwargs: Any) -> None:
+        raise StoreError("database unavailable: OperationalError")
+
+    monkeypatch.setattr(bridge.store.Store, "add_meeting", failing_add_meeting)
+
+    response = await client.post(meetings_url(link.id), json=BODY)
+
+    message = assert_error(response, 503, "removed")
+    assert "OperationalError" not in message
+    assert vendor.rooms == {}
+    assert vendor.calls == [("fake", "create", "fake-1"), ("fake", "delete", "fake-1")]
+    meetings, secrets = await all_rows(store)
+    assert meetings == [] and secrets == []
+
+
+async def test_failed_cleanup_still_answers_503(client, link, vendor, store, monkeypatch):
+    async def failing_add_meeting(self: Store, *args: Any, **kwargs: Any) -> None:
+        raise StoreError("database unavailable: OperationalError")
+
+    monkeypatch.setattr(bridge.store.Store, "add_meeting", failing_add_meeting)
+    vendor.fail["delete"] = BackendError("vendor is down")
+
+    response = await client.post(meetings_url(link.id), json=BODY)
+
+    assert_error(response, 503)
+    assert list(vendor.rooms) == ["fake-1"]  # could not be removed; logged, not raised
+    meetings, _ = await all_rows(store)
+    assert meetings == []
+
+
+# --- update and delete go to the backend that made the room ------------------------------
+
+async def test_meetings_stay_with_their_backend_after_the_link_switches(client, link, vendor, store):
+    old = await create(client, link.id)
+    assert await store.set_link_backend(link.id, "other")
+
+    new = await create(client, link.id)
+
+    assert vendor.calls == [("fake", "create", "fake-1"), ("other", "create", "other-2")]
+    assert (await store.get_meeting(link.id, old)).backend == "fake"  # type: ignore[union-attr]
+    assert (await store.get_meeting(link.id, new)).backend == "other"  # type: ignore[union-attr]
+
+    assert (await client.patch(meeting_url(link.id, old), json=MOVED)).status_code == 204
+    assert (await client.patch(meeting_url(link.id, new), json=MOVED)).status_code == 204
+    assert (await client.delete(meeting_url(link.id, old))).status_code == 204
+    assert (await client.delete(meeting_url(link.id, new))).status_code == 204
+
+    assert vendor.calls[2:] == [("fake", "update", "fake-1"), ("other", "update", "other-2"),
+                                ("fake", "delete", "fake-1"), ("other", "delete", "other-2")]
+    assert vendor.rooms == {}
+
+
+async def test_a_link_backend_that_is_not_allowed_falls_back_to_the_default(client, link, vendor, store):
+    assert await store.set_link_backend(link.id, "not-allowed")
+
+    await create(client, link.id)
+
+    assert vendor.calls == [("fake", "create", "fake-1")]
+
+
+# --- links are separate ------------------------------------------------------------------
+
+async def test_links_keep_their_own_meetings(client, link, vendor, store):
+    other_link = await store.create_link(pipedrive_user_id=303, company_id=202, user_name="Grace Hopper")
+    mine = await create(client, link.id)
+    theirs = await create(client, other_link.id, topic="Their meeting")
+
+    assert_error(await client.patch(meeting_url(link.id, theirs), json=MOVED), 404, "unknown meeting")
+    assert_error(await client.delete(meeting_url(link.id, theirs)), 404, "unknown meeting")
+    assert_error(await client.delete(meeting_url(other_link.id, mine)), 404, "unknown meeting")
+
+    # untouched: still at the vendor, still active, never updated nor deleted there
+    assert vendor.rooms["fake-2"].topic == "Their meeting"
+    assert [c[1] for c in vendor.calls] == ["create", "create"]
+    assert (await store.get_meeting(other_link.id, theirs)).state == MEETING_ACTIVE  # type: ignore[union-attr]
+
+    # and its own link still reaches it
+    assert (await client.patch(meeting_url(other_link.id, theirs), json=MOVED)).status_code == 204
+    assert (await client.delete(meeting_url(other_link.id, theirs))).status_code == 204
+    assert list(vendor.rooms) == ["fake-1"]
+
+
+# --- request ids -------------------------------------------------------------------------
+
+async def test_a_sane_request_id_is_echoed(client, link):
+    for request_id in ("abc-123_DEF.4", "x" * 64, "0b9f3c2e-5d7a-4e61-9a38-2f4c6d8e1a57"):
+        response = await client.post(meetings_url(link.id), json=BODY, headers={"X-Request-ID": request_id})
+        assert response.status_code == 201
+        assert response.headers["x-request-id"] == request_id
+
+
+async def test_a_request_id_is_generated_when_none_is_given(client, link):
+    first = await client.post(meetings_url(link.id), json=BODY)
+    second = await client.post(meetings_url(link.id), json=BODY)
+
+    assert first.headers["x-request-id"] and second.headers["x-request-id"]
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+async def test_a_hostile_request_id_is_replaced(client, link):
+    for hostile in ["has spaces in it", "line\nbreak", "line\r\nX-Injected: 1", "x" * 65, "y" * 200,
+                    "semi;colon", "", "ünïcode", "id\x00nul", "<script>"]:
+        response = await client.post(meetings_url(link.id), json=BODY, headers={"X-Request-ID": hostile.encode()})
+        assert response.status_code == 201, (hostile, response.text)
+        given = response.headers["x-request-id"]
+        assert given != hostile
+        assert len(given) == 32 and all(ch in "0123456789abcdef" for ch in given), (hostile, given)
+        assert "x-injected" not in response.headers
+
+
+async def test_error_responses_carry_a_request_id(client, link):
+    response = await client.patch(meeting_url(link.id, "nope"), json=BODY, headers={"X-Request-ID": "req-42"})
+
+    assert_error(response, 404)
+    assert response.headers["x-request-id"] == "req-42"
+
+
+# --- health ------------------------------------------------------------------------------
+
+async def test_healthz_and_readyz_answer_200_without_credentials(client):
+    for path in ("/healthz", "/readyz"):
+        request = client.build_request("GET", path)
+        del request.headers["Authorization"]
+        response = await client.send(request)
+        assert response.status_code == 200, (path, response.text)
+        assert response.headers["content-type"].startswith("application/json")
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).json() == {"status": "ready", "database": "ok"}
+
+
+async def test_readyz_answers_503_when_the_database_is_down(client, monkeypatch):
+    async def failing_ping(self: Store) -> None:
+        raise StoreError("database unavailable: OperationalError")
+
+    monkeypatch.setattr(bridge.store.Store, "ping", failing_ping)
+
+    response = await client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "database": "unreachable"}
+    assert (await client.get("/healthz")).status_code == 200
+
+
+# --- concurrency -------------------------------------------------------------------------
+
+async def test_concurrent_creates_each_get_their_own_meeting(client, link, vendor, store):
+    responses: list[httpx.Response] = []
+
+    async def post(number: int) -> None:
+        responses.append(await client.post(meetings_url(link.id), json={**BODY, "topic": f"Meeting {number}"}))
+
+    async with anyio.create_task_group() as tasks:
+        for number in range(8):
+            tasks.start_soon(post, number)
+
+    assert [r.status_code for r in responses] == [201] * 8
+    meeting_ids = {r.json()["data"]["meeting_id"] for r in responses}
+    assert len(meeting_ids) == 8
+    assert len(vendor.rooms) == 8
+    meetings, _ = await all_rows(store)
+    assert {m.id for m in meetings} == meeting_ids
+    assert {m.vendor_meeting_id for m in meetings} == set(vendor.rooms)
