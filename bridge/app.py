@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import install, reverse_api
+from . import install, reverse_api, settings_page
 from .config import Config
 from .errors import BridgeError, PayloadTooLarge
 from .logs import request_id_var
@@ -162,6 +162,7 @@ def create_app(config: Config, registry: PluginRegistry | None = None,
         Route("/manifest.json", manifest, methods=["GET"]),
         *reverse_api.routes,
         *install.routes,
+        *settings_page.routes,
     ]
     app = Starlette(
         routes=routes,

@@ -11,6 +11,12 @@ from .errors import Unauthorized
 MAX_HEADER_LENGTH = 2048
 
 
+def basic_auth(client_id: str, client_secret: str) -> dict[str, str]:
+    """The ``Authorization`` header Pipedrive sends: ``Basic base64(client_id:client_secret)``."""
+    token = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
 def check_basic_auth(header: str | None, client_id: str, client_secret: str) -> None:
     """Raise Unauthorized unless ``header`` is ``Basic base64(client_id:client_secret)``.
 

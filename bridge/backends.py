@@ -6,6 +6,13 @@ from its own TOML table with :meth:`Backend.from_config`; then, for every
 meeting, it calls ``create``, ``update`` or ``delete`` with a :class:`BackendContext`
 that carries everything the backend may use and nothing else.
 
+A backend that acts on each user's own vendor account (say, Zoom user OAuth)
+sets ``needs_user_account = True`` and implements the connect flow: the
+settings page sends the browser to :meth:`Backend.connect_url`, the vendor sends
+it back to the bridge's callback, and :meth:`Backend.connect_finish` stores what
+it got with ``ctx.credentials``. The core signs and checks ``state``; the backend
+only passes it through.
+
 Errors: raise ``bridge.errors.BackendError`` (or ``BackendUnavailable`` /
 ``BackendTimeout``) with a message for the person reading it. Network errors of
 the shared ``httpx.AsyncClient`` are mapped by the core; anything else a backend
@@ -79,6 +86,8 @@ class Backend(ABC):
 
     name: ClassVar[str]
     title: ClassVar[str]
+    needs_user_account: ClassVar[bool] = False
+    """True when each user must connect their own vendor account before meetings work."""
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Self:
@@ -103,3 +112,25 @@ class Backend(ABC):
     @abstractmethod
     async def delete(self, ctx: BackendContext, vendor_meeting_id: str) -> None:
         """Remove the room; a room that is already gone counts as deleted."""
+
+    # --- the optional per-user connect flow (only when ``needs_user_account``) --------
+
+    async def connect_url(self, ctx: BackendContext, callback_url: str, state: str) -> str:
+        """Where to send the browser to connect the user's vendor account.
+
+        The vendor must send the browser back to ``callback_url`` with ``state``
+        unchanged in the query (``?state=``, as OAuth does) plus whatever it adds,
+        such as ``code``. An ``error`` there is shown to the user by the core,
+        without calling :meth:`connect_finish`.
+        """
+        raise NotImplementedError(f"{self.title} has no per-user account to connect")
+
+    async def connect_finish(self, ctx: BackendContext, params: Mapping[str, str], callback_url: str) -> None:
+        """Finish connecting from the vendor's redirect (``params`` is its query; the core
+        has already checked ``state``): store the credentials with ``ctx.credentials``.
+        Raise ``BackendError`` with a message for the user when it fails."""
+        raise NotImplementedError(f"{self.title} has no per-user account to connect")
+
+    async def is_connected(self, ctx: BackendContext) -> bool:
+        """Whether the user's vendor account is connected (typically: a credential is stored)."""
+        return True

@@ -1,9 +1,10 @@
-"""The ``pipedrive-video-bridge`` command: serve, check, manifest, links, plugins, keys, migrate."""
+"""The ``pipedrive-video-bridge`` command: serve, check, manifest, links, plugins, keys, migrate, simulate."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -13,10 +14,14 @@ from typing import Any
 from . import __version__, migrations
 from .config import Config, load_config
 from .errors import ConfigError
+from .fake_pipedrive import FakePipedriveState, running_fake_pipedrive
 from .logs import configure_logging
 from .manifest import build_manifest, manifest_problems, render_manifest, write_manifest
 from .plugins import load_plugins
 from .runtime import StartupError, build_backends, open_bridge, open_store, prepare_database
+from .simulator import DEFAULT_HOST as SIMULATOR_HOST
+from .simulator import DEFAULT_PORT as SIMULATOR_PORT
+from .simulator import Simulator
 from .vault import generate_key
 
 EXIT_PROBLEM = 2
@@ -172,6 +177,27 @@ def cmd_migrate(config: Config, _args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(config: Config, args: argparse.Namespace) -> int:
+    client_id = args.client_id or config.pipedrive.client_id
+    client_secret = args.client_secret or config.pipedrive.client_secret
+    pipedrive = FakePipedriveState(client_id=client_id, client_secret=client_secret)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(running_fake_pipedrive(pipedrive, args.pipedrive_host, args.pipedrive_port))
+        except (OSError, RuntimeError) as exc:
+            return _fail(f"the Pipedrive simulator cannot listen on {args.pipedrive_host}:{args.pipedrive_port}: "
+                         f"{exc}")
+        try:
+            simulator = Simulator(args.bridge_url, client_id, client_secret, pipedrive)
+        except ValueError as exc:
+            return _fail(str(exc))
+        print(f"Pipedrive simulator on {pipedrive.api_domain}: the bridge under test needs [pipedrive] "
+              f'oauth_base = "{pipedrive.api_domain}" and api_base = "{pipedrive.api_domain}"', flush=True)
+        ok = asyncio.run(simulator.run())
+    print("all steps passed" if ok else "some steps failed")
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipedrive-video-bridge",
                                      description="Pipedrive's video calling app extension on your own vendor.")
@@ -207,6 +233,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("generate", cmd_keys_generate, "print a new random vault key", keys)
     add("rotate", cmd_keys_rotate, "re-encrypt every stored secret with the first configured key", keys)
     add("migrate", cmd_migrate, "apply pending database migrations")
+    simulate = add("simulate", cmd_simulate, "play Pipedrive against a running bridge: install, the reverse API, "
+                   "uninstall; one PASS/FAIL line per step")
+    simulate.epilog = (f"The bridge under test must use the simulator as Pipedrive: [pipedrive] oauth_base and "
+                       f"api_base = \"http://HOST:PORT\" of --pipedrive-host/--pipedrive-port (default "
+                       f"http://{SIMULATOR_HOST}:{SIMULATOR_PORT}), and the same client id and secret. Exit "
+                       "status 0 when every step passes, 1 when one fails.")
+    simulate.add_argument("--bridge-url", required=True, help="the bridge's base URL, e.g. http://127.0.0.1:8000")
+    simulate.add_argument("--pipedrive-host", default=SIMULATOR_HOST,
+                          help="address the simulated Pipedrive listens on (default: %(default)s)")
+    simulate.add_argument("--pipedrive-port", type=int, default=SIMULATOR_PORT,
+                          help="port the simulated Pipedrive listens on (default: %(default)s)")
+    simulate.add_argument("--client-id", help="the app's client id (default: the config's)")
+    simulate.add_argument("--client-secret", help="the app's client secret (default: the config's)")
     return parser
 
 

@@ -18,7 +18,6 @@ in ``FakePipedriveState`` for assertions.
 
 from __future__ import annotations
 
-import base64
 import secrets
 import threading
 import time
@@ -27,11 +26,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+
+from .auth import basic_auth
+from .loopback import serve_on_loopback
 
 LINKS_PATH = "/api/v1/meetings/userProviderLinks"
 
@@ -83,8 +84,7 @@ def _error(status: int, error: str, message: str) -> JSONResponse:
 
 def create_fake_pipedrive(state: FakePipedriveState) -> Starlette:
     def client_ok(request: Request) -> bool:
-        expected = base64.b64encode(f"{state.client_id}:{state.client_secret}".encode()).decode()
-        return request.headers.get("authorization") == f"Basic {expected}"
+        return request.headers.get("authorization") == basic_auth(state.client_id, state.client_secret)["Authorization"]
 
     def bearer_ok(request: Request) -> bool:
         header = request.headers.get("authorization", "")
@@ -183,22 +183,10 @@ def create_fake_pipedrive(state: FakePipedriveState) -> Starlette:
 def running_fake_pipedrive(state: FakePipedriveState, host: str = "127.0.0.1",
                            port: int = 0) -> Iterator[FakePipedriveState]:
     """Serve the fake on a real loopback socket in a background thread; ``state.api_domain`` is its URL."""
-    import socket
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    state.api_domain = f"http://{host}:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(create_fake_pipedrive(state), log_config=None, access_log=False,
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 10
-    while not server.started and time.time() < deadline:
-        time.sleep(0.01)
-    try:
+    def build(url: str) -> Starlette:
+        state.api_domain = url
+        return create_fake_pipedrive(state)
+
+    with serve_on_loopback(build, host=host, port=port):
         yield state
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
-        sock.close()

@@ -16,18 +16,16 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
-from starlette.templating import Jinja2Templates
 
 from .auth import check_basic_auth
 from .errors import BadRequest
-from .logs import request_id_var
+from .pages import page
 from .pipedrive import PipedriveError, PipedriveUser, TokenSet
 from .runtime import Bridge
 from .sessions import STATE_COOKIE, STATE_SECONDS, check_state, new_state, set_cookie, start_session
@@ -40,8 +38,6 @@ INSTALL = "/oauth/install"
 LOGIN = "/oauth/login"
 CALLBACK = "/oauth/callback"
 
-templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
-
 
 def _bridge(request: Request) -> Bridge:
     return request.state.bridge  # type: ignore[no-any-return]
@@ -49,13 +45,6 @@ def _bridge(request: Request) -> Bridge:
 
 def redirect_uri(bridge: Bridge) -> str:
     return bridge.config.server.public_url + CALLBACK
-
-
-def page(request: Request, title: str, message: str, *, hint: str | None = None, status: int = 200) -> Response:
-    """A plain HTML page for a person in a browser."""
-    context = {"title": title, "message": message, "hint": hint, "error": status >= 400,
-               "request_id": request_id_var.get() if status >= 400 else None}
-    return templates.TemplateResponse(request, "message.html", context, status_code=status)
 
 
 def _start(request: Request, purpose: str) -> Response:
@@ -75,6 +64,14 @@ async def login_start(request: Request) -> Response:
 
 
 async def callback(request: Request) -> Response:
+    response = await _callback(request)
+    if STATE_COOKIE in request.cookies:
+        # a state works once: a stale cookie would make a later Marketplace install (no state) fail
+        response.delete_cookie(STATE_COOKIE, path="/")
+    return response
+
+
+async def _callback(request: Request) -> Response:
     bridge = _bridge(request)
     params = request.query_params
     purpose = "install"
@@ -117,7 +114,10 @@ async def _login(request: Request, bridge: Bridge, tokens: TokenSet, user: Piped
 
 
 async def _install(request: Request, bridge: Bridge, tokens: TokenSet, user: PipedriveUser) -> Response:
-    existing = await bridge.store.find_active_link(user.company_id, user.id)
+    # the user's link, active or needing re-install (a re-install repairs it); an uninstalled one is history
+    existing = await bridge.store.find_link(user.company_id, user.id)
+    if existing is not None and existing.status == LINK_UNINSTALLED:
+        existing = None
     link_id = existing.id if existing else str(uuid.uuid4())
     try:
         pipedrive_redirect = await bridge.pipedrive.register_link(tokens, link_id, user)

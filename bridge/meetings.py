@@ -50,6 +50,40 @@ class ScopedCredentials:
         await self._store.delete_secret(self._scope, name)
 
 
+def backend_context(bridge: Bridge, link: Link, backend: str) -> BackendContext:
+    """What a backend gets for one call on behalf of the link's user: no more, no less."""
+    user = UserIdentity(link_id=link.id, user_id=link.pipedrive_user_id, company_id=link.company_id,
+                        name=link.user_name, email=link.user_email)
+    return BackendContext(user=user, http=bridge.http, credentials=ScopedCredentials(bridge.store, link.id, backend))
+
+
+async def call_backend(bridge: Bridge, backend: Backend, action: str, call: Callable[[], Awaitable[T]]) -> T:
+    """Run one backend call under the configured deadline; map every failure to a BridgeError.
+
+    ``action`` finishes the sentence "<title> failed to ...", e.g. "create the meeting".
+    """
+    title = backend.title
+    timeout = bridge.config.server.backend_timeout_seconds
+    try:
+        with anyio.fail_after(timeout):
+            return await call()
+    except BridgeError:
+        raise
+    except (TimeoutError, httpx.TimeoutException) as exc:
+        raise BackendTimeout(f"{title} did not answer within {timeout:g} seconds; please try again") from exc
+    except httpx.TransportError as exc:
+        raise BackendUnavailable(f"{title} could not be reached ({exc.__class__.__name__}); "
+                                 "please try again") from exc
+    except httpx.HTTPStatusError as exc:
+        raise BackendError(f"{title} refused the request (HTTP {exc.response.status_code})") from exc
+    except (StoreError, VaultError) as exc:
+        log.error("storage failed during a backend call", extra={"backend": backend.name, "error": str(exc)})
+        raise ServiceUnavailable("the bridge's database is unavailable; please try again") from exc
+    except Exception as exc:
+        log.exception("backend failed", extra={"backend": backend.name, "operation": action})
+        raise BackendError(f"{title} failed to {action}") from exc
+
+
 @dataclass(frozen=True)
 class CreatedMeeting:
     meeting_id: str
@@ -83,19 +117,13 @@ class MeetingService:
             return link.backend
         return self.bridge.config.meetings.default_backend
 
-    def _context(self, link: Link, backend: str) -> BackendContext:
-        user = UserIdentity(link_id=link.id, user_id=link.pipedrive_user_id, company_id=link.company_id,
-                            name=link.user_name, email=link.user_email)
-        return BackendContext(user=user, http=self.bridge.http,
-                              credentials=ScopedCredentials(self.store, link.id, backend))
-
     # --- the three operations -------------------------------------------------------
 
     async def create(self, link: Link, request: MeetingRequest) -> CreatedMeeting:
         name = self.backend_for(link)
         backend = self.bridge.backends.get(name)
-        ctx = self._context(link, name)
-        room = await self._call(backend, "create", lambda: backend.create(ctx, request))
+        ctx = backend_context(self.bridge, link, name)
+        room = await call_backend(self.bridge, backend, "create the meeting", lambda: backend.create(ctx, request))
         meeting = Meeting(id=new_meeting_id(), link_id=link.id, backend=name,
                           vendor_meeting_id=room.vendor_meeting_id,
                           start_time=request.start_time, duration=request.duration)
@@ -114,9 +142,10 @@ class MeetingService:
         if meeting.state != MEETING_ACTIVE:
             raise NotFound("this meeting was deleted")
         backend = self.bridge.backends.get(meeting.backend)
-        ctx = self._context(link, meeting.backend)
+        ctx = backend_context(self.bridge, link, meeting.backend)
         old_vendor_id = meeting.vendor_meeting_id
-        room = await self._call(backend, "update", lambda: backend.update(ctx, old_vendor_id, request))
+        room = await call_backend(self.bridge, backend, "update the meeting",
+                                  lambda: backend.update(ctx, old_vendor_id, request))
         with anyio.CancelScope(shield=True):
             try:
                 await self.store.replace_room(meeting, vendor_meeting_id=room.vendor_meeting_id,
@@ -135,36 +164,14 @@ class MeetingService:
         if meeting.state == MEETING_DELETED:
             return  # a repeated delete answers as the first did
         backend = self.bridge.backends.get(meeting.backend)
-        ctx = self._context(link, meeting.backend)
+        ctx = backend_context(self.bridge, link, meeting.backend)
         await _stored(self.store.set_meeting_state(meeting.id, MEETING_DELETING))
-        await self._call(backend, "delete", lambda: backend.delete(ctx, meeting.vendor_meeting_id))
+        await call_backend(self.bridge, backend, "delete the meeting",
+                           lambda: backend.delete(ctx, meeting.vendor_meeting_id))
         await _stored(self.store.set_meeting_state(meeting.id, MEETING_DELETED))
         log.info("meeting deleted", extra={"meeting_id": meeting.id, "backend": meeting.backend})
 
     # --- vendor calls ---------------------------------------------------------------
-
-    async def _call(self, backend: Backend, operation: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run one backend operation under the configured deadline; map every failure to a status."""
-        title = backend.title
-        timeout = self.bridge.config.server.backend_timeout_seconds
-        try:
-            with anyio.fail_after(timeout):
-                return await call()
-        except BridgeError:
-            raise
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            raise BackendTimeout(f"{title} did not answer within {timeout:g} seconds; please try again") from exc
-        except httpx.TransportError as exc:
-            raise BackendUnavailable(f"{title} could not be reached ({exc.__class__.__name__}); "
-                                     "please try again") from exc
-        except httpx.HTTPStatusError as exc:
-            raise BackendError(f"{title} refused the request (HTTP {exc.response.status_code})") from exc
-        except (StoreError, VaultError) as exc:
-            log.error("storage failed during a backend call", extra={"backend": backend.name, "error": str(exc)})
-            raise ServiceUnavailable("the bridge's database is unavailable; please try again") from exc
-        except Exception as exc:
-            log.exception("backend failed", extra={"backend": backend.name, "operation": operation})
-            raise BackendError(f"{title} failed to {operation} the meeting") from exc
 
     async def _discard(self, backend: Backend, ctx: BackendContext, vendor_meeting_id: str, *, reason: str) -> None:
         """Best-effort removal of a room the bridge will not keep; failures are logged, not raised."""

@@ -128,7 +128,7 @@ class PipedriveClient:
             return value
         parts = urlsplit(value)
         if parts.scheme != "https" or not _PIPEDRIVE_HOST.match(parts.hostname or "") or parts.port \
-                or parts.path or parts.query or parts.username:
+                or parts.path or parts.query or parts.fragment or "@" in parts.netloc:
             raise ValueError(f"api_domain {value!r} is not a Pipedrive domain")
         return value
 

@@ -2,8 +2,8 @@
 
 The session is a signed cookie (no server-side state, so any replica can read
 it): ``HttpOnly``, ``SameSite=Lax``, ``Secure`` when the public URL is https.
-A form's CSRF token is signed for the session's random id, so it is useless
-with any other session.
+A form's CSRF token, and the ``state`` of a vendor's connect flow, are signed
+for the session's random id, so they are useless with any other session.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -66,8 +67,21 @@ def csrf_token(bridge: Bridge, session: Session) -> str:
 
 
 def csrf_ok(bridge: Bridge, session: Session, token: str | None) -> bool:
-    payload = bridge.signer.verify("csrf", token)
-    return payload is not None and hmac.compare_digest(str(payload.get("sid", "")), session.sid)
+    return _for_session(bridge.signer.verify("csrf", token), session)
+
+
+def connect_state(bridge: Bridge, session: Session, backend: str) -> str:
+    """The ``state`` a vendor's connect flow carries: good only for this session and backend."""
+    return bridge.signer.sign("connect", {"sid": session.sid, "backend": backend}, STATE_SECONDS)
+
+
+def connect_state_ok(bridge: Bridge, session: Session, backend: str, state: str | None) -> bool:
+    payload = bridge.signer.verify("connect", state)
+    return _for_session(payload, session) and payload is not None and payload.get("backend") == backend
+
+
+def _for_session(payload: dict[str, Any] | None, session: Session) -> bool:
+    return payload is not None and hmac.compare_digest(str(payload.get("sid", "")).encode(), session.sid.encode())
 
 
 def new_state(bridge: Bridge, purpose: str) -> tuple[str, str]:

@@ -17,7 +17,6 @@ fixture (and, where the backend talks to a vendor, a ``context`` fixture whose
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from .auth import basic_auth
 from .backends import Backend, BackendContext, MeetingRequest, Room, UserIdentity
 from .config import BACKEND_NAME, Config, parse_config
 from .plugins import load_plugins
@@ -66,11 +66,6 @@ def sample_meeting(**overrides: Any) -> MeetingRequest:
 def make_context(http: httpx.AsyncClient, user: UserIdentity | None = None,
                  credentials: Any = None) -> BackendContext:
     return BackendContext(user=user or sample_user(), http=http, credentials=credentials or InMemoryCredentials())
-
-
-def basic_auth(client_id: str, client_secret: str) -> dict[str, str]:
-    token = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
 
 
 def make_config(tmp_path: Path, database_url: str | None = None, **sections: Mapping[str, Any]) -> Config:

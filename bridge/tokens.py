@@ -66,6 +66,10 @@ class TokenKeeper:
                 raise Gone("this link has no Pipedrive tokens: the user has to install the app again")
             if current.fresh(self.margin) and current.access_token != stale_access_token:
                 return current  # another task or replica refreshed meanwhile
+            link = await self.store.get_link(link_id)
+            if link is not None and link.status == LINK_NEEDS_REINSTALL:
+                # Pipedrive already refused this refresh token (for an earlier caller): don't ask again
+                raise Gone("Pipedrive no longer accepts this installation: the user has to install the app again")
             try:
                 new = await self.client.refresh(current.refresh_token)
             except InvalidGrant:
