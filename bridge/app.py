@@ -29,6 +29,7 @@ from .config import Config
 from .errors import BridgeError, PayloadTooLarge
 from .logs import request_id_var
 from .manifest import build_manifest
+from .metrics import CONTENT_TYPE
 from .plugins import PluginRegistry
 from .runtime import open_bridge
 from .tokens import run_upkeep
@@ -137,6 +138,10 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready", "database": "ok"})
 
 
+async def metrics(request: Request) -> Response:
+    return Response(request.state.bridge.metrics.render(), media_type=CONTENT_TYPE)
+
+
 async def manifest(request: Request) -> Response:
     """The manifest this deployment's config produces (what to upload to Pipedrive)."""
     return JSONResponse(build_manifest(request.state.bridge.config))
@@ -160,6 +165,7 @@ def create_app(config: Config, registry: PluginRegistry | None = None,
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/manifest.json", manifest, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         *reverse_api.routes,
         *install.routes,
         *settings_page.routes,

@@ -35,6 +35,8 @@ class ServerConfig:
     public_url: str = "http://127.0.0.1:8000"
     max_body_bytes: int = 64 * 1024
     backend_timeout_seconds: float = 15.0
+    vendor_attempts: int = 3
+    vendor_max_retry_after_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class LoggingConfig:
 class MeetingsConfig:
     default_backend: str = "jitsi"
     allowed_backends: tuple[str, ...] = ("jitsi",)
+    retry_window_seconds: int = 120
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,11 @@ def _check_port(value: Any) -> int | None:
 
 def _check_positive_int(value: Any) -> int | None:
     ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return value if ok else None
+
+
+def _check_non_negative_int(value: Any) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
     return value if ok else None
 
 
@@ -212,6 +220,8 @@ _SCHEMA: dict[str, dict[str, tuple[_Checker, str]]] = {
         "public_url": (_check_http_url, "an http(s) URL without query, e.g. https://bridge.example.com"),
         "max_body_bytes": (_check_positive_int, "a positive integer"),
         "backend_timeout_seconds": (_check_positive_number, "a positive number of seconds"),
+        "vendor_attempts": (_check_positive_int, "a positive integer (1 = no retries)"),
+        "vendor_max_retry_after_seconds": (_check_positive_number, "a positive number of seconds"),
     },
     "pipedrive": {
         "client_id": (_string, "a non-empty string (Developer Hub > OAuth & access scopes)"),
@@ -237,6 +247,7 @@ _SCHEMA: dict[str, dict[str, tuple[_Checker, str]]] = {
     "meetings": {
         "default_backend": (_check_backend_name, "a backend name such as \"jitsi\""),
         "allowed_backends": (_check_backend_names, "a non-empty list of backend names"),
+        "retry_window_seconds": (_check_non_negative_int, "a whole number of seconds (0 turns it off)"),
     },
 }
 

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -98,7 +99,7 @@ def create_fake_pipedrive(state: FakePipedriveState) -> Starlette:
             return _error(400, "invalid_request", "unknown client_id or missing redirect_uri")
         target = params["redirect_uri"]
         sep = "&" if "?" in target else "?"
-        extra = f"&state={params['state']}" if params.get("state") else ""
+        extra = "&" + urlencode({"state": params["state"]}) if params.get("state") else ""
         if params.get("deny"):
             return RedirectResponse(f"{target}{sep}error=user_denied{extra}", status_code=302)
         code = secrets.token_urlsafe(16)

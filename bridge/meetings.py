@@ -11,9 +11,11 @@ The rules that hold whatever the vendor:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 import anyio
@@ -22,9 +24,10 @@ import httpx
 from .backends import Backend, BackendContext, MeetingRequest, Room, UserIdentity
 from .errors import (BackendError, BackendTimeout, BackendUnavailable, BridgeError, Gone,
                      NotFound, ServiceUnavailable)
+from .metrics import Observation
 from .runtime import Bridge
 from .store import (LINK_ACTIVE, MEETING_ACTIVE, MEETING_DELETED, MEETING_DELETING, Link, Meeting,
-                    Store, StoredRoom, StoreError, backend_scope, new_meeting_id)
+                    Store, StoredRoom, StoreError, backend_scope, new_meeting_id, utcnow)
 from .vault import VaultError
 
 log = logging.getLogger(__name__)
@@ -57,11 +60,24 @@ def backend_context(bridge: Bridge, link: Link, backend: str) -> BackendContext:
     return BackendContext(user=user, http=bridge.http, credentials=ScopedCredentials(bridge.store, link.id, backend))
 
 
+_OUTCOMES = {504: "timeout", 503: "unavailable"}
+
+
 async def call_backend(bridge: Bridge, backend: Backend, action: str, call: Callable[[], Awaitable[T]]) -> T:
     """Run one backend call under the configured deadline; map every failure to a BridgeError.
 
     ``action`` finishes the sentence "<title> failed to ...", e.g. "create the meeting".
     """
+    try:
+        result = await _mapped_call(bridge, backend, action, call)
+    except BridgeError as exc:
+        bridge.metrics.vendor_calls.labels(backend.name, action, _OUTCOMES.get(exc.status, "error")).inc()
+        raise
+    bridge.metrics.vendor_calls.labels(backend.name, action, "ok").inc()
+    return result
+
+
+async def _mapped_call(bridge: Bridge, backend: Backend, action: str, call: Callable[[], Awaitable[T]]) -> T:
     title = backend.title
     timeout = bridge.config.server.backend_timeout_seconds
     try:
@@ -91,9 +107,10 @@ class CreatedMeeting:
 
 
 class MeetingService:
-    def __init__(self, bridge: Bridge) -> None:
+    def __init__(self, bridge: Bridge, observation: Observation | None = None) -> None:
         self.bridge = bridge
         self.store = bridge.store
+        self.observation = observation or Observation()
 
     # --- lookups --------------------------------------------------------------------
 
@@ -111,6 +128,10 @@ class MeetingService:
             raise NotFound("unknown meeting for this link")
         return meeting
 
+    def _backend(self, name: str) -> Backend:
+        self.observation.backend = name
+        return self.bridge.backends.get(name)
+
     def backend_for(self, link: Link) -> str:
         allowed = self.bridge.config.meetings.allowed_backends
         if link.backend and link.backend in allowed:
@@ -120,13 +141,40 @@ class MeetingService:
     # --- the three operations -------------------------------------------------------
 
     async def create(self, link: Link, request: MeetingRequest) -> CreatedMeeting:
+        """A new room, unless this is a retry of a request already answered (Pipedrive retries on timeouts)."""
+        fingerprint = request_fingerprint(link.id, self.backend_for(link), request)
+        async with self.bridge.create_locks[fingerprint]:
+            try:
+                repeated = await self._repeated(link, fingerprint)
+                if repeated is not None:
+                    return repeated
+                return await self._create(link, request, fingerprint)
+            finally:
+                self.bridge.create_locks.pop(fingerprint, None)
+
+    async def _repeated(self, link: Link, fingerprint: str) -> CreatedMeeting | None:
+        window = self.bridge.config.meetings.retry_window_seconds
+        if not window:
+            return None
+        since = utcnow() - timedelta(seconds=window)
+        meeting = await _stored(self.store.find_repeated_meeting(link.id, fingerprint, since))
+        stored = await _stored(self.store.get_room(meeting.id)) if meeting is not None else None
+        if meeting is None or stored is None:
+            return None
+        self.observation.backend = meeting.backend
+        log.info("repeated postMeeting answered with the meeting already made", extra={"meeting_id": meeting.id})
+        room = Room(vendor_meeting_id=meeting.vendor_meeting_id, join_url=stored.join_url,
+                    invitation=stored.invitation, password=stored.password)
+        return CreatedMeeting(meeting.id, room)
+
+    async def _create(self, link: Link, request: MeetingRequest, fingerprint: str) -> CreatedMeeting:
         name = self.backend_for(link)
-        backend = self.bridge.backends.get(name)
+        backend = self._backend(name)
         ctx = backend_context(self.bridge, link, name)
         room = await call_backend(self.bridge, backend, "create the meeting", lambda: backend.create(ctx, request))
         meeting = Meeting(id=new_meeting_id(), link_id=link.id, backend=name,
-                          vendor_meeting_id=room.vendor_meeting_id,
-                          start_time=request.start_time, duration=request.duration)
+                          vendor_meeting_id=room.vendor_meeting_id, start_time=request.start_time,
+                          duration=request.duration, request_hash=fingerprint)
         with anyio.CancelScope(shield=True):
             try:
                 await self.store.add_meeting(meeting, _stored_room(room))
@@ -141,7 +189,7 @@ class MeetingService:
         meeting = await self.meeting(link, meeting_id)
         if meeting.state != MEETING_ACTIVE:
             raise NotFound("this meeting was deleted")
-        backend = self.bridge.backends.get(meeting.backend)
+        backend = self._backend(meeting.backend)
         ctx = backend_context(self.bridge, link, meeting.backend)
         old_vendor_id = meeting.vendor_meeting_id
         room = await call_backend(self.bridge, backend, "update the meeting",
@@ -163,7 +211,7 @@ class MeetingService:
         meeting = await self.meeting(link, meeting_id)
         if meeting.state == MEETING_DELETED:
             return  # a repeated delete answers as the first did
-        backend = self.bridge.backends.get(meeting.backend)
+        backend = self._backend(meeting.backend)
         ctx = backend_context(self.bridge, link, meeting.backend)
         await _stored(self.store.set_meeting_state(meeting.id, MEETING_DELETING))
         await call_backend(self.bridge, backend, "delete the meeting",
@@ -190,6 +238,15 @@ async def _stored(awaitable: Awaitable[T]) -> T:
     except (StoreError, VaultError) as exc:
         log.error("storage failed", extra={"error": str(exc)})
         raise ServiceUnavailable("the bridge's database is unavailable; please try again") from exc
+
+
+def request_fingerprint(link_id: str, backend: str, request: MeetingRequest) -> str:
+    """The same link, backend, topic, start time and duration give the same fingerprint.
+
+    The backend is part of it: after a user switches backends, the same request is a new room there.
+    """
+    text = "\n".join([link_id, backend, request.topic, request.start_time.isoformat(), str(request.duration)])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _stored_room(room: Room) -> StoredRoom:

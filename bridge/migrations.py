@@ -64,6 +64,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE link ADD COLUMN tokens_refreshed_at TIMESTAMP WITH TIME ZONE",
         "CREATE UNIQUE INDEX ux_link_active_user ON link (company_id, pipedrive_user_id) WHERE status = 'active'",
     )),
+    Migration(3, "recognise a retried postMeeting", (
+        "ALTER TABLE meeting ADD COLUMN request_hash VARCHAR(64)",
+        "CREATE INDEX ix_meeting_link_request ON meeting (link_id, request_hash)",
+    )),
 )
 
 LATEST = MIGRATIONS[-1].version

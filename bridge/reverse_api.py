@@ -12,8 +12,10 @@ Errors are raised as BridgeErrors and rendered by the app in Pipedrive's shape.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -63,9 +65,29 @@ async def _meeting_body(request: Request) -> MeetingRequest:
     return parse_meeting(body)
 
 
-async def post_meeting(request: Request) -> Response:
-    _authenticate(request)
-    service = MeetingService(_bridge(request))
+Handler = Callable[[Request, MeetingService], Awaitable[Response]]
+
+
+def _operation(name: str) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+    """Authenticate, time and count one reverse-API operation (``/metrics``), then run it."""
+
+    def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        @functools.wraps(handler)
+        async def endpoint(request: Request) -> Response:
+            bridge = _bridge(request)
+            with bridge.metrics.observe(name) as seen:
+                _authenticate(request)
+                response = await handler(request, MeetingService(bridge, seen))
+                seen.status = response.status_code
+            return response
+
+        return endpoint
+
+    return wrap
+
+
+@_operation("postMeeting")
+async def post_meeting(request: Request, service: MeetingService) -> Response:
     link = await service.link(_path_id(request, "link_id", "link"))
     meeting = await _meeting_body(request)
     created = await service.create(link, meeting)
@@ -79,9 +101,8 @@ async def post_meeting(request: Request) -> Response:
     return JSONResponse({"success": True, "data": data}, status_code=201)
 
 
-async def patch_meeting(request: Request) -> Response:
-    _authenticate(request)
-    service = MeetingService(_bridge(request))
+@_operation("patchUpdateMeeting")
+async def patch_meeting(request: Request, service: MeetingService) -> Response:
     link = await service.link(_path_id(request, "link_id", "link"))
     meeting_id = _path_id(request, "meeting_id", "meeting")
     meeting = await _meeting_body(request)
@@ -89,9 +110,8 @@ async def patch_meeting(request: Request) -> Response:
     return Response(status_code=204)
 
 
-async def delete_meeting(request: Request) -> Response:
-    _authenticate(request)
-    service = MeetingService(_bridge(request))
+@_operation("deleteMeeting")
+async def delete_meeting(request: Request, service: MeetingService) -> Response:
     link = await service.link(_path_id(request, "link_id", "link"))
     await service.delete(link, _path_id(request, "meeting_id", "meeting"))
     return Response(status_code=204)

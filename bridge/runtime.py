@@ -8,11 +8,13 @@ backends built from their TOML tables, one shared HTTP client.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 import anyio.to_thread
 import httpx
 
@@ -20,11 +22,13 @@ from . import migrations
 from .backends import Backend
 from .config import Config
 from .errors import ConfigError, ServiceUnavailable
+from .metrics import Metrics
 from .pipedrive import PipedriveClient
 from .plugins import PluginRegistry, load_plugins
 from .signing import Signer
 from .store import Store, make_engine
 from .tokens import TokenKeeper
+from .vendor_http import RetryPolicy, RetryTransport
 from .vault import Vault, VaultError, load_or_create_key_file
 
 log = logging.getLogger(__name__)
@@ -100,6 +104,9 @@ class Bridge:
     pipedrive: PipedriveClient
     tokens: TokenKeeper
     signer: Signer
+    metrics: Metrics
+    # one create at a time per request fingerprint, so a retry waits for its original
+    create_locks: defaultdict[str, anyio.Lock] = field(default_factory=lambda: defaultdict(anyio.Lock))
 
 
 def open_store(config: Config) -> Store:
@@ -148,16 +155,21 @@ async def open_bridge(config: Config, registry: PluginRegistry | None = None,
     try:
         await prepare_database(store, config)
         timeout = httpx.Timeout(config.server.backend_timeout_seconds, connect=5.0)
-        async with httpx.AsyncClient(timeout=timeout, transport=transport,
-                                     limits=httpx.Limits(max_connections=200,
-                                                         max_keepalive_connections=50)) as http:
+        inner = transport or httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+        policy = RetryPolicy(attempts=config.server.vendor_attempts,
+                             max_retry_after=config.server.vendor_max_retry_after_seconds)
+        metrics = Metrics()
+        async with httpx.AsyncClient(timeout=timeout,
+                                     transport=RetryTransport(inner, policy, on_retry=metrics.retried)) as http:
             for name, reason in backends.missing.items():
                 log.warning("backend unavailable", extra={"backend": name, "reason": reason})
             pipedrive = PipedriveClient(config.pipedrive, http)
             assert store.vault is not None
             yield Bridge(config=config, store=store, registry=registry, backends=backends, http=http,
                          pipedrive=pipedrive,
-                         tokens=TokenKeeper(store, pipedrive, config.pipedrive.token_refresh_margin_seconds),
-                         signer=Signer(store.vault.derive("signing")))
+                         tokens=TokenKeeper(store, pipedrive, config.pipedrive.token_refresh_margin_seconds,
+                                            metrics),
+                         signer=Signer(store.vault.derive("signing")), metrics=metrics)
     finally:
         store.close()

@@ -75,6 +75,7 @@ class Meeting(SQLModel, table=True):
     start_time: datetime
     duration: int
     state: str = Field(default=MEETING_ACTIVE, max_length=16)
+    request_hash: str | None = Field(default=None, max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -314,6 +315,15 @@ class Store:
         with self._session() as session:
             meeting = session.get(Meeting, meeting_id)
             return meeting if meeting is not None and meeting.link_id == link_id else None
+
+    @_in_thread
+    def find_repeated_meeting(self, link_id: str, request_hash: str, since: datetime) -> Meeting | None:
+        """An active meeting of this link made from the same request since ``since`` (a retry's original)."""
+        with self._session() as session:
+            return session.exec(select(Meeting).where(
+                Meeting.link_id == link_id, Meeting.request_hash == request_hash,
+                Meeting.state == MEETING_ACTIVE, Meeting.created_at >= since)
+                .order_by(Meeting.created_at.desc())).first()  # type: ignore[attr-defined]
 
     @_in_thread
     def add_meeting(self, meeting: Meeting, room: StoredRoom) -> None:

@@ -19,6 +19,7 @@ from datetime import timedelta
 import anyio
 
 from .errors import Gone, ServiceUnavailable
+from .metrics import Metrics
 from .pipedrive import InvalidGrant, PipedriveClient, PipedriveError, TokenSet
 from .store import LINK_NEEDS_REINSTALL, PIPEDRIVE_TOKENS, Store, link_scope, utcnow
 
@@ -34,8 +35,10 @@ def load_tokens(value: str | None) -> TokenSet | None:
 
 
 class TokenKeeper:
-    def __init__(self, store: Store, client: PipedriveClient, margin_seconds: float) -> None:
+    def __init__(self, store: Store, client: PipedriveClient, margin_seconds: float,
+                 metrics: Metrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
         self.client = client
         self.margin = margin_seconds
         self._locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
@@ -74,10 +77,13 @@ class TokenKeeper:
                 new = await self.client.refresh(current.refresh_token)
             except InvalidGrant:
                 invalid = True
+                self._count("invalid_grant")
             except PipedriveError as exc:
+                self._count("error")
                 raise ServiceUnavailable(f"Pipedrive tokens could not be refreshed: {exc.message}") from exc
             else:
                 self.refreshes += 1
+                self._count("ok")
                 locked.replace(dump_tokens(new))
         if invalid:
             await self.store.set_link_status(link_id, LINK_NEEDS_REINSTALL)
@@ -86,6 +92,10 @@ class TokenKeeper:
         await self.store.touch_link_tokens(link_id)
         log.info("Pipedrive tokens refreshed", extra={"link_id": link_id})
         return new
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.token_refreshes.labels("pipedrive", outcome).inc()
 
     async def refresh_idle(self, idle_days: int) -> int:
         """Refresh links unused for ``idle_days`` so their 60-day refresh tokens never lapse."""

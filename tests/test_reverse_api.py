@@ -7,6 +7,7 @@ Errors (validation, auth, routing, vendor failures) are in test_reverse_api_erro
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from bridge.hookspecs import hookimpl
 from bridge.invitation import render_invitation
 from bridge.store import (MEETING_ACTIVE, MEETING_DELETED, MEETING_DELETING, Link, Meeting, Secret, Store,
                           StoreError)
+from bridge.runtime import open_store, prepare_database
 from bridge.testing import bridge_client, make_config
 
 pytestmark = pytest.mark.anyio
@@ -54,8 +56,13 @@ def assert_error(response: httpx.Response, status: int, *words: str) -> str:
     return body["error"]  # type: ignore[no-any-return]
 
 
+_topics = itertools.count(1)
+
+
 async def create(client: httpx.AsyncClient, link_id: str, **overrides: Any) -> str:
-    response = await client.post(meetings_url(link_id), json={**BODY, **overrides})
+    """A new meeting; each call gets its own topic, so none is taken for a retry of another."""
+    body = {**BODY, "topic": f"{BODY['topic']} #{next(_topics)}", **overrides}
+    response = await client.post(meetings_url(link_id), json=body)
     assert response.status_code == 201, response.text
     return response.json()["data"]["meeting_id"]  # type: ignore[no-any-return]
 
@@ -153,7 +160,7 @@ async def test_json_media_type_variants_are_accepted(client, link, vendor):
     import json
 
     for content_type in ("application/json; charset=utf-8", "Application/JSON", "application/vnd.api+json"):
-        response = await client.post(meetings_url(link.id), content=json.dumps(BODY),
+        response = await client.post(meetings_url(link.id), content=json.dumps({**BODY, "topic": content_type}),
                                      headers={"Content-Type": content_type})
         assert response.status_code == 201, (content_type, response.text)
     assert len(vendor.rooms) == 3
@@ -537,3 +544,67 @@ async def test_concurrent_creates_each_get_their_own_meeting(client, link, vendo
     meetings, _ = await all_rows(store)
     assert {m.id for m in meetings} == meeting_ids
     assert {m.vendor_meeting_id for m in meetings} == set(vendor.rooms)
+
+
+# --- a retried postMeeting ------------------------------------------------------------
+
+async def test_a_retried_post_answers_the_meeting_already_made(client, link, vendor):
+    first = await client.post(meetings_url(link.id), json=BODY)
+    again = await client.post(meetings_url(link.id), json=BODY)
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+    assert [call[1] for call in vendor.calls] == ["create"], "a retry must not make a second room"
+
+
+async def test_concurrent_identical_posts_make_one_room(client, link, vendor):
+    answers: list[httpx.Response] = []
+
+    async def post() -> None:
+        answers.append(await client.post(meetings_url(link.id), json=BODY))
+
+    vendor.delay = 0.1
+    async with anyio.create_task_group() as tasks:
+        for _ in range(5):
+            tasks.start_soon(post)
+    assert {a.status_code for a in answers} == {201}
+    assert len({a.json()["data"]["meeting_id"] for a in answers}) == 1
+    assert len(vendor.rooms) == 1
+
+
+@pytest.mark.parametrize("change", [{"topic": "Another topic"}, {"start_time": "2030-01-01 10:30"},
+                                    {"duration": 31}])
+async def test_a_different_request_is_a_new_meeting(client, link, vendor, change):
+    first = await create(client, link.id, topic="Same")
+    second = await create(client, link.id, **{"topic": "Same", **change})
+    assert first != second
+    assert len(vendor.rooms) == 2
+
+
+async def test_the_same_request_after_a_delete_is_a_new_meeting(client, link, vendor):
+    first = (await client.post(meetings_url(link.id), json=BODY)).json()["data"]["meeting_id"]
+    assert (await client.delete(meeting_url(link.id, first))).status_code == 204
+    second = (await client.post(meetings_url(link.id), json=BODY)).json()["data"]["meeting_id"]
+    assert second != first
+    assert len(vendor.rooms) == 1
+
+
+async def test_another_links_identical_request_is_its_own_meeting(client, link, store, vendor):
+    other = await store.create_link(pipedrive_user_id=999, company_id=202)
+    a = (await client.post(meetings_url(link.id), json=BODY)).json()["data"]["meeting_id"]
+    b = (await client.post(meetings_url(other.id), json=BODY)).json()["data"]["meeting_id"]
+    assert a != b
+
+
+async def test_retry_window_zero_turns_recognition_off(tmp_path, database_url, fake_plugin, vendor):
+    config = make_config(tmp_path, database_url, meetings={"default_backend": "fake", "allowed_backends": ["fake"],
+                                                           "retry_window_seconds": 0})
+    store = open_store(config)
+    await prepare_database(store, config)
+    try:
+        link = await store.create_link(pipedrive_user_id=1, company_id=2)
+        async with bridge_client(config, [fake_plugin]) as client:
+            ids = {(await client.post(meetings_url(link.id), json=BODY)).json()["data"]["meeting_id"]
+                   for _ in range(2)}
+        assert len(ids) == 2
+    finally:
+        store.close()

@@ -1,0 +1,63 @@
+"""What an operator watches: Prometheus metrics, served at ``/metrics``.
+
+One registry per running app (not the library's global one), so several apps in
+one process, as in the tests, count separately.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .errors import BridgeError
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class Observation:
+    """Filled in by a reverse-API handler while ``Metrics.observe`` times it."""
+
+    backend: str = "-"
+    status: int = 500
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("pvb_reverse_api_requests", "Reverse-API requests by operation, backend and status",
+                                ["operation", "backend", "status"], registry=self.registry)
+        self.latency = Histogram("pvb_reverse_api_request_seconds", "Reverse-API request latency",
+                                 ["operation", "backend"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.vendor_calls = Counter("pvb_vendor_calls", "Backend operations by outcome",
+                                    ["backend", "operation", "outcome"], registry=self.registry)
+        self.vendor_retries = Counter("pvb_vendor_retries", "Vendor HTTP calls retried, by host and reason",
+                                      ["host", "reason"], registry=self.registry)
+        self.token_refreshes = Counter("pvb_token_refreshes", "Token refreshes made by this process",
+                                       ["kind", "outcome"], registry=self.registry)
+
+    @contextmanager
+    def observe(self, operation: str) -> Iterator[Observation]:
+        """Time one reverse-API call and count it with its final status (from a BridgeError if one ends it)."""
+        seen = Observation()
+        started = time.perf_counter()
+        try:
+            yield seen
+        except BridgeError as exc:
+            seen.status = exc.status
+            raise
+        finally:
+            self.requests.labels(operation, seen.backend, str(seen.status)).inc()
+            self.latency.labels(operation, seen.backend).observe(time.perf_counter() - started)
+
+    def retried(self, host: str, reason: str) -> None:
+        self.vendor_retries.labels(host, reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
