@@ -22,6 +22,7 @@ raises is answered as a 502 and logged.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractAsyncContextManager
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -54,8 +55,19 @@ class UserIdentity:
     email: str = ""
 
 
+@dataclass
+class LockedSecret:
+    """A secret read under a lock (``CredentialStore.locked``); ``replace`` writes it when the block ends."""
+
+    value: str | None
+    new_value: str | None = None
+
+    def replace(self, value: str) -> None:
+        self.new_value = value
+
+
 class CredentialStore(Protocol):
-    """Encrypted key-value storage scoped to one (link, backend): a backend sees only its own."""
+    """Encrypted key-value storage with a fixed scope: a backend sees only its own values."""
 
     async def get(self, name: str) -> str | None: ...
 
@@ -63,12 +75,29 @@ class CredentialStore(Protocol):
 
     async def delete(self, name: str) -> None: ...
 
+    def locked(self, name: str) -> AbstractAsyncContextManager[LockedSecret]:
+        """Hold ``name`` exclusively — across tasks and across replicas — while refreshing it.
+
+        Read ``.value`` inside (it is re-read under the lock: another replica may
+        have refreshed it), call ``.replace(new)`` to store a new value atomically
+        when the block ends; an exception inside leaves the stored value as it was.
+        """
+        ...
+
 
 @dataclass(frozen=True)
 class BackendContext:
+    """What a backend gets for one call.
+
+    ``credentials`` is scoped to this user's link and this backend (e.g. the
+    user's own vendor tokens); ``shared`` to this backend for the whole company
+    (e.g. one server-to-server token every replica reuses).
+    """
+
     user: UserIdentity
     http: httpx.AsyncClient
     credentials: CredentialStore
+    shared: CredentialStore
 
 
 @dataclass(frozen=True)
@@ -105,9 +134,14 @@ class Backend(ABC):
         """Create a room for the meeting."""
 
     @abstractmethod
-    async def update(self, ctx: BackendContext, vendor_meeting_id: str, meeting: MeetingRequest) -> Room:
-        """Move or rename the room; return it (a new ``vendor_meeting_id`` means a new room,
-        and the core deletes the old one once the new one is stored)."""
+    async def update(self, ctx: BackendContext, vendor_meeting_id: str, meeting: MeetingRequest) -> Room | None:
+        """Move or rename the room and return it.
+
+        A new ``vendor_meeting_id`` means a new room: the core deletes the old one
+        once the new one is stored. Return None when the vendor keeps the room's
+        link and passcode (and gives nothing back): the core keeps the stored ones
+        and writes a new invitation for the new time.
+        """
 
     @abstractmethod
     async def delete(self, ctx: BackendContext, vendor_meeting_id: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -21,13 +22,14 @@ from typing import TypeVar
 import anyio
 import httpx
 
-from .backends import Backend, BackendContext, MeetingRequest, Room, UserIdentity
+from .backends import Backend, BackendContext, LockedSecret, MeetingRequest, Room, UserIdentity
 from .errors import (BackendError, BackendTimeout, BackendUnavailable, BridgeError, Gone,
                      NotFound, ServiceUnavailable)
+from .invitation import render_invitation
 from .metrics import Observation
 from .runtime import Bridge
 from .store import (LINK_ACTIVE, MEETING_ACTIVE, MEETING_DELETED, MEETING_DELETING, Link, Meeting,
-                    Store, StoredRoom, StoreError, backend_scope, new_meeting_id, utcnow)
+                    Store, StoredRoom, StoreError, backend_scope, new_meeting_id, shared_scope, utcnow)
 from .vault import VaultError
 
 log = logging.getLogger(__name__)
@@ -37,11 +39,11 @@ _CLEANUP_SECONDS = 10.0
 
 
 class ScopedCredentials:
-    """The CredentialStore a backend gets: encrypted secrets of one (link, backend) only."""
+    """A CredentialStore over the encrypted secret table, fixed to one scope."""
 
-    def __init__(self, store: Store, link_id: str, backend: str) -> None:
+    def __init__(self, store: Store, scope: str) -> None:
         self._store = store
-        self._scope = backend_scope(link_id, backend)
+        self._scope = scope
 
     async def get(self, name: str) -> str | None:
         return await self._store.get_secret(self._scope, name)
@@ -52,12 +54,17 @@ class ScopedCredentials:
     async def delete(self, name: str) -> None:
         await self._store.delete_secret(self._scope, name)
 
+    def locked(self, name: str) -> AbstractAsyncContextManager[LockedSecret]:
+        return self._store.locked_secret(self._scope, name)
+
 
 def backend_context(bridge: Bridge, link: Link, backend: str) -> BackendContext:
     """What a backend gets for one call on behalf of the link's user: no more, no less."""
     user = UserIdentity(link_id=link.id, user_id=link.pipedrive_user_id, company_id=link.company_id,
                         name=link.user_name, email=link.user_email)
-    return BackendContext(user=user, http=bridge.http, credentials=ScopedCredentials(bridge.store, link.id, backend))
+    return BackendContext(user=user, http=bridge.http,
+                          credentials=ScopedCredentials(bridge.store, backend_scope(link.id, backend)),
+                          shared=ScopedCredentials(bridge.store, shared_scope(backend)))
 
 
 _OUTCOMES = {504: "timeout", 503: "unavailable"}
@@ -192,8 +199,9 @@ class MeetingService:
         backend = self._backend(meeting.backend)
         ctx = backend_context(self.bridge, link, meeting.backend)
         old_vendor_id = meeting.vendor_meeting_id
-        room = await call_backend(self.bridge, backend, "update the meeting",
-                                  lambda: backend.update(ctx, old_vendor_id, request))
+        updated = await call_backend(self.bridge, backend, "update the meeting",
+                                     lambda: backend.update(ctx, old_vendor_id, request))
+        room = updated or await self._same_room(meeting, ctx, request)
         with anyio.CancelScope(shield=True):
             try:
                 await self.store.replace_room(meeting, vendor_meeting_id=room.vendor_meeting_id,
@@ -206,6 +214,15 @@ class MeetingService:
             if room.vendor_meeting_id != old_vendor_id:
                 await self._discard(backend, ctx, old_vendor_id, reason="replaced by update")
         log.info("meeting updated", extra={"meeting_id": meeting.id, "backend": meeting.backend})
+
+    async def _same_room(self, meeting: Meeting, ctx: BackendContext, request: MeetingRequest) -> Room:
+        """The stored room with an invitation for the new time, for a backend whose update returned None."""
+        stored = await _stored(self.store.get_room(meeting.id))
+        if stored is None:
+            raise ServiceUnavailable("the meeting's stored room could not be read; please try again")
+        invitation = render_invitation(request, stored.join_url, user=ctx.user, password=stored.password)
+        return Room(vendor_meeting_id=meeting.vendor_meeting_id, join_url=stored.join_url,
+                    invitation=invitation, password=stored.password)
 
     async def delete(self, link: Link, meeting_id: str) -> None:
         meeting = await self.meeting(link, meeting_id)

@@ -42,6 +42,7 @@ class TokenSet:
     expires_at: float  # epoch seconds
     scope: str
     api_domain: str
+    refused: bool = False  # Pipedrive refused the refresh token: only a re-install helps
 
     def fresh(self, margin: float, now: float | None = None) -> bool:
         return self.expires_at - margin > (now if now is not None else time.time())
@@ -51,7 +52,8 @@ class TokenSet:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenSet:
-        return cls(**{k: data[k] for k in ("access_token", "refresh_token", "expires_at", "scope", "api_domain")})
+        return cls(**{k: data[k] for k in ("access_token", "refresh_token", "expires_at", "scope", "api_domain")},
+                   refused=bool(data.get("refused", False)))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import secrets as _secrets
 import uuid
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
+from .backends import LockedSecret
 from .vault import Vault, VaultError
 
 P = ParamSpec("P")
@@ -99,17 +101,6 @@ class SchemaMigration(SQLModel, table=True):
     applied_at: datetime = Field(default_factory=utcnow)
 
 
-@dataclass
-class LockedSecret:
-    """A secret read under ``Store.locked_secret``; set ``new_value`` (via ``replace``) to write it."""
-
-    value: str | None
-    new_value: str | None = None
-
-    def replace(self, value: str) -> None:
-        self.new_value = value
-
-
 @dataclass(frozen=True)
 class StoredRoom:
     """What the vendor gave us for a meeting: kept encrypted (a join URL may carry a token)."""
@@ -129,6 +120,11 @@ def link_scope(link_id: str) -> str:
 
 def backend_scope(link_id: str, backend: str) -> str:
     return f"link:{link_id}:backend:{backend}"
+
+
+def shared_scope(backend: str) -> str:
+    """A backend's company-wide secrets (not below any link, so no uninstall erases them)."""
+    return f"backend:{backend}"
 
 
 def meeting_scope(meeting_id: str) -> str:
@@ -182,6 +178,7 @@ class Store:
         self.engine = engine
         self.vault = vault
         self._limiter = anyio.CapacityLimiter(threads)
+        self._secret_locks: defaultdict[tuple[str, str], anyio.Lock] = defaultdict(anyio.Lock)
 
     @property
     def is_sqlite(self) -> bool:
@@ -411,13 +408,20 @@ class Store:
 
     @asynccontextmanager
     async def locked_secret(self, scope: str, name: str) -> AsyncIterator[LockedSecret]:
-        """Hold a lock on one secret across processes while the caller refreshes it.
+        """Hold one secret exclusively, within this process and across processes, while it is refreshed.
 
-        PostgreSQL: a transaction-scoped advisory lock on the secret's key; SQLite:
-        the database write lock (``BEGIN IMMEDIATE``). The caller re-reads
-        ``value`` inside the lock and writes with ``replace``; both run on the
-        locked transaction, which commits when the block ends.
+        First an in-process lock (so tasks queue here instead of holding
+        database connections), then PostgreSQL's transaction-scoped advisory
+        lock on the secret's key, or SQLite's database write lock (``BEGIN
+        IMMEDIATE``). ``value`` is read inside both; ``replace`` writes on the
+        same transaction, which commits when the block ends.
         """
+        async with self._secret_locks[(scope, name)]:
+            async with self._locked_row(scope, name) as locked:
+                yield locked
+
+    @asynccontextmanager
+    async def _locked_row(self, scope: str, name: str) -> AsyncIterator[LockedSecret]:
         vault = self._require_vault()
         run = functools.partial(anyio.to_thread.run_sync, limiter=self._limiter)
 

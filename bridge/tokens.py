@@ -1,9 +1,9 @@
 """Pipedrive token upkeep: refresh once per token, across tasks and processes.
 
-Two layers, as a refresh token may only be spent once: an asyncio lock per
-link keeps one process from refreshing twice, and ``Store.locked_secret`` (a
-PostgreSQL advisory lock, SQLite's write lock) keeps two replicas apart. Inside
-both, the tokens are read again: if another process refreshed meanwhile, its
+A refresh token may only be spent once, so the refresh runs inside
+``Store.locked_secret`` (a lock per secret within the process, then a
+PostgreSQL advisory lock or SQLite's write lock across replicas). Inside it
+the tokens are read again: if another task or process refreshed meanwhile, its
 tokens are used and Pipedrive is not asked again. A refresh Pipedrive rejects
 with ``invalid_grant`` marks the link as needing re-install.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import defaultdict
+from dataclasses import replace
 from datetime import timedelta
 
 import anyio
@@ -41,7 +41,6 @@ class TokenKeeper:
         self.metrics = metrics
         self.client = client
         self.margin = margin_seconds
-        self._locks: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
         self.refreshes = 0  # how many refreshes this process made (for tests and metrics)
 
     async def tokens(self, link_id: str) -> TokenSet | None:
@@ -58,8 +57,7 @@ class TokenKeeper:
             raise Gone("this link has no Pipedrive tokens: the user has to install the app again")
         if tokens.fresh(self.margin) and tokens.access_token != stale_access_token:
             return tokens
-        async with self._locks[link_id]:
-            return await self._refresh_locked(link_id, stale_access_token)
+        return await self._refresh_locked(link_id, stale_access_token)
 
     async def _refresh_locked(self, link_id: str, stale_access_token: str | None) -> TokenSet:
         invalid = False
@@ -69,8 +67,7 @@ class TokenKeeper:
                 raise Gone("this link has no Pipedrive tokens: the user has to install the app again")
             if current.fresh(self.margin) and current.access_token != stale_access_token:
                 return current  # another task or replica refreshed meanwhile
-            link = await self.store.get_link(link_id)
-            if link is not None and link.status == LINK_NEEDS_REINSTALL:
+            if current.refused:
                 # Pipedrive already refused this refresh token (for an earlier caller): don't ask again
                 raise Gone("Pipedrive no longer accepts this installation: the user has to install the app again")
             try:
@@ -78,6 +75,8 @@ class TokenKeeper:
             except InvalidGrant:
                 invalid = True
                 self._count("invalid_grant")
+                # recorded in the same locked write, so every later caller, here or on another replica, sees it
+                locked.replace(dump_tokens(replace(current, refused=True)))
             except PipedriveError as exc:
                 self._count("error")
                 raise ServiceUnavailable(f"Pipedrive tokens could not be refreshed: {exc.message}") from exc

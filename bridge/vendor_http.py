@@ -11,6 +11,10 @@ Backends call vendors with ``ctx.http`` and get, without writing any of it:
   into a clear 503 instead of keeping Pipedrive waiting);
 - the last answer (or error) when the attempts run out.
 
+A backend that knows an answer is not worth repeating (say, a daily quota that
+only resets at midnight) passes ``extensions={RETRY_EXTENSION: predicate}`` on
+the request; the predicate gets the answer and returns False to stop retrying.
+
 ``raise_for_vendor`` turns a final 429/5xx answer into the bridge's error with a
 status for Pipedrive; backends call it after handling the statuses they know.
 """
@@ -31,9 +35,11 @@ from .errors import BackendError, BackendUnavailable
 
 log = logging.getLogger(__name__)
 
+RETRY_EXTENSION = "pipedrive_video_bridge.retry"
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _ALWAYS_RETRY = frozenset({429, 503})
-_RETRY_IF_IDEMPOTENT = frozenset({500, 502, 504})
+_RETRY_IF_RETRY_EXTENSION = "pipedrive_video_bridge.retry"
+IDEMPOTENT = frozenset({500, 502, 504})
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,10 @@ class RetryTransport(httpx.AsyncBaseTransport):
             else:
                 status = response.status_code
                 retryable = status in _ALWAYS_RETRY or (idempotent and status in _RETRY_IF_IDEMPOTENT)
+                predicate = request.extensions.get(RETRY_EXTENSION)
+                if retryable and predicate is not None:
+                    await response.aread()  # the predicate may read the (small) error body
+                    retryable = predicate(response) is not False
                 if not retryable or last:
                     return response
                 wait = retry_after_seconds(response)

@@ -103,6 +103,10 @@ class TestTokenConformance(BackendConformance):
     def backend(self) -> Backend:
         return JitsiBackend.from_config(token_config())
 
+    @pytest.fixture
+    def vendor_secrets(self) -> list[str]:
+        return [APP_SECRET]
+
 
 class TestJaasConformance(BackendConformance):
     @pytest.fixture
