@@ -163,7 +163,8 @@ async def open_bridge(config: Config, registry: PluginRegistry | None = None,
         async with httpx.AsyncClient(timeout=timeout,
                                      transport=RetryTransport(inner, policy, on_retry=metrics.retried)) as http:
             for name, reason in backends.missing.items():
-                log.warning("backend unavailable", extra={"backend": name, "reason": reason})
+                if name in config.meetings.allowed_backends:  # an installed, unused plugin is no news
+                    log.warning("backend unavailable", extra={"backend": name, "reason": reason})
             pipedrive = PipedriveClient(config.pipedrive, http)
             assert store.vault is not None
             yield Bridge(config=config, store=store, registry=registry, backends=backends, http=http,

@@ -38,8 +38,7 @@ log = logging.getLogger(__name__)
 RETRY_EXTENSION = "pipedrive_video_bridge.retry"
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _ALWAYS_RETRY = frozenset({429, 503})
-_RETRY_IF_RETRY_EXTENSION = "pipedrive_video_bridge.retry"
-IDEMPOTENT = frozenset({500, 502, 504})
+_RETRY_IF_IDEMPOTENT = frozenset({500, 502, 504})
 
 
 @dataclass(frozen=True)
@@ -83,6 +82,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
             last = attempt >= self.policy.attempts
             try:
                 response = await self.inner.handle_async_request(request)
+                await response.aread()  # answers are small; one cut off mid-body is retried like any drop
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 if last:
                     raise
@@ -96,7 +96,6 @@ class RetryTransport(httpx.AsyncBaseTransport):
                 retryable = status in _ALWAYS_RETRY or (idempotent and status in _RETRY_IF_IDEMPOTENT)
                 predicate = request.extensions.get(RETRY_EXTENSION)
                 if retryable and predicate is not None:
-                    await response.aread()  # the predicate may read the (small) error body
                     retryable = predicate(response) is not False
                 if not retryable or last:
                     return response

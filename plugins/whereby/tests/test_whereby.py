@@ -1,0 +1,728 @@
+"""Tests of the Whereby backend against a fake Whereby on loopback that speaks the documented API.
+
+What the fake does comes from Whereby's REST API reference (docs.whereby.com, whereby.dev/http-api):
+``POST /v1/meetings`` answers 201 ``{meetingId, roomName, roomUrl, startDate, endDate[, hostRoomUrl]}``
+and refuses an ``endDate`` before "now"; ``GET /v1/meetings/{meetingId}`` answers 200 or 404;
+``DELETE /v1/meetings/{meetingId}`` answers 204, also for a meeting already gone; a missing or wrong
+Bearer key is 401; throttling is 429 with ``Retry-After`` and ``{"error", "data": {"msLeft"}}``. The body
+of a 400 is not documented: the fake answers ``{"error": "..."}``, the shape of the documented 429.
+
+Every backend call goes through the core's own retry transport, as in the running bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email.utils
+import json
+import re
+import secrets
+import time
+import tomllib
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+import bridge.store
+from bridge.backends import Backend, BackendContext
+from bridge.config import Config, parse_config
+from bridge.errors import BackendError, BackendUnavailable
+from bridge.loopback import serve_on_loopback
+from bridge.runtime import open_store, prepare_database
+from bridge.store import MEETING_ACTIVE, Store, StoreError
+from bridge.testing import BackendConformance, bridge_client, make_config, make_context, sample_meeting
+from bridge.vendor_http import RetryPolicy, RetryTransport
+from pipedrive_video_bridge_whereby import DEFAULT_API_BASE, KNOWN_SETTINGS, MIN_ROOM_LIFETIME, WherebyBackend
+
+API_KEY = "whereby-test-key-5f1c0e9a7b2d4c38a1e6"
+ATTEMPTS = 3
+READ_TIMEOUT = 0.5
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# --- a fake Whereby ------------------------------------------------------------------------------
+
+DROP = "drop the connection in the middle of the answer"
+
+
+@dataclass(frozen=True)
+class Slow:
+    """Answer normally, but only after ``seconds``."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Seen:
+    method: str
+    path: str
+    authorization: str
+    body: Any
+
+
+def whereby_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def throttled(retry_after: str) -> Response:
+    return JSONResponse({"error": "Rate limit active for throttle key: organization:1", "data": {"msLeft": 1000}},
+                        status_code=429, headers={"Retry-After": retry_after})
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+@dataclass
+class FakeWhereby:
+    """Whereby's meetings API. ``script`` holds answers given, one per request, before the normal ones."""
+
+    api_base: str = ""
+    rooms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+    events: list[tuple[str, str]] = field(default_factory=list)  # ("create" | "delete", meetingId), in order
+    script: list[Response | str | Slow] = field(default_factory=list)
+    clock_skew: timedelta = timedelta(0)
+    counter: int = 0
+
+    def answer_next(self, *answers: Response | str | Slow) -> None:
+        self.script.extend(answers)
+
+    def calls(self, method: str) -> int:
+        return sum(1 for s in self.seen if s.method == method)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        raw = await request.body()
+        self.seen.append(Seen(request.method, scope["raw_path"].decode(), request.headers.get("authorization", ""),
+                              json.loads(raw) if raw else None))
+        answer = self.script.pop(0) if self.script else None
+        if answer == DROP:
+            await send({"type": "http.response.start", "status": 201,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", b"200")]})
+            await send({"type": "http.response.body", "body": b'{"meetingId": ', "more_body": True})
+            return  # uvicorn closes the connection with the answer half sent
+        if isinstance(answer, Slow):
+            await asyncio.sleep(answer.seconds)
+        response = answer if isinstance(answer, Response) else self.handle(request, raw)
+        await response(scope, receive, send)
+
+    def handle(self, request: Request, raw: bytes) -> Response:
+        if request.headers.get("authorization") != f"Bearer {API_KEY}":
+            return Response(status_code=401)
+        path, method = request.url.path, request.method
+        if path == "/v1/meetings" and method == "POST":
+            return self.create(json.loads(raw))
+        match = re.fullmatch(r"/v1/meetings/([^/]+)", path)
+        if match and method == "GET":
+            room = self.rooms.get(match[1])
+            return JSONResponse(room) if room else whereby_error(404, "Meeting not found")
+        if match and method == "DELETE":
+            self.rooms.pop(match[1], None)
+            self.events.append(("delete", match[1]))
+            return Response(status_code=204)
+        return whereby_error(404, "Not found")
+
+    def create(self, body: dict[str, Any]) -> Response:
+        now = datetime.now(UTC) + self.clock_skew
+        try:
+            end = datetime.fromisoformat(body["endDate"])
+        except (KeyError, TypeError, ValueError):
+            return whereby_error(400, '"endDate" is required and must be a date-time')
+        if end < now:
+            return whereby_error(400, '"endDate" must be greater than or equal to "now"')
+        if body.get("roomMode", "normal") not in ("normal", "group"):
+            return whereby_error(400, '"roomMode" must be one of [group, normal]')
+        prefix = body.get("roomNamePrefix", "")
+        if not re.fullmatch(r"[a-z0-9-]{0,39}", prefix):
+            return whereby_error(400, '"roomNamePrefix" fails to match the required pattern')
+        fields = body.get("fields", [])
+        if not set(fields) <= {"hostRoomUrl", "viewerRoomUrl"}:
+            return whereby_error(400, '"fields" contains an invalid value')
+        self.counter += 1
+        meeting_id = str(self.counter)
+        room_name = f"/{prefix}{uuid.uuid4()}"
+        room = {"meetingId": meeting_id, "roomName": room_name, "roomUrl": f"https://acme.whereby.com{room_name}",
+                "startDate": iso(now), "endDate": iso(end)}
+        if "hostRoomUrl" in fields:
+            room["hostRoomUrl"] = f"{room['roomUrl']}?roomKey={secrets.token_urlsafe(24)}"
+        self.rooms[meeting_id] = room
+        self.events.append(("create", meeting_id))
+        return JSONResponse(room, status_code=201)
+
+
+@pytest.fixture
+def whereby() -> Iterator[FakeWhereby]:
+    fake = FakeWhereby()
+    with serve_on_loopback(lambda url: fake) as url:
+        fake.api_base = f"{url}/v1"
+        yield fake
+
+
+def settings(fake: FakeWhereby, **overrides: Any) -> dict[str, Any]:
+    return {"api_key": API_KEY, "api_base": fake.api_base, **overrides}
+
+
+def backend_for(fake: FakeWhereby, **overrides: Any) -> WherebyBackend:
+    return WherebyBackend.from_config(settings(fake, **overrides))
+
+
+@pytest.fixture
+async def context() -> AsyncIterator[BackendContext]:
+    """A context whose client has the core's retry transport (tiny delays) and a short read timeout."""
+    policy = RetryPolicy(attempts=ATTEMPTS, base_delay=0.01, max_delay=0.05, max_retry_after=5)
+    transport = RetryTransport(httpx.AsyncHTTPTransport(), policy)
+    async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(READ_TIMEOUT)) as http:
+        yield make_context(http)
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+# --- the conformance kit ---------------------------------------------------------------------------
+
+class TestWherebyConformance(BackendConformance):
+    @pytest.fixture
+    def backend(self, whereby: FakeWhereby) -> Backend:
+        return backend_for(whereby)
+
+    @pytest.fixture
+    def vendor_secrets(self) -> list[str]:
+        return [API_KEY]
+
+
+class TestWherebyWithHostLinkConformance(TestWherebyConformance):
+    @pytest.fixture
+    def backend(self, whereby: FakeWhereby) -> Backend:
+        return backend_for(whereby, host_link_in_invitation=True, room_mode="group", room_name_prefix="acme-")
+
+
+# --- create --------------------------------------------------------------------------------------
+
+@pytest.mark.anyio
+async def test_create_sends_the_documented_request(whereby: FakeWhereby, context: BackendContext) -> None:
+    meeting = sample_meeting()
+    room = await backend_for(whereby, room_mode="group", room_name_prefix="acme-sales").create(context, meeting)
+
+    [seen] = whereby.seen
+    assert (seen.method, seen.path, seen.authorization) == ("POST", "/v1/meetings", f"Bearer {API_KEY}")
+    end = meeting.end_time + timedelta(minutes=30)  # the default end_grace_minutes
+    assert seen.body == {"endDate": end.strftime("%Y-%m-%dT%H:%M:%SZ"), "roomMode": "group",
+                         "roomNamePrefix": "acme-sales"}
+    assert "startDate" not in seen.body, "Whereby ignores startDate; the bridge does not send it"
+    made = whereby.rooms[room.vendor_meeting_id]
+    assert room.join_url == made["roomUrl"] and made["roomName"].startswith("/acme-sales")
+    assert room.password is None
+    assert room.join_url in room.invitation and "Host link" not in room.invitation
+
+
+@pytest.mark.anyio
+async def test_defaults_ask_for_a_normal_room_without_host_link(whereby: FakeWhereby, context: BackendContext) -> None:
+    await backend_for(whereby).create(context, sample_meeting())
+    assert set(whereby.seen[0].body) == {"endDate", "roomMode"}
+    assert whereby.seen[0].body["roomMode"] == "normal"
+
+
+@pytest.mark.anyio
+async def test_end_grace_minutes_moves_the_end_date(whereby: FakeWhereby, context: BackendContext) -> None:
+    meeting = sample_meeting()
+    await backend_for(whereby, end_grace_minutes=0).create(context, meeting)
+    await backend_for(whereby, end_grace_minutes=120).create(context, meeting)
+    ends = [parse_time(s.body["endDate"]) for s in whereby.seen]
+    assert ends == [meeting.end_time, meeting.end_time + timedelta(hours=2)]
+
+
+@pytest.mark.anyio
+async def test_a_meeting_already_over_gets_a_room_ending_soon_not_in_the_past(whereby: FakeWhereby,
+                                                                             context: BackendContext) -> None:
+    past = sample_meeting(start_time=datetime(2020, 1, 6, 9, 0, tzinfo=UTC))
+    before = datetime.now(UTC)
+    room = await backend_for(whereby).create(context, past)
+    end = parse_time(whereby.rooms[room.vendor_meeting_id]["endDate"])
+    assert before + MIN_ROOM_LIFETIME - timedelta(seconds=1) <= end <= datetime.now(UTC) + MIN_ROOM_LIFETIME
+
+
+@pytest.mark.anyio
+async def test_host_link_goes_into_the_invitation_only_when_asked(whereby: FakeWhereby,
+                                                                  context: BackendContext) -> None:
+    room = await backend_for(whereby, host_link_in_invitation=True).create(context, sample_meeting())
+
+    assert whereby.seen[0].body["fields"] == ["hostRoomUrl"]
+    made = whereby.rooms[room.vendor_meeting_id]
+    assert room.join_url == made["roomUrl"], "guests join with roomUrl, never the host link"
+    assert made["hostRoomUrl"] in room.invitation
+    assert "organiser only" in room.invitation
+
+
+@pytest.mark.anyio
+async def test_past_end_date_refused_by_whereby_says_why(whereby: FakeWhereby, context: BackendContext) -> None:
+    whereby.clock_skew = timedelta(hours=1)  # Whereby's "now" is after the end the bridge asks for
+
+    with pytest.raises(BackendError) as caught:
+        await backend_for(whereby).create(context, sample_meeting(start_time=datetime(2020, 1, 6, tzinfo=UTC)))
+
+    assert caught.value.status == 502
+    assert caught.value.message == ('Whereby refused to create the room (HTTP 400): '
+                                    '"endDate" must be greater than or equal to "now"')
+    assert whereby.calls("POST") == 1, "a 400 is not retried"
+
+
+@pytest.mark.anyio
+async def test_wrong_api_key_tells_the_admin_to_check_it(whereby: FakeWhereby, context: BackendContext) -> None:
+    backend = WherebyBackend.from_config(settings(whereby, api_key="not-the-right-key-0123456789"))
+
+    with pytest.raises(BackendError) as caught:
+        await backend.create(context, sample_meeting())
+
+    assert caught.value.status == 502
+    assert "api_key" in caught.value.message and "administrator" in caught.value.message
+    assert "not-the-right-key" not in caught.value.message
+    assert whereby.calls("POST") == 1
+
+
+@pytest.mark.anyio
+async def test_forbidden_is_a_clear_error(whereby: FakeWhereby, context: BackendContext) -> None:
+    whereby.answer_next(whereby_error(403, "Not allowed to perform action"))
+    with pytest.raises(BackendError) as caught:
+        await backend_for(whereby).create(context, sample_meeting())
+    assert caught.value.status == 502
+    assert caught.value.message == "Whereby refused to create the room (HTTP 403): Not allowed to perform action"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("answer", [
+    JSONResponse({"meetingId": "7"}, status_code=201),
+    JSONResponse({"meetingId": "7", "roomUrl": "javascript:alert(1)"}, status_code=201),
+    Response("<html>created</html>", status_code=201),
+])
+async def test_an_unusable_answer_is_a_clear_error(whereby: FakeWhereby, context: BackendContext,
+                                                   answer: Response) -> None:
+    whereby.answer_next(answer)
+    with pytest.raises(BackendError, match="Whereby"):
+        await backend_for(whereby).create(context, sample_meeting())
+
+
+# --- the core's retries, seen from Whereby -------------------------------------------------------
+
+@pytest.mark.anyio
+async def test_throttled_create_waits_retry_after_seconds_then_succeeds(whereby: FakeWhereby,
+                                                                        context: BackendContext) -> None:
+    whereby.answer_next(throttled("1"))
+    started = time.monotonic()
+    room = await backend_for(whereby).create(context, sample_meeting())
+    assert time.monotonic() - started >= 0.9
+    assert whereby.calls("POST") == 2 and list(whereby.rooms) == [room.vendor_meeting_id]
+
+
+@pytest.mark.anyio
+async def test_throttled_create_honours_retry_after_as_an_http_date(whereby: FakeWhereby,
+                                                                    context: BackendContext) -> None:
+    when = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=2), usegmt=True)
+    whereby.answer_next(throttled(when))
+    started = time.monotonic()
+    await backend_for(whereby).create(context, sample_meeting())
+    assert 0.5 <= time.monotonic() - started < 4
+    assert whereby.calls("POST") == 2
+
+
+@pytest.mark.anyio
+async def test_throttled_until_the_attempts_run_out_is_503_with_the_wait(whereby: FakeWhereby,
+                                                                         context: BackendContext) -> None:
+    whereby.answer_next(*[throttled("0") for _ in range(ATTEMPTS)])
+    with pytest.raises(BackendUnavailable) as caught:
+        await backend_for(whereby).create(context, sample_meeting())
+    assert caught.value.status == 503 and "Whereby is limiting requests" in caught.value.message
+    assert whereby.calls("POST") == ATTEMPTS
+
+
+@pytest.mark.anyio
+async def test_a_long_retry_after_is_answered_at_once(whereby: FakeWhereby, context: BackendContext) -> None:
+    whereby.answer_next(throttled("3600"))
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable) as caught:
+        await backend_for(whereby).create(context, sample_meeting())
+    assert time.monotonic() - started < 2
+    assert "in about 3601 seconds" in caught.value.message
+    assert whereby.calls("POST") == 1
+
+
+@pytest.mark.anyio
+async def test_unavailable_whereby_is_retried_even_for_create(whereby: FakeWhereby, context: BackendContext) -> None:
+    whereby.answer_next(whereby_error(503, "Service Unavailable"), whereby_error(503, "Service Unavailable"))
+    await backend_for(whereby).create(context, sample_meeting())
+    assert whereby.calls("POST") == 3
+
+
+@pytest.mark.anyio
+async def test_always_unavailable_is_503(whereby: FakeWhereby, context: BackendContext) -> None:
+    whereby.answer_next(*[whereby_error(503, "Service Unavailable") for _ in range(ATTEMPTS)])
+    with pytest.raises(BackendUnavailable) as caught:
+        await backend_for(whereby).create(context, sample_meeting())
+    assert caught.value.status == 503
+    assert whereby.calls("POST") == ATTEMPTS
+
+
+@pytest.mark.anyio
+async def test_a_server_error_on_create_is_not_repeated(whereby: FakeWhereby, context: BackendContext) -> None:
+    whereby.answer_next(whereby_error(500, "Internal Server Error"))
+    with pytest.raises(BackendError) as caught:
+        await backend_for(whereby).create(context, sample_meeting())
+    assert caught.value.status == 502
+    assert whereby.calls("POST") == 1, "a POST that may have made a room is not sent twice"
+
+
+@pytest.mark.anyio
+async def test_a_slow_create_is_not_repeated(whereby: FakeWhereby, context: BackendContext) -> None:
+    whereby.answer_next(Slow(READ_TIMEOUT * 2))
+    with pytest.raises(httpx.ReadTimeout):  # the core answers it as 504
+        await backend_for(whereby).create(context, sample_meeting())
+    assert whereby.calls("POST") == 1
+
+
+@pytest.mark.anyio
+async def test_a_create_whose_connection_drops_is_not_repeated(whereby: FakeWhereby,
+                                                              context: BackendContext) -> None:
+    whereby.answer_next(DROP)
+    with pytest.raises(httpx.TransportError):  # the core answers it as 503
+        await backend_for(whereby).create(context, sample_meeting())
+    assert whereby.calls("POST") == 1
+
+
+@pytest.mark.anyio
+async def test_an_unreachable_whereby_is_retried_then_raised(context: BackendContext) -> None:
+    with serve_on_loopback(lambda url: FakeWhereby()) as url:
+        pass  # the port is closed again: nothing listens there now
+    backend = WherebyBackend.from_config({"api_key": API_KEY, "api_base": f"{url}/v1"})
+    with pytest.raises(httpx.ConnectError):  # the core answers it as 503
+        await backend.create(context, sample_meeting())
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("trouble", [Slow(READ_TIMEOUT * 2), DROP, whereby_error(500, "Internal Server Error"),
+                                     whereby_error(502, "Bad Gateway"), throttled("0")])
+async def test_delete_is_retried_through_trouble(whereby: FakeWhereby, context: BackendContext,
+                                                 trouble: Response | str | Slow) -> None:
+    backend = backend_for(whereby)
+    room = await backend.create(context, sample_meeting())
+    whereby.answer_next(trouble)
+    await backend.delete(context, room.vendor_meeting_id)
+    assert whereby.calls("DELETE") == 2 and whereby.rooms == {}
+
+
+# --- delete ----------------------------------------------------------------------------------------
+
+@pytest.mark.anyio
+async def test_delete_removes_the_room(whereby: FakeWhereby, context: BackendContext) -> None:
+    backend = backend_for(whereby)
+    room = await backend.create(context, sample_meeting())
+    await backend.delete(context, room.vendor_meeting_id)
+    assert whereby.rooms == {}
+    assert (whereby.seen[-1].method, whereby.seen[-1].path) == ("DELETE", f"/v1/meetings/{room.vendor_meeting_id}")
+
+
+@pytest.mark.anyio
+async def test_delete_of_a_room_whereby_no_longer_knows_counts_as_deleted(whereby: FakeWhereby,
+                                                                         context: BackendContext) -> None:
+    whereby.answer_next(whereby_error(404, "Meeting not found"))
+    assert await backend_for(whereby).delete(context, "4711") is None
+
+
+@pytest.mark.anyio
+async def test_delete_quotes_the_meeting_id(whereby: FakeWhereby, context: BackendContext) -> None:
+    await backend_for(whereby).delete(context, "../recordings/1")
+    assert whereby.seen[-1].path == "/v1/meetings/..%2Frecordings%2F1"
+
+
+@pytest.mark.anyio
+async def test_delete_with_a_wrong_api_key_is_an_error(whereby: FakeWhereby, context: BackendContext) -> None:
+    backend = WherebyBackend.from_config(settings(whereby, api_key="not-the-right-key-0123456789"))
+    with pytest.raises(BackendError, match="api_key"):
+        await backend.delete(context, "1")
+
+
+# --- update ----------------------------------------------------------------------------------------
+
+@pytest.mark.anyio
+async def test_moving_a_meeting_later_makes_a_new_room(whereby: FakeWhereby, context: BackendContext) -> None:
+    backend = backend_for(whereby)
+    old = await backend.create(context, sample_meeting())
+    later = sample_meeting(topic="Moved demo", start_time=datetime(2031, 6, 1, 16, 0, tzinfo=UTC), duration=90)
+
+    new = await backend.update(context, old.vendor_meeting_id, later)
+
+    assert new is not None and new.vendor_meeting_id != old.vendor_meeting_id and new.join_url != old.join_url
+    assert parse_time(whereby.rooms[new.vendor_meeting_id]["endDate"]) == later.end_time + timedelta(minutes=30)
+    assert "Moved demo" in new.invitation and new.join_url in new.invitation
+    assert old.vendor_meeting_id in whereby.rooms, "the core deletes the old room once the new one is stored"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("change", [{"topic": "Renamed demo"},
+                                    {"start_time": datetime(2031, 5, 13, 8, 0, tzinfo=UTC)},
+                                    {"duration": 30}])
+async def test_a_room_that_still_covers_the_meeting_is_kept(whereby: FakeWhereby, context: BackendContext,
+                                                            change: dict[str, Any]) -> None:
+    backend = backend_for(whereby)
+    room = await backend.create(context, sample_meeting())
+
+    assert await backend.update(context, room.vendor_meeting_id, sample_meeting(**change)) is None
+    assert whereby.calls("POST") == 1 and list(whereby.rooms) == [room.vendor_meeting_id]
+    assert whereby.seen[-1].method == "GET"
+
+
+@pytest.mark.anyio
+async def test_a_room_whereby_removed_is_replaced_on_update(whereby: FakeWhereby, context: BackendContext) -> None:
+    backend = backend_for(whereby)
+    room = await backend.create(context, sample_meeting())
+    whereby.rooms.clear()  # expired, or deleted in Whereby's dashboard
+
+    new = await backend.update(context, room.vendor_meeting_id, sample_meeting(topic="Renamed demo"))
+
+    assert new is not None and new.vendor_meeting_id in whereby.rooms
+
+
+# --- settings ---------------------------------------------------------------------------------------
+
+def test_defaults() -> None:
+    s = WherebyBackend.from_config({"api_key": API_KEY}).settings
+    assert (s.api_base, s.room_mode, s.room_name_prefix, s.end_grace_minutes, s.host_link_in_invitation) == \
+        (DEFAULT_API_BASE, "normal", "", 30, False)
+    assert API_KEY not in repr(s)
+
+
+def test_a_39_character_prefix_with_hyphens_is_accepted() -> None:
+    prefix = "acme-" + "x" * 34
+    assert WherebyBackend.from_config({"api_key": API_KEY, "room_name_prefix": prefix}).settings.room_name_prefix \
+        == prefix
+
+
+@pytest.mark.parametrize(("config", "setting"), [
+    ({}, "api_key"),
+    ({"api_key": "  "}, "api_key"),
+    ({"api_key": API_KEY, "room_mode": "large"}, "room_mode"),
+    ({"api_key": API_KEY, "room_name_prefix": "Acme"}, "room_name_prefix"),
+    ({"api_key": API_KEY, "room_name_prefix": "acme sales"}, "room_name_prefix"),
+    ({"api_key": API_KEY, "room_name_prefix": "x" * 40}, "room_name_prefix"),
+    ({"api_key": API_KEY, "end_grace_minutes": -1}, "end_grace_minutes"),
+    ({"api_key": API_KEY, "end_grace_minutes": "30"}, "end_grace_minutes"),
+    ({"api_key": API_KEY, "end_grace_minutes": True}, "end_grace_minutes"),
+    ({"api_key": API_KEY, "end_grace_minutes": 7 * 24 * 60 + 1}, "end_grace_minutes"),
+    ({"api_key": API_KEY, "host_link_in_invitation": "yes"}, "host_link_in_invitation"),
+    ({"api_key": API_KEY, "api_base": "http://api.whereby.dev/v1"}, "api_base"),
+    ({"api_key": API_KEY, "api_base": "api.whereby.dev"}, "api_base"),
+    ({"api_key": API_KEY, "api_base": 1}, "api_base"),
+    ({"api_key": API_KEY, "fields": ["hostRoomUrl"]}, "fields"),
+])
+def test_config_errors_name_the_setting(config: dict[str, Any], setting: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        WherebyBackend.from_config(config)
+    assert str(caught.value).startswith(setting)
+    assert API_KEY not in str(caught.value)
+
+
+def test_every_setting_is_documented_in_the_example_config() -> None:
+    example = Path(__file__).resolve().parents[3] / "config.example.toml"
+    if not example.exists():
+        pytest.skip("not in a checkout of the bridge")
+    block = example.read_text().split("# [backends.whereby]", 1)[1].split("\n\n", 1)[0]  # up to the next blank line
+    documented = dict(re.findall(r"^# (\w+) = (.+)$", block, flags=re.M))
+    assert set(documented) == KNOWN_SETTINGS
+    values = tomllib.loads("\n".join(f"{key} = {value}" for key, value in documented.items()))
+    WherebyBackend.from_config({**values, "api_key": API_KEY})  # the documented defaults are valid
+
+
+def test_api_key_from_the_environment() -> None:
+    config = parse_config({"backends": {"whereby": {"room_mode": "group"}}},
+                          env={"PVB_BACKENDS_WHEREBY_API_KEY": API_KEY})
+    backend = WherebyBackend.from_config(config.backend_table("whereby"))
+    assert backend.settings.api_key == API_KEY and backend.settings.room_mode == "group"
+    assert API_KEY in config.secret_values(), "the log redactor knows the key"
+
+
+# --- end to end: Pipedrive -> the bridge (plugin found by its entry point) -> fake Whereby ------------
+
+MEETING_BODY = {"topic": "Demo with Acme", "start_time": "2031-05-14 09:30", "duration": 45}
+RENAMED_BODY = {**MEETING_BODY, "topic": "Demo with Acme (renamed)"}
+MOVED_BODY = {"topic": "Moved demo", "start_time": "2031-06-01 16:00", "duration": 90}
+
+
+@pytest.fixture
+def config(tmp_path: Path, whereby: FakeWhereby) -> Config:
+    return make_config(tmp_path, backends={"whereby": settings(whereby)},
+                       meetings={"default_backend": "whereby", "allowed_backends": ["whereby"]},
+                       server={"vendor_max_retry_after_seconds": 2})
+
+
+def changed(config: Config, whereby: dict[str, Any] | None = None, **server: Any) -> Config:
+    """The same bridge (database, vault keys) with other Whereby settings or server limits."""
+    return dataclasses.replace(config, server=dataclasses.replace(config.server, **server),
+                               backends={"whereby": {**config.backend_table("whereby"), **(whereby or {})}})
+
+
+@pytest.fixture
+async def store(config: Config) -> AsyncIterator[Store]:
+    """A handle on the bridge's database, for arranging and inspecting rows."""
+    store = open_store(config)
+    await prepare_database(store, config)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+async def link_id(store: Store) -> str:
+    link = await store.create_link(pipedrive_user_id=5, company_id=6, user_name="Ada Lovelace")
+    return link.id
+
+
+@pytest.fixture
+async def pipedrive(config: Config, store: Store) -> AsyncIterator[httpx.AsyncClient]:
+    """The bridge, as Pipedrive calls it."""
+    async with bridge_client(config, entry_points=True) as client:
+        yield client
+
+
+def assert_error(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["success"] is False and isinstance(body["error"], str)
+    assert API_KEY not in response.text
+    return str(body["error"])
+
+
+@pytest.mark.anyio
+async def test_end_to_end_create_rename_move_delete(pipedrive: httpx.AsyncClient, whereby: FakeWhereby,
+                                                    store: Store, link_id: str) -> None:
+    response = await pipedrive.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY)
+    assert response.status_code == 201, response.text
+    data = response.json()["data"]
+    [room] = whereby.rooms.values()
+    assert data["join_url"] == room["roomUrl"] and "password" not in data
+    assert "Ada Lovelace" in data["invitation"] and room["roomUrl"] in data["invitation"]
+    meeting_url = f"/api/v1/links/{link_id}/meetings/{data['meeting_id']}"
+
+    assert (await pipedrive.patch(meeting_url, json=RENAMED_BODY)).status_code == 204
+    assert list(whereby.rooms) == [room["meetingId"]], "a rename keeps the room Pipedrive links to"
+
+    assert (await pipedrive.patch(meeting_url, json=MOVED_BODY)).status_code == 204
+    [moved] = whereby.rooms.values()
+    assert moved["meetingId"] != room["meetingId"]
+    assert whereby.events == [("create", room["meetingId"]), ("create", moved["meetingId"]),
+                              ("delete", room["meetingId"])]
+    stored = await store.get_meeting(link_id, data["meeting_id"])
+    assert stored is not None and stored.vendor_meeting_id == moved["meetingId"]
+
+    assert (await pipedrive.delete(meeting_url)).status_code == 204
+    assert whereby.rooms == {}
+    assert (await pipedrive.delete(meeting_url)).status_code == 204
+
+
+@pytest.mark.anyio
+async def test_end_to_end_move_deletes_the_old_room_only_after_storing_the_new(
+        pipedrive: httpx.AsyncClient, whereby: FakeWhereby, store: Store, link_id: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    response = await pipedrive.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY)
+    meeting_id = response.json()["data"]["meeting_id"]
+    [old] = list(whereby.rooms)
+    original = bridge.store.Store.replace_room
+
+    async def recording_replace_room(self: Store, *args: Any, **kwargs: Any) -> None:
+        assert old in whereby.rooms, "the old room must still exist when the new one is stored"
+        await original(self, *args, **kwargs)
+        whereby.events.append(("stored", kwargs["vendor_meeting_id"]))
+
+    monkeypatch.setattr(bridge.store.Store, "replace_room", recording_replace_room)
+
+    response = await pipedrive.patch(f"/api/v1/links/{link_id}/meetings/{meeting_id}", json=MOVED_BODY)
+
+    assert response.status_code == 204, response.text
+    [new] = list(whereby.rooms)
+    assert whereby.events == [("create", old), ("create", new), ("stored", new), ("delete", old)]
+    stored = await store.get_meeting(link_id, meeting_id)
+    assert stored is not None and stored.vendor_meeting_id == new, "the same bridge meeting id, now the new room"
+    room = await store.get_room(meeting_id)
+    assert room is not None and room.join_url == whereby.rooms[new]["roomUrl"]
+
+
+@pytest.mark.anyio
+async def test_end_to_end_a_move_not_stored_deletes_the_new_room_and_keeps_the_old(
+        pipedrive: httpx.AsyncClient, whereby: FakeWhereby, store: Store, link_id: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    response = await pipedrive.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY)
+    meeting_id = response.json()["data"]["meeting_id"]
+    [old] = list(whereby.rooms)
+
+    async def failing_replace_room(self: Store, *args: Any, **kwargs: Any) -> None:
+        raise StoreError("database unavailable: OperationalError")
+
+    monkeypatch.setattr(bridge.store.Store, "replace_room", failing_replace_room)
+
+    response = await pipedrive.patch(f"/api/v1/links/{link_id}/meetings/{meeting_id}", json=MOVED_BODY)
+
+    assert_error(response, 503)
+    new = whereby.events[1][1]
+    assert whereby.events == [("create", old), ("create", new), ("delete", new)]
+    assert list(whereby.rooms) == [old]
+    stored = await store.get_meeting(link_id, meeting_id)
+    assert stored is not None and stored.vendor_meeting_id == old and stored.state == MEETING_ACTIVE
+
+
+@pytest.mark.anyio
+async def test_end_to_end_wrong_api_key_is_a_502_for_the_admin(config: Config, link_id: str) -> None:
+    async with bridge_client(changed(config, {"api_key": "revoked-key-0123456789abcdef"}),
+                             entry_points=True) as client:
+        response = await client.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY)
+    message = assert_error(response, 502)
+    assert "api_key" in message and "revoked-key" not in message
+
+
+@pytest.mark.anyio
+async def test_end_to_end_throttled_then_created(pipedrive: httpx.AsyncClient, whereby: FakeWhereby,
+                                                 link_id: str) -> None:
+    whereby.answer_next(throttled("1"), whereby_error(503, "Service Unavailable"))
+    response = await pipedrive.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY)
+    assert response.status_code == 201, response.text
+    assert whereby.calls("POST") == 3 and len(whereby.rooms) == 1
+
+
+@pytest.mark.anyio
+async def test_end_to_end_throttled_for_long_is_503_at_once(pipedrive: httpx.AsyncClient, whereby: FakeWhereby,
+                                                            link_id: str) -> None:
+    whereby.answer_next(throttled("60"))
+    message = assert_error(await pipedrive.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY), 503)
+    assert "Whereby" in message and "61 seconds" in message
+    assert whereby.calls("POST") == 1
+
+
+@pytest.mark.anyio
+async def test_end_to_end_slow_whereby_is_504(config: Config, whereby: FakeWhereby, link_id: str) -> None:
+    whereby.answer_next(Slow(1.5))
+    async with bridge_client(changed(config, backend_timeout_seconds=0.5), entry_points=True) as client:
+        response = await client.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY)
+    assert "Whereby" in assert_error(response, 504)
+    assert whereby.calls("POST") == 1
+
+
+@pytest.mark.anyio
+async def test_end_to_end_dropped_connection_is_503(pipedrive: httpx.AsyncClient, whereby: FakeWhereby,
+                                                    link_id: str) -> None:
+    whereby.answer_next(DROP)
+    assert "Whereby" in assert_error(await pipedrive.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY),
+                                     503)
+    assert whereby.calls("POST") == 1
