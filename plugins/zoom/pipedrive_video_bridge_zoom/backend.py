@@ -1,0 +1,188 @@
+"""Zoom meetings for Pipedrive video calls: create, move and delete them through Zoom's REST API.
+
+``ZoomBackend`` uses the company's Server-to-Server OAuth app and makes each
+meeting for the Pipedrive user's own Zoom user, found by e-mail (or the
+configured ``fallback_host``). ``ZoomUserBackend`` (``auth = "user"``) makes it
+with the user's own connected Zoom account instead. Retries, ``Retry-After``
+and network errors are the core's (``ctx.http``); only Zoom's daily limit on
+meeting creates and updates is never retried, as it lasts until midnight UTC.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Self, cast
+from urllib.parse import quote
+
+import anyio
+import httpx
+
+from bridge.backends import Backend, BackendContext, MeetingRequest, Room
+from bridge.errors import BackendError, BridgeError
+from bridge.invitation import render_invitation
+from bridge.vendor_http import RETRY_EXTENSION
+
+from .errors import (is_invalid_token, is_missing_meeting, is_missing_user, json_object, raise_for_zoom,
+                     worth_retrying)
+from .oauth import AccountTokens, TokenSource, UserTokens, ZoomOAuth, settings_url_of
+from .settings import ZoomSettings, parse_settings
+
+log = logging.getLogger(__name__)
+
+TOPIC_MAX_LENGTH = 200
+"""Zoom's limit on a meeting topic."""
+SCHEDULED_MEETING = 2
+INVITATION_SECONDS = 5.0
+"""How long the invitation text may take; after that the bridge writes its own."""
+
+
+class ZoomBackend(Backend):
+    name = "zoom"
+    title = "Zoom"
+
+    def __init__(self, settings: ZoomSettings) -> None:
+        self.settings = settings
+        self.oauth = ZoomOAuth(settings.oauth_base, settings.client_id, settings.client_secret)
+        self.tokens: TokenSource = self._token_source()
+
+    def _token_source(self) -> TokenSource:
+        return AccountTokens(self.oauth, self.settings.account_id)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Self:
+        """The ``auth`` setting picks the class: ``ZoomUserBackend`` for ``"user"``."""
+        settings = parse_settings(config)
+        chosen = ZoomUserBackend if settings.auth == "user" else ZoomBackend
+        return cast(Self, chosen(settings))
+
+    # --- the three operations -------------------------------------------------------
+
+    async def create(self, ctx: BackendContext, meeting: MeetingRequest) -> Room:
+        response, host = await self._create_for_host(ctx, meeting)
+        raise_for_zoom(response, "create the meeting", host=host)
+        body = json_object(response)
+        meeting_id, join_url, password = body.get("id"), body.get("join_url"), body.get("password")
+        if not isinstance(meeting_id, int | str) or not isinstance(join_url, str) or not join_url:
+            raise BackendError("Zoom created the meeting but gave no meeting id or join link")
+        vendor_id = str(meeting_id)  # Zoom's ids exceed 32 bits; kept as text
+        password = password if isinstance(password, str) and password else None
+        invitation = await self._invitation(ctx, vendor_id) or render_invitation(
+            meeting, join_url, user=ctx.user, password=password)
+        log.info("zoom meeting created", extra={"vendor_meeting_id": vendor_id})
+        return Room(vendor_meeting_id=vendor_id, join_url=join_url, invitation=invitation, password=password)
+
+    async def update(self, ctx: BackendContext, vendor_meeting_id: str, meeting: MeetingRequest) -> None:
+        """Zoom keeps the join link and passcode (it answers 204 without a body), so the core keeps them too."""
+        response = await self._request(ctx, "PATCH", f"/meetings/{_meeting_path(vendor_meeting_id)}",
+                                       json=self._schedule(meeting))
+        if is_missing_meeting(response):
+            raise BackendError("this Zoom meeting no longer exists (it was deleted in Zoom); remove the video call "
+                               "from the activity and add a new one")
+        raise_for_zoom(response, "move the meeting")
+
+    async def delete(self, ctx: BackendContext, vendor_meeting_id: str) -> None:
+        response = await self._request(ctx, "DELETE", f"/meetings/{_meeting_path(vendor_meeting_id)}")
+        if is_missing_meeting(response):
+            return  # already gone
+        raise_for_zoom(response, "delete the meeting")
+
+    # --- the meeting ----------------------------------------------------------------
+
+    def _schedule(self, meeting: MeetingRequest) -> dict[str, Any]:
+        """Topic, start (UTC) and length: what a create sends and a move changes."""
+        return {"topic": meeting.topic[:TOPIC_MAX_LENGTH],
+                "start_time": meeting.start_time.strftime("%Y-%m-%dT%H:%M:00Z"), "duration": meeting.duration}
+
+    def _new_meeting(self, meeting: MeetingRequest) -> dict[str, Any]:
+        body = {**self._schedule(meeting), "type": SCHEDULED_MEETING}
+        if self.settings.switches:
+            body["settings"] = dict(self.settings.switches)
+        if self.settings.passcode is not None:
+            body["password"] = self.settings.passcode
+        if self.settings.default_password is not None:
+            body["default_password"] = self.settings.default_password
+        return body
+
+    def _hosts(self, ctx: BackendContext) -> list[str]:
+        """Whom to make the meeting for, in order: the user's Zoom user by e-mail, then ``fallback_host``."""
+        hosts = [ctx.user.email] if ctx.user.email else []
+        if self.settings.fallback_host and self.settings.fallback_host not in hosts:
+            hosts.append(self.settings.fallback_host)
+        if not hosts:
+            raise BackendError("your Pipedrive user has no e-mail address to find your Zoom user by, and no "
+                               "fallback_host is configured; ask your admin to set [backends.zoom] fallback_host")
+        return hosts
+
+    async def _create_for_host(self, ctx: BackendContext, meeting: MeetingRequest) -> tuple[httpx.Response, str]:
+        hosts = self._hosts(ctx)
+        for host in hosts:
+            response = await self._request(ctx, "POST", f"/users/{quote(host, safe='@')}/meetings",
+                                           json=self._new_meeting(meeting))
+            if not is_missing_user(response) or host == hosts[-1]:
+                break
+            log.info("no such zoom user; trying the fallback host", extra={"link_id": ctx.user.link_id})
+        return response, host
+
+    async def _invitation(self, ctx: BackendContext, vendor_id: str) -> str | None:
+        """Zoom's own invitation text, or None (the app lacks the scope, Zoom fails or is slow)."""
+        with anyio.move_on_after(INVITATION_SECONDS):
+            try:
+                response = await self._request(ctx, "GET", f"/meetings/{_meeting_path(vendor_id)}/invitation")
+            except (httpx.HTTPError, BridgeError) as exc:
+                log.info("zoom invitation unavailable", extra={"error": type(exc).__name__})
+                return None
+            text = json_object(response).get("invitation") if response.status_code == 200 else None
+            if isinstance(text, str) and text.strip():
+                return text
+            log.info("zoom invitation unavailable", extra={"status": response.status_code})
+        return None
+
+    # --- calling Zoom ---------------------------------------------------------------
+
+    async def _request(self, ctx: BackendContext, method: str, path: str,
+                       json: dict[str, Any] | None = None) -> httpx.Response:
+        """One API call; a token Zoom calls invalid (401, code 124) is replaced once and the call repeated once."""
+        token = await self.tokens.access_token(ctx)
+        response = await self._send(ctx, method, path, token, json)
+        if is_invalid_token(response):
+            token = await self.tokens.access_token(ctx, stale=token)
+            response = await self._send(ctx, method, path, token, json)
+        return response
+
+    async def _send(self, ctx: BackendContext, method: str, path: str, token: str,
+                    json: dict[str, Any] | None) -> httpx.Response:
+        return await ctx.http.request(method, self.settings.api_base + path, json=json,
+                                      headers={"Authorization": f"Bearer {token}"},
+                                      extensions={RETRY_EXTENSION: worth_retrying})
+
+
+class ZoomUserBackend(ZoomBackend):
+    """``auth = "user"``: every user connects their own Zoom account on the settings page."""
+
+    needs_user_account = True
+    tokens: UserTokens
+
+    def _token_source(self) -> UserTokens:
+        return UserTokens(self.oauth)
+
+    def _hosts(self, ctx: BackendContext) -> list[str]:
+        return ["me"]  # the connected account itself
+
+    async def connect_url(self, ctx: BackendContext, callback_url: str, state: str) -> str:
+        return self.oauth.authorize_url(callback_url, state)
+
+    async def connect_finish(self, ctx: BackendContext, params: Mapping[str, str], callback_url: str) -> None:
+        code = params.get("code")
+        if not code:
+            raise BackendError("Zoom sent no authorization code; please connect Zoom again")
+        await self.tokens.connect(ctx, code, callback_url, settings_url_of(callback_url, self.name))
+
+    async def is_connected(self, ctx: BackendContext) -> bool:
+        return await self.tokens.is_connected(ctx)
+
+
+def _meeting_path(vendor_meeting_id: str) -> str:
+    if not vendor_meeting_id.isdigit():
+        raise BackendError(f"{vendor_meeting_id!r} is not a Zoom meeting id")
+    return vendor_meeting_id
