@@ -156,7 +156,7 @@ async def open_bridge(config: Config, registry: PluginRegistry | None = None,
         await prepare_database(store, config)
         timeout = httpx.Timeout(config.server.backend_timeout_seconds, connect=5.0)
         inner = transport or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=200))
         policy = RetryPolicy(attempts=config.server.vendor_attempts,
                              max_retry_after=config.server.vendor_max_retry_after_seconds)
         metrics = Metrics()
