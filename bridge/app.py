@@ -30,6 +30,7 @@ from .errors import BridgeError, PayloadTooLarge
 from .logs import request_id_var
 from .manifest import build_manifest
 from .metrics import CONTENT_TYPE
+from .openapi import build_openapi
 from .plugins import PluginRegistry
 from .runtime import open_bridge
 from .tokens import run_upkeep
@@ -147,6 +148,11 @@ async def manifest(request: Request) -> Response:
     return JSONResponse(build_manifest(request.state.bridge.config))
 
 
+async def openapi(_request: Request) -> Response:
+    """The OpenAPI document of the reverse API (the same for every deployment)."""
+    return JSONResponse(build_openapi())
+
+
 def create_app(config: Config, registry: PluginRegistry | None = None,
                transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
     """The bridge as an ASGI app. ``registry`` and ``transport`` let tests choose plugins and fake vendors."""
@@ -165,6 +171,7 @@ def create_app(config: Config, registry: PluginRegistry | None = None,
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/manifest.json", manifest, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *reverse_api.routes,
         *install.routes,

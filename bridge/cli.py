@@ -1,4 +1,4 @@
-"""The ``pipedrive-video-bridge`` command: serve, check, manifest, links, plugins, keys, migrate, simulate."""
+"""The ``pipedrive-video-bridge`` command: serve, check, manifest, openapi, links, plugins, keys, migrate, simulate."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .errors import ConfigError
 from .fake_pipedrive import FakePipedriveState, running_fake_pipedrive
 from .logs import configure_logging
 from .manifest import build_manifest, manifest_problems, render_manifest, write_manifest
+from .openapi import build_openapi, render_openapi, write_openapi
 from .plugins import load_plugins
 from .runtime import StartupError, build_backends, open_bridge, open_store, prepare_database
 from .simulator import DEFAULT_HOST as SIMULATOR_HOST
@@ -86,6 +87,18 @@ def cmd_manifest(config: Config, args: argparse.Namespace) -> int:
     try:
         write_manifest(config, Path(args.output))
     except (ValueError, OSError) as exc:
+        return _fail(str(exc))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_openapi(_config: Config, args: argparse.Namespace) -> int:
+    if args.output == "-":
+        sys.stdout.write(render_openapi(build_openapi()))
+        return 0
+    try:
+        write_openapi(Path(args.output))
+    except OSError as exc:
         return _fail(str(exc))
     print(f"wrote {args.output}")
     return 0
@@ -218,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("check", cmd_check, "validate the config, plugins and manifest; list every problem")
     manifest = add("manifest", cmd_manifest, "write the manifest to upload to Pipedrive")
     manifest.add_argument("-o", "--output", default="manifest.json", help="file to write, or - for stdout")
+    openapi = add("openapi", cmd_openapi, "write the OpenAPI document of the reverse API")
+    openapi.add_argument("-o", "--output", default="openapi.json", help="file to write, or - for stdout")
     links = sub.add_parser("links", help="manage links (Pipedrive user connections)").add_subparsers(
         dest="links_command", required=True)
     create = add("create", cmd_links_create, "create a link for a Pipedrive user and print its linkId", links)

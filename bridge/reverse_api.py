@@ -33,7 +33,8 @@ PREFIX = "/api/v1/links"
 POST_MEETING = PREFIX + "/{link_id}/meetings"
 MEETING = PREFIX + "/{link_id}/meetings/{meeting_id}"
 
-_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"  # a linkId or meetingId; anything else is an unknown one (404)
+_ID = re.compile(ID_PATTERN)
 
 
 def _bridge(request: Request) -> Bridge:

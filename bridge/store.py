@@ -178,6 +178,8 @@ class Store:
         self.engine = engine
         self.vault = vault
         self._limiter = anyio.CapacityLimiter(threads)
+        # the commit of a held lock gets threads of its own: the others may all be waiting for that lock
+        self._commit_limiter = anyio.CapacityLimiter(threads)
         self._secret_locks: defaultdict[tuple[str, str], anyio.Lock] = defaultdict(anyio.Lock)
 
     @property
@@ -387,6 +389,13 @@ class Store:
         return None if row is None else vault.decrypt(row.ciphertext, _context(scope, name))
 
     @staticmethod
+    def _holds(session: Session, vault: Vault, scope: str, name: str, value: str | None) -> bool:
+        """The secret still holds ``value`` (read again, and row-locked on PostgreSQL until the commit)."""
+        row = session.exec(select(Secret).where(Secret.scope == scope, Secret.name == name)
+                           .with_for_update().execution_options(populate_existing=True)).first()
+        return (None if row is None else vault.decrypt(row.ciphertext, _context(scope, name))) == value
+
+    @staticmethod
     def _put_secret(session: Session, vault: Vault, scope: str, name: str, value: str) -> None:
         kid, ciphertext = vault.encrypt(value, _context(scope, name))
         # one atomic upsert: two first writes of a secret racing each other must not fail on the
@@ -414,7 +423,9 @@ class Store:
         database connections), then PostgreSQL's transaction-scoped advisory
         lock on the secret's key, or SQLite's database write lock (``BEGIN
         IMMEDIATE``). ``value`` is read inside both; ``replace`` writes on the
-        same transaction, which commits when the block ends.
+        same transaction, which commits when the block ends, unless a write that
+        does not take this lock (an uninstall's erase, a re-install) changed the
+        value meanwhile: that write wins.
         """
         async with self._secret_locks[(scope, name)]:
             async with self._locked_row(scope, name) as locked:
@@ -451,7 +462,10 @@ class Store:
         finally:
             def finish() -> None:
                 try:
-                    if ok and locked.new_value is not None:
+                    # compare-and-swap: an uninstall or re-install that wrote meanwhile (without this lock)
+                    # wins, so a refresh finishing late cannot bring erased or replaced tokens back
+                    if ok and locked.new_value is not None and \
+                            self._holds(session, vault, scope, name, value):
                         self._put_secret(session, vault, scope, name, locked.new_value)
                     session.close()
                     if ok:
@@ -462,7 +476,7 @@ class Store:
                     conn.close()
 
             with anyio.CancelScope(shield=True):
-                await run(finish)
+                await anyio.to_thread.run_sync(finish, limiter=self._commit_limiter)
 
     # --- keys -----------------------------------------------------------------------
 

@@ -16,7 +16,8 @@ from .errors import BadRequest
 
 MAX_TOPIC_LENGTH = 1000
 MAX_DURATION_MINUTES = 31 * 24 * 60
-_START_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}")
+START_TIME_PATTERN = r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}"  # also the OpenAPI schema's (bridge.openapi)
+_START_TIME = re.compile(START_TIME_PATTERN)
 
 
 def parse_meeting(body: Any) -> MeetingRequest:

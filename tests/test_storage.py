@@ -554,3 +554,31 @@ def test_an_empty_key_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(VaultError, match="holds no key") as excinfo:
         load_or_create_key_file(path)
     assert str(path) in str(excinfo.value)
+
+
+async def test_writes_queued_behind_a_held_secret_lock_do_not_starve_its_commit(store: Store) -> None:
+    """A refresh holds a secret's lock (on SQLite, the database's write lock) across a vendor call.
+
+    More writes than the store has threads queue up behind it meanwhile; the refresh's commit must
+    still get a thread, rather than wait for them (which wait for it) until SQLite's busy timeout
+    fails them all.
+    """
+    await store.put_secret("link:held", "tokens", "before")
+    failed: list[BaseException] = []
+
+    async def write(n: int) -> None:
+        try:
+            await store.put_secret("link:other", f"secret-{n}", "value")
+        except Exception as exc:
+            failed.append(exc)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tasks:
+            async with store.locked_secret("link:held", "tokens") as locked:
+                for n in range(40):
+                    tasks.start_soon(write, n)
+                await anyio.sleep(0.3)  # the vendor answering the refresh
+                locked.replace("after")
+    assert failed == []
+    assert await store.get_secret("link:held", "tokens") == "after"
+    assert await store.get_secret("link:other", "secret-39") == "value"

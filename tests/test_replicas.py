@@ -1,0 +1,461 @@
+"""Several replicas on one PostgreSQL database: one client, requests alternating between them.
+
+Two real bridge processes (``python -m bridge.cli --config FILE serve``) share a
+database and the fake Pipedrive on loopback. A user installs through one of them
+(``/oauth/callback``); then the reverse API is driven through both at once, a
+meeting made on one being moved and deleted on the other.
+
+Token refresh across processes: the link's access token is expired and 200
+callers need a fresh one at the same moment, 100 in each of two worker processes
+(the reverse API itself never needs a Pipedrive token, so the callers are
+``TokenKeeper.fresh_tokens``, as the bridge calls it). Exactly one refresh reaches
+the fake, none is refused, and no rotation is lost: the refresh token stored
+afterwards is the only one the fake still honours, and it works. Then Pipedrive's
+uninstall notice arrives at both replicas at once, again with an expired token.
+The same refresh race runs for a Zoom user's own OAuth token through the Zoom
+plugin's fake, where that plugin is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import anyio
+import anyio.to_thread
+import httpx
+import pytest
+from sqlalchemy import text
+
+from bridge.auth import basic_auth
+from bridge.config import Config
+from bridge.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
+from bridge.pipedrive import PipedriveClient
+from bridge.store import LINK_UNINSTALLED, PIPEDRIVE_TOKENS, Store, backend_scope, link_scope
+from bridge.runtime import open_store, prepare_database
+from bridge.testing import make_config
+from bridge.vault import generate_key, key_id
+from bridge.tokens import TokenKeeper, dump_tokens, load_tokens
+
+pytestmark = pytest.mark.anyio
+
+CALLERS = 100  # fresh_tokens calls in each worker process
+START_SECONDS = 30
+
+
+# --- processes -------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def toml_config(config: Config, *, zoom: dict[str, Any] | None = None) -> str:
+    quote = json.dumps  # a JSON string is a valid TOML basic string
+    text_ = f"""
+[pipedrive]
+client_id = {quote(config.pipedrive.client_id)}
+client_secret = {quote(config.pipedrive.client_secret)}
+oauth_base = {quote(config.pipedrive.oauth_base)}
+api_base = {quote(config.pipedrive.api_base or "")}
+
+[database]
+url = {quote(config.database.url)}
+
+[vault]
+keys = [{", ".join(quote(key) for key in config.vault.keys)}]
+
+[server]
+public_url = {quote(config.server.public_url)}
+
+[logging]
+level = "WARNING"
+"""
+    if zoom:
+        text_ += "\n[backends.zoom]\n" + "".join(f"{key} = {quote(value)}\n" for key, value in zoom.items())
+    return text_
+
+
+class Replica:
+    """``pipedrive-video-bridge serve`` in its own process."""
+
+    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "bridge.cli", "--config", str(config_path), "serve",
+                                         "--port", str(port)], stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"the replica exited:\n{self.log_path.read_text()}"
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"the replica did not get ready:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log.close()
+
+
+WORKER = r"""
+import json, sys
+from pathlib import Path
+
+import anyio, httpx
+
+from bridge.config import load_config
+from bridge.runtime import open_store
+
+config = load_config(Path(sys.argv[1]), env={})
+kind, link_id, callers = sys.argv[2], sys.argv[3], int(sys.argv[4])
+store = open_store(config)
+
+
+class SlowTokenEndpoint(httpx.AsyncHTTPTransport):
+    # a slow token endpoint: every caller of both processes is surely waiting at once
+
+    async def handle_async_request(self, request):
+        if request.url.path == "/oauth/token":
+            await anyio.sleep(0.3)
+        return await super().handle_async_request(request)
+
+
+async def main():
+    async with httpx.AsyncClient(transport=SlowTokenEndpoint()) as http:
+        if kind == "pipedrive":
+            from bridge.pipedrive import PipedriveClient
+            from bridge.tokens import TokenKeeper
+
+            keeper = TokenKeeper(store, PipedriveClient(config.pipedrive, http),
+                                 config.pipedrive.token_refresh_margin_seconds)
+
+            async def fresh():
+                return (await keeper.fresh_tokens(link_id)).access_token
+
+            def refreshes():
+                return keeper.refreshes
+        else:
+            from bridge.backends import BackendContext, UserIdentity
+            from bridge.meetings import ScopedCredentials
+            from bridge.store import backend_scope, shared_scope
+            from pipedrive_video_bridge_zoom.oauth import UserTokens, ZoomOAuth
+
+            table = config.backend_table("zoom")
+            tokens = UserTokens(ZoomOAuth(table["oauth_base"], table["client_id"], table["client_secret"]))
+            ctx = BackendContext(user=UserIdentity(link_id=link_id, user_id=1, company_id=2), http=http,
+                                 credentials=ScopedCredentials(store, backend_scope(link_id, "zoom")),
+                                 shared=ScopedCredentials(store, shared_scope("zoom")))
+
+            async def fresh():
+                return await tokens.access_token(ctx)
+
+            def refreshes():
+                return None
+        await store.ping()  # connected before the start signal
+        print("ready", flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.readline)
+        results, errors = [], []
+
+        async def one():
+            try:
+                results.append(await fresh())
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+        async with anyio.create_task_group() as tasks:
+            for _ in range(callers):
+                tasks.start_soon(one)
+        print(json.dumps({"tokens": sorted(set(results)), "calls": len(results), "errors": errors,
+                          "refreshes": refreshes()}), flush=True)
+
+
+anyio.run(main)
+store.close()
+"""
+
+
+def run_workers(config_path: Path, kind: str, link_id: str, count: int = 2) -> list[dict[str, Any]]:
+    """``count`` processes with CALLERS concurrent token callers each, started on one signal."""
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(config_path), kind, link_id, str(CALLERS)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(count)]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            line = worker.stdout.readline()
+            assert line.strip() == "ready", (line, worker.stderr.read() if worker.stderr else "")
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        outputs = []
+        for worker in workers:
+            out, err = worker.communicate(timeout=60)
+            assert worker.returncode == 0, err
+            outputs.append(json.loads(out.strip().splitlines()[-1]))
+        return outputs
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(timeout=10)
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
+@pytest.fixture
+def pipedrive() -> Iterator[FakePipedriveState]:
+    state = FakePipedriveState(client_id="replica-client", client_secret="set-by-the-config-fixture")
+    with running_fake_pipedrive(state) as running:
+        yield running
+
+
+@pytest.fixture
+def ports() -> tuple[int, int]:
+    return free_port(), free_port()
+
+
+@pytest.fixture
+def config(tmp_path: Path, postgres_url: str, pipedrive: FakePipedriveState, ports: tuple[int, int]) -> Config:
+    config = make_config(tmp_path, postgres_url,
+                         pipedrive={"client_id": "replica-client", "oauth_base": pipedrive.api_domain,
+                                    "api_base": pipedrive.api_domain},
+                         server={"public_url": f"http://127.0.0.1:{ports[0]}"})
+    pipedrive.client_secret = config.pipedrive.client_secret
+    return config
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, config: Config, store: Store, ports: tuple[int, int]) -> Iterator[list[Replica]]:
+    config_path = tmp_path / "bridge.toml"
+    config_path.write_text(toml_config(config), encoding="utf-8")
+    started = [Replica(config_path, port, tmp_path / f"replica-{n}.log") for n, port in enumerate(ports)]
+    try:
+        for replica in started:
+            replica.wait_ready()
+        yield started
+    finally:
+        for replica in started:
+            replica.stop()
+
+
+async def install(replica: Replica, pipedrive: FakePipedriveState, config: Config) -> str:
+    """A Marketplace install: approved at the fake Pipedrive, finished at the replica's /oauth/callback."""
+    async with httpx.AsyncClient() as browser:
+        query = urlencode({"client_id": pipedrive.client_id,
+                           "redirect_uri": config.server.public_url + "/oauth/callback"})
+        approved = await browser.get(f"{pipedrive.api_domain}/oauth/authorize?{query}")
+        assert approved.status_code == 302
+        code = parse_qs(urlsplit(approved.headers["location"]).query)["code"][0]
+        finished = await browser.get(f"{replica.url}/oauth/callback", params={"code": code})
+        assert finished.status_code == 302, finished.text
+    [link_id] = list(pipedrive.links)
+    return link_id
+
+
+async def expire(store: Store, pipedrive: FakePipedriveState, link_id: str) -> None:
+    """Pipedrive stops honouring the access token, and the bridge's copy says it expired a minute ago."""
+    pipedrive.expire_access_tokens()
+    tokens = load_tokens(await store.get_secret(link_scope(link_id), PIPEDRIVE_TOKENS))
+    assert tokens is not None
+    await store.put_secret(link_scope(link_id), PIPEDRIVE_TOKENS,
+                           dump_tokens(replace(tokens, expires_at=time.time() - 60)))
+
+
+def refreshes(pipedrive: FakePipedriveState) -> int:
+    return pipedrive.token_requests["refresh_token"]
+
+
+# --- the test --------------------------------------------------------------------------------
+
+async def test_replicas_share_meetings_and_refresh_each_token_once(
+        tmp_path: Path, config: Config, store: Store, pipedrive: FakePipedriveState,
+        replicas: list[Replica]) -> None:
+    auth = basic_auth(config.pipedrive.client_id, config.pipedrive.client_secret)
+    link_id = await install(replicas[0], pipedrive, config)
+    assert pipedrive.token_requests == {"authorization_code": 1, "refresh_token": 0}
+
+    # one client, requests alternating between the replicas: made on one, moved and deleted on the other
+    async with httpx.AsyncClient(headers=auth, timeout=30) as http:
+        created: list[tuple[int, str]] = []
+
+        async def create(n: int) -> None:
+            replica = replicas[n % 2]
+            answer = await http.post(f"{replica.url}/api/v1/links/{link_id}/meetings",
+                                     json={"topic": f"replicated {n}", "start_time": "2031-05-06 07:00",
+                                           "duration": 30})
+            assert answer.status_code == 201, answer.text
+            created.append((n, answer.json()["data"]["meeting_id"]))
+
+        async def move_then_delete(n: int, meeting_id: str) -> None:
+            path = f"/api/v1/links/{link_id}/meetings/{meeting_id}"
+            moved = await http.patch(replicas[(n + 1) % 2].url + path,
+                                     json={"topic": f"moved {n}", "start_time": "2031-05-07 08:00", "duration": 45})
+            assert moved.status_code == 204, moved.text
+            gone = await http.delete(replicas[n % 2].url + path)
+            assert gone.status_code == 204, gone.text
+
+        async with anyio.create_task_group() as tasks:
+            for n in range(100):
+                tasks.start_soon(create, n)
+        async with anyio.create_task_group() as tasks:
+            for n, meeting_id in created:
+                tasks.start_soon(move_then_delete, n, meeting_id)
+    with store.engine.connect() as conn:
+        states = dict(conn.execute(text("SELECT state, count(*) FROM meeting GROUP BY state")).all())
+    assert states == {"deleted": 100}
+
+    # 200 callers in two processes need a fresh token at once: one refresh, no refusal, no lost rotation
+    await expire(store, pipedrive, link_id)
+    config_path = tmp_path / "bridge.toml"
+    outputs = await anyio.to_thread.run_sync(run_workers, config_path, "pipedrive", link_id)
+    assert [o["errors"] for o in outputs] == [[], []]
+    assert [o["calls"] for o in outputs] == [CALLERS, CALLERS]
+    assert refreshes(pipedrive) == 1 and pipedrive.invalid_grants == 0
+    assert sorted(o["refreshes"] for o in outputs) == [0, 1]
+    stored = load_tokens(await store.get_secret(link_scope(link_id), PIPEDRIVE_TOKENS))
+    assert stored is not None and [o["tokens"] for o in outputs] == [[stored.access_token]] * 2
+    with pipedrive.lock:
+        assert pipedrive.refresh_tokens == {stored.refresh_token}  # the one the fake issued last, and only it
+        assert pipedrive.access_tokens[stored.access_token] > time.time() + 3000
+    async with httpx.AsyncClient() as http:  # and it works: one more refresh through the bridge's code path
+        keeper = TokenKeeper(store, PipedriveClient(config.pipedrive, http), 300)
+        again = await keeper.fresh_tokens(link_id, stale_access_token=stored.access_token)
+    assert refreshes(pipedrive) == 2 and pipedrive.invalid_grants == 0 and again.refresh_token != stored.refresh_token
+    with pipedrive.lock:
+        assert pipedrive.refresh_tokens == {again.refresh_token}
+
+    # Pipedrive's uninstall notice reaches both replicas at once, with the token expired again
+    await expire(store, pipedrive, link_id)
+    notice = {"client_id": config.pipedrive.client_id, "company_id": pipedrive.user.company_id,
+              "user_id": pipedrive.user.id, "timestamp": int(time.time())}
+    async with httpx.AsyncClient(headers=auth, timeout=30) as http:
+        async def uninstall(n: int) -> None:
+            answer = await http.request("DELETE", replicas[n % 2].url + "/oauth/callback", json=notice)
+            assert answer.status_code == 200 and answer.json() == {"success": True}, answer.text
+
+        async with anyio.create_task_group() as tasks:
+            for n in range(20):
+                tasks.start_soon(uninstall, n)
+        for replica in replicas:
+            gone = await http.post(f"{replica.url}/api/v1/links/{link_id}/meetings",
+                                   json={"topic": "after", "start_time": "2031-05-06 07:00", "duration": 30})
+            assert gone.status_code == 410, gone.text
+    assert refreshes(pipedrive) == 3 and pipedrive.invalid_grants == 0
+    link = await store.get_link(link_id)
+    assert link is not None and link.status == LINK_UNINSTALLED
+    with store.engine.connect() as conn:
+        left = conn.execute(text("SELECT scope, name FROM secret WHERE scope LIKE :p"),
+                            {"p": f"link:{link_id}%"}).all()
+    assert left == []  # every secret of the install erased, none written back by a late refresh
+    assert link_id not in pipedrive.links and link_id in pipedrive.removed_links
+    with pipedrive.lock:
+        assert pipedrive.refresh_tokens == set()  # the last refresh token was revoked
+
+
+ZOOM = importlib.util.find_spec("pipedrive_video_bridge_zoom") is not None
+
+
+@pytest.mark.skipif(not ZOOM, reason="the Zoom plugin (plugins/zoom) is not installed")
+async def test_a_zoom_user_token_is_refreshed_once_across_processes(tmp_path: Path, config: Config,
+                                                                     store: Store) -> None:
+    from pipedrive_video_bridge_zoom.fake_zoom import FakeZoomState, running_fake_zoom
+    from pipedrive_video_bridge_zoom.oauth import USER_TOKENS, UserConnection
+
+    state = FakeZoomState(client_id="zoom-client", client_secret="zoom-secret-value")
+    with running_fake_zoom(state):
+        link = await store.create_link(pipedrive_user_id=5, company_id=6, user_name="Ada")
+        user = state.users[0].id
+        with state.lock:
+            issued = state.issue_user_tokens(user)
+        scope = backend_scope(link.id, "zoom")
+        await store.put_secret(scope, USER_TOKENS, UserConnection(issued["access_token"], issued["refresh_token"],
+                                                                  time.time() - 60).dump())
+        state.expire_access_tokens()
+        config_path = tmp_path / "zoom.toml"
+        config_path.write_text(toml_config(config, zoom={"oauth_base": state.base_url, "client_id": state.client_id,
+                                                         "client_secret": state.client_secret}), encoding="utf-8")
+
+        outputs = await anyio.to_thread.run_sync(run_workers, config_path, "zoom", link.id)
+
+        assert [o["errors"] for o in outputs] == [[], []]
+        assert [o["calls"] for o in outputs] == [CALLERS, CALLERS]
+        assert state.token_requests["refresh_token"] == 1 and state.refused_refresh_tokens == []
+        stored = UserConnection.load(await store.get_secret(scope, USER_TOKENS))
+        assert stored is not None and not stored.needs_reconnect
+        assert [o["tokens"] for o in outputs] == [[stored.access_token]] * 2
+        with state.lock:
+            live = {token for token, owner in state.refresh_tokens.items() if owner == user}
+        assert live == {stored.refresh_token}  # the one Zoom issued last, and only it
+        async with httpx.AsyncClient() as http:  # and it works: one more refresh, forced
+            from bridge.backends import BackendContext, UserIdentity
+            from bridge.meetings import ScopedCredentials
+            from bridge.store import shared_scope
+            from pipedrive_video_bridge_zoom.oauth import UserTokens, ZoomOAuth
+
+            ctx = BackendContext(user=UserIdentity(link_id=link.id, user_id=5, company_id=6), http=http,
+                                 credentials=ScopedCredentials(store, scope),
+                                 shared=ScopedCredentials(store, shared_scope("zoom")))
+            tokens = UserTokens(ZoomOAuth(state.base_url, state.client_id, state.client_secret))
+            renewed = await tokens.access_token(ctx, stale=stored.access_token)
+        assert renewed != stored.access_token
+        assert state.token_requests["refresh_token"] == 2 and state.refused_refresh_tokens == []
+
+
+@pytest.mark.parametrize("meanwhile", ["uninstall", "reinstall", "rotation"])
+async def test_a_write_during_a_refresh_is_not_overwritten_by_it(tmp_path: Path, database_url: str,
+                                                                 meanwhile: str) -> None:
+    """One replica refreshes (holding the tokens' lock) while another erases, replaces or re-encrypts them.
+
+    The refresh must not write its tokens over an uninstall (that would bring back a live refresh
+    token the uninstall promised to erase) nor over a re-install's new tokens; a key rotation only
+    re-encrypted the same value, so the refreshed tokens are kept.
+    """
+    old_key, new_key = generate_key(), generate_key()
+    config = make_config(tmp_path, database_url, vault={"keys": [old_key]})
+    rotated = make_config(tmp_path, database_url, vault={"keys": [new_key, old_key]})
+    writer = open_store(config)
+    refreshing, other = open_store(rotated), open_store(rotated if meanwhile == "rotation" else config)
+    scope = link_scope("0b9f3c2e-5d7a-4e61-9a38-2f4c6d8e1a57")
+    try:
+        await prepare_database(writer, config)
+        await writer.put_secret(scope, PIPEDRIVE_TOKENS, "tokens before the refresh")
+        actions = {"uninstall": lambda: other.delete_scope(scope),
+                   "reinstall": lambda: other.put_secret(scope, PIPEDRIVE_TOKENS, "tokens of the new install"),
+                   "rotation": lambda: other.rotate()}
+        async with anyio.create_task_group() as tasks:
+            async with refreshing.locked_secret(scope, PIPEDRIVE_TOKENS) as locked:
+                assert locked.value == "tokens before the refresh"
+                tasks.start_soon(actions[meanwhile])
+                await anyio.sleep(0.3)  # Pipedrive answering the refresh
+                locked.replace("tokens after the refresh")
+        expected = {"uninstall": None, "reinstall": "tokens of the new install",
+                    "rotation": "tokens after the refresh"}[meanwhile]
+        assert await refreshing.get_secret(scope, PIPEDRIVE_TOKENS) == expected
+        if meanwhile == "rotation":
+            assert set(await refreshing.count_by_key()) == {key_id(new_key)}
+    finally:
+        for store in (writer, refreshing, other):
+            store.close()
