@@ -401,6 +401,8 @@ def _cross_checks(config: Config, problems: _Problems) -> None:
     if not config.database.is_sqlite and not config.vault.keys and config.vault.key_file is None:
         problems.add("[vault] keys", "are required with PostgreSQL: every replica must share them "
                      "(set PVB_VAULT_KEYS; make one with `pipedrive-video-bridge keys generate`)")
+    if ":" in config.pipedrive.client_id:
+        problems.add("[pipedrive] client_id", "must not contain ':' (HTTP Basic auth splits on it)")
     if config.pipedrive.refresh_idle_days >= 60:
         problems.add("[pipedrive] refresh_idle_days", "must be below 60: Pipedrive refresh tokens lapse "
                      "after 60 days unused")

@@ -318,3 +318,9 @@ def test_config_repr_shows_no_secret() -> None:
     text = repr(config)
     for secret in ["s3cr3t-value", key, "pw-in-url", "jitsi-app-secret"]:
         assert secret not in text
+
+
+def test_a_client_id_with_a_colon_is_rejected() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"pipedrive": {"client_id": "a:b", "client_secret": "s3cret-value"}}, env={})
+    assert any(p.startswith("[pipedrive] client_id:") and "':'" in p for p in caught.value.problems)
