@@ -19,6 +19,7 @@ from bridge.config import load_config
 from bridge.manifest import VERSION, manifest_problems
 from bridge.runtime import open_store, prepare_database
 from bridge.store import Store, make_engine
+from bridge.testing import write_toml
 from bridge.vault import Vault, generate_key, key_id
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,26 +36,6 @@ def clean_env(**extra: str) -> dict[str, str]:
 def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bridge.cli", *args], cwd=cwd, env=env or clean_env(),
                           capture_output=True, text=True, timeout=TIMEOUT)
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return json.dumps(value)
-
-
-def write_toml(path: Path, raw: dict[str, dict[str, Any]]) -> Path:
-    lines = []
-    for section, table in raw.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {toml_value(value)}" for key, value in table.items()]
-        lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
 
 
 def base_config(tmp_path: Path, keys: list[str] | None = None, **sections: dict[str, Any]) -> dict[str, Any]:

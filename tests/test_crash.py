@@ -22,15 +22,10 @@ On SQLite and PostgreSQL. PVB_SOAK=1 runs more kill/restart cycles with more req
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,7 +48,7 @@ from bridge.config import Config
 from bridge.loopback import serve_on_loopback
 from bridge.runtime import open_store, prepare_database
 from bridge.store import MEETING_ACTIVE
-from bridge.testing import make_config
+from bridge.testing import BridgeProcess, free_port, make_config, running, write_config_toml
 
 pytestmark = pytest.mark.anyio
 
@@ -183,78 +178,18 @@ uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
 # --- the bridge process ------------------------------------------------------------------
 
 
-def toml_config(config: Config, vendor_url: str) -> str:
-    quote = json.dumps  # a JSON string is a valid TOML basic string
-    return f"""
-[pipedrive]
-client_id = {quote(config.pipedrive.client_id)}
-client_secret = {quote(config.pipedrive.client_secret)}
-
-[database]
-url = {quote(config.database.url)}
-
-[vault]
-keys = [{", ".join(quote(key) for key in config.vault.keys)}]
-
-[server]
-public_url = "http://127.0.0.1"
-backend_timeout_seconds = 10
-
-[logging]
-level = "WARNING"
-
-[meetings]
-default_backend = "vendor"
-allowed_backends = ["vendor"]
-
-[backends.vendor]
-url = {quote(vendor_url)}
-"""
+def vendor_sections(vendor_url: str) -> dict[str, dict[str, Any]]:
+    """The config file's sections besides the shared ones: a bridge on the fake vendor's backend."""
+    return {"server": {"public_url": "http://127.0.0.1", "backend_timeout_seconds": 10},
+            "logging": {"level": "WARNING"},
+            "meetings": {"default_backend": "vendor", "allowed_backends": ["vendor"]},
+            "backends.vendor": {"url": vendor_url}}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class BridgeProcess:
-    """One ``uvicorn`` process of the bridge; ``kill`` is SIGKILL (kill -9)."""
-
-    def __init__(self, config_path: Path, plugin_path: Path, log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = log_path.open("ab")
-        self.process = subprocess.Popen([sys.executable, "-c", RUNNER, str(config_path), str(plugin_path),
-                                         str(self.port)], stdout=self._log, stderr=subprocess.STDOUT)
-        self.log_path = log_path
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"the bridge exited:\n{self.log_path.read_text()}"
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"the bridge did not get ready in {START_SECONDS}s:\n{self.log_path.read_text()}")
-
-    def kill(self) -> None:
-        self.process.kill()  # SIGKILL: no shutdown, no clean-up, no flush
-        self.process.wait(timeout=10)
-        self._log.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self._log.close()
+def start_bridge(config_path: Path, plugin_path: Path, log_path: Path) -> BridgeProcess:
+    """One ``uvicorn`` process of the bridge, through RUNNER with the vendor plugin."""
+    port = free_port()
+    return BridgeProcess(["-c", RUNNER, str(config_path), str(plugin_path), str(port)], log_path, port=port)
 
 
 @dataclass
@@ -269,12 +204,9 @@ class Setup:
 
     @contextmanager
     def bridge(self) -> Iterator[BridgeProcess]:
-        process = BridgeProcess(self.config_path, self.plugin_path, self.log_path)
-        try:
-            process.wait_ready()
+        with running(start_bridge(self.config_path, self.plugin_path, self.log_path), "/readyz",
+                     START_SECONDS) as process:
             yield process
-        finally:
-            process.stop()
 
 
 @pytest.fixture
@@ -282,8 +214,7 @@ def setup(tmp_path: Path, database_url: str) -> Iterator[Setup]:
     config = make_config(tmp_path, database_url)
     records = VendorRecords()
     with serve_on_loopback(lambda _url: create_fake_vendor(records)) as vendor_url:
-        config_path = tmp_path / "bridge.toml"
-        config_path.write_text(toml_config(config, vendor_url), encoding="utf-8")
+        config_path = write_config_toml(tmp_path / "bridge.toml", config, vendor_sections(vendor_url))
         plugin_path = tmp_path / "vendor_plugin.py"
         plugin_path.write_text(PLUGIN, encoding="utf-8")
 

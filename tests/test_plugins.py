@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ from bridge.backends import Backend, BackendContext, MeetingRequest, Room
 from bridge.hookspecs import hookimpl
 from bridge.plugins import load_plugins
 from bridge.runtime import build_backends
-from bridge.testing import make_config
+from bridge.testing import BridgeProcess, free_port, make_config, write_toml
 
 TIMEOUT = 60
 
@@ -176,66 +174,27 @@ def test_plugins_text_output_shows_the_errors(tmp_path: Path, sites: dict[str, P
         assert "ERROR: " in lines[name]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
-def serve_with_broken_plugins(tmp_path: Path, sites: dict[str, Path]) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
-    port = _free_port()
-    config = tmp_path / "bridge.toml"
-    config.write_text(textwrap.dedent(f'''
-        [server]
-        host = "127.0.0.1"
-        port = {port}
-        public_url = "http://127.0.0.1:{port}"
-
-        [database]
-        url = "sqlite:///{tmp_path / 'bridge.sqlite3'}"
-
-        [meetings]
-        default_backend = "jitsi"
-        allowed_backends = ["jitsi", "acme"]
-    '''))
-    log = tmp_path / "serve.log"
+def serve_with_broken_plugins(tmp_path: Path, sites: dict[str, Path]) -> Iterator[BridgeProcess]:
+    port = free_port()
+    config = write_toml(tmp_path / "bridge.toml", {
+        "server": {"host": "127.0.0.1", "port": port, "public_url": f"http://127.0.0.1:{port}"},
+        "database": {"url": f"sqlite:///{tmp_path / 'bridge.sqlite3'}"},
+        "meetings": {"default_backend": "jitsi", "allowed_backends": ["jitsi", "acme"]},
+    })
     env = clean_env(PYTHONPATH=os.pathsep.join(map(str, [sites["good"], sites["bad"]])))
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "bridge.cli", "-c", str(config), "serve"],
-                                   cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield process, port, log
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+    with BridgeProcess.serve(config, tmp_path / "serve.log", port=port, port_arg=False, env=env, cwd=tmp_path,
+                             name="serve") as bridge:
+        yield bridge
 
 
-def test_the_service_starts_despite_broken_plugins(
-        serve_with_broken_plugins: tuple[subprocess.Popen[bytes], int, Path]) -> None:
-    process, port, log = serve_with_broken_plugins
-    deadline = time.monotonic() + 20
-    status = None
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"serve exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            status = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code
-        except httpx.TransportError:
-            status = None
-        if status == 200:
-            break
-        time.sleep(0.1)
-    assert status == 200, f"/healthz never answered 200 within 20 s:\n{log.read_text()}"
-    assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
-    process.terminate()
-    process.wait(timeout=10)
-    output = log.read_text()
+def test_the_service_starts_despite_broken_plugins(serve_with_broken_plugins: BridgeProcess) -> None:
+    bridge = serve_with_broken_plugins
+    bridge.wait_ready("/healthz", 20)
+    assert httpx.get(f"{bridge.url}/readyz", timeout=5).status_code == 200
+    bridge.process.terminate()
+    bridge.process.wait(timeout=10)
+    output = bridge.log()
     for name in ("broken-import", "typo", "lookalike"):
         assert name in output, f"the log does not name the broken plugin {name!r}:\n{output}"
 

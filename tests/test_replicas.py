@@ -19,9 +19,6 @@ plugin's fake, where that plugin is installed.
 from __future__ import annotations
 
 import importlib.util
-import json
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -42,7 +39,7 @@ from bridge.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
 from bridge.pipedrive import PipedriveClient
 from bridge.store import LINK_UNINSTALLED, PIPEDRIVE_TOKENS, Store, backend_scope, link_scope
 from bridge.runtime import open_store, prepare_database
-from bridge.testing import make_config
+from bridge.testing import BridgeProcess, free_port, make_config, run_ready_go_workers, write_config_toml
 from bridge.vault import generate_key, key_id
 from bridge.tokens import TokenKeeper, dump_tokens, load_tokens
 
@@ -54,69 +51,13 @@ START_SECONDS = 30
 
 # --- processes -------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def toml_config(config: Config, *, zoom: dict[str, Any] | None = None) -> str:
-    quote = json.dumps  # a JSON string is a valid TOML basic string
-    text_ = f"""
-[pipedrive]
-client_id = {quote(config.pipedrive.client_id)}
-client_secret = {quote(config.pipedrive.client_secret)}
-oauth_base = {quote(config.pipedrive.oauth_base)}
-api_base = {quote(config.pipedrive.api_base or "")}
-
-[database]
-url = {quote(config.database.url)}
-
-[vault]
-keys = [{", ".join(quote(key) for key in config.vault.keys)}]
-
-[server]
-public_url = {quote(config.server.public_url)}
-
-[logging]
-level = "WARNING"
-"""
+def toml_config(config: Config, *, zoom: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The config file's sections besides the shared ones (``write_config_toml`` with ``pipedrive_urls``)."""
+    sections: dict[str, dict[str, Any]] = {"server": {"public_url": config.server.public_url},
+                                           "logging": {"level": "WARNING"}}
     if zoom:
-        text_ += "\n[backends.zoom]\n" + "".join(f"{key} = {quote(value)}\n" for key, value in zoom.items())
-    return text_
-
-
-class Replica:
-    """``pipedrive-video-bridge serve`` in its own process."""
-
-    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "bridge.cli", "--config", str(config_path), "serve",
-                                         "--port", str(port)], stdout=self._log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"the replica exited:\n{self.log_path.read_text()}"
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"the replica did not get ready:\n{self.log_path.read_text()}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self._log.close()
+        sections["backends.zoom"] = dict(zoom)
+    return sections
 
 
 WORKER = r"""
@@ -198,29 +139,8 @@ store.close()
 
 def run_workers(config_path: Path, kind: str, link_id: str, count: int = 2) -> list[dict[str, Any]]:
     """``count`` processes with CALLERS concurrent token callers each, started on one signal."""
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(config_path), kind, link_id, str(CALLERS)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(count)]
-    try:
-        for worker in workers:
-            assert worker.stdout is not None
-            line = worker.stdout.readline()
-            assert line.strip() == "ready", (line, worker.stderr.read() if worker.stderr else "")
-        for worker in workers:
-            assert worker.stdin is not None
-            worker.stdin.write("go\n")
-            worker.stdin.flush()
-        outputs = []
-        for worker in workers:
-            out, err = worker.communicate(timeout=60)
-            assert worker.returncode == 0, err
-            outputs.append(json.loads(out.strip().splitlines()[-1]))
-        return outputs
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait(timeout=10)
+    return run_ready_go_workers([[sys.executable, "-c", WORKER, str(config_path), kind, link_id, str(CALLERS)]
+                                 for _ in range(count)])
 
 
 # --- fixtures --------------------------------------------------------------------------------
@@ -248,20 +168,20 @@ def config(tmp_path: Path, postgres_url: str, pipedrive: FakePipedriveState, por
 
 
 @pytest.fixture
-def replicas(tmp_path: Path, config: Config, store: Store, ports: tuple[int, int]) -> Iterator[list[Replica]]:
-    config_path = tmp_path / "bridge.toml"
-    config_path.write_text(toml_config(config), encoding="utf-8")
-    started = [Replica(config_path, port, tmp_path / f"replica-{n}.log") for n, port in enumerate(ports)]
+def replicas(tmp_path: Path, config: Config, store: Store, ports: tuple[int, int]) -> Iterator[list[BridgeProcess]]:
+    config_path = write_config_toml(tmp_path / "bridge.toml", config, toml_config(config), pipedrive_urls=True)
+    started = [BridgeProcess.serve(config_path, tmp_path / f"replica-{n}.log", port=port, name="the replica")
+               for n, port in enumerate(ports)]
     try:
         for replica in started:
-            replica.wait_ready()
+            replica.wait_ready("/readyz", START_SECONDS)
         yield started
     finally:
         for replica in started:
             replica.stop()
 
 
-async def install(replica: Replica, pipedrive: FakePipedriveState, config: Config) -> str:
+async def install(replica: BridgeProcess, pipedrive: FakePipedriveState, config: Config) -> str:
     """A Marketplace install: approved at the fake Pipedrive, finished at the replica's /oauth/callback."""
     async with httpx.AsyncClient() as browser:
         query = urlencode({"client_id": pipedrive.client_id,
@@ -292,7 +212,7 @@ def refreshes(pipedrive: FakePipedriveState) -> int:
 
 async def test_replicas_share_meetings_and_refresh_each_token_once(
         tmp_path: Path, config: Config, store: Store, pipedrive: FakePipedriveState,
-        replicas: list[Replica]) -> None:
+        replicas: list[BridgeProcess]) -> None:
     auth = basic_auth(config.pipedrive.client_id, config.pipedrive.client_secret)
     link_id = await install(replicas[0], pipedrive, config)
     assert pipedrive.token_requests == {"authorization_code": 1, "refresh_token": 0}
@@ -395,8 +315,9 @@ async def test_a_zoom_user_token_is_refreshed_once_across_processes(tmp_path: Pa
                                                                   time.time() - 60).dump())
         state.expire_access_tokens()
         config_path = tmp_path / "zoom.toml"
-        config_path.write_text(toml_config(config, zoom={"oauth_base": state.base_url, "client_id": state.client_id,
-                                                         "client_secret": state.client_secret}), encoding="utf-8")
+        write_config_toml(config_path, config, toml_config(config, zoom={
+            "oauth_base": state.base_url, "client_id": state.client_id, "client_secret": state.client_secret}),
+            pipedrive_urls=True)
 
         outputs = await anyio.to_thread.run_sync(run_workers, config_path, "zoom", link.id)
 

@@ -13,7 +13,6 @@ On SQLite and PostgreSQL; PVB_SOAK=1 rotates a bigger database under more load.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from sqlalchemy import text
 from bridge.config import Config
 from bridge.runtime import open_store, prepare_database
 from bridge.store import MEETING_ACTIVE, Store, backend_scope
-from bridge.testing import bridge_client, make_config
+from bridge.testing import bridge_client, make_config, write_config_toml
 from bridge.vault import generate_key, key_id
 
 pytestmark = pytest.mark.anyio
@@ -42,24 +41,6 @@ SEEDED_MEETINGS = 150 if SOAK else 40
 WORKERS = 8 if SOAK else 4
 CHURNED = ["oauth_tokens", "account_token", "api_key"]
 LIMIT_SECONDS = 120
-
-
-def toml_config(config: Config) -> str:
-    quote = json.dumps  # a JSON string is a valid TOML basic string
-    return f"""
-[pipedrive]
-client_id = {quote(config.pipedrive.client_id)}
-client_secret = {quote(config.pipedrive.client_secret)}
-
-[database]
-url = {quote(config.database.url)}
-
-[vault]
-keys = [{", ".join(quote(key) for key in config.vault.keys)}]
-
-[logging]
-level = "WARNING"
-"""
 
 
 def body(n: int, moved: bool = False) -> dict[str, Any]:
@@ -95,8 +76,7 @@ async def test_keys_rotate_while_the_bridge_serves(tmp_path: Path, database_url:
     store.close()
     assert set(await _counts(base)) == {key_id(old_key)}
 
-    config_path = tmp_path / "rotate.toml"
-    config_path.write_text(toml_config(rolled), encoding="utf-8")
+    config_path = write_config_toml(tmp_path / "rotate.toml", rolled, {"logging": {"level": "WARNING"}})
     env = {k: v for k, v in os.environ.items() if not k.startswith("PVB_")}
     statuses: Counter[str] = Counter()
     churn = open_store(rolled)  # another replica, refreshing tokens all along

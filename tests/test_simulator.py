@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,7 +25,7 @@ from bridge.app import create_app
 from bridge.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
 from bridge.loopback import serve_on_loopback
 from bridge.simulator import STEPS, Simulator, post_meeting_problems
-from bridge.testing import make_config
+from bridge.testing import BridgeProcess, free_port, make_config, running, write_toml
 from bridge.vault import generate_key
 
 CLIENT_ID = "simulated-app"
@@ -37,37 +34,16 @@ STEP_NAMES = [step.name for step in STEPS]
 TIMEOUT = 60
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def write_bridge_config(directory: Path, bridge_port: int, pipedrive_port: int) -> Path:
     pipedrive = f"http://127.0.0.1:{pipedrive_port}"
-    path = directory / "bridge.toml"
-    path.write_text(f"""
-[server]
-host = "127.0.0.1"
-port = {bridge_port}
-public_url = "http://127.0.0.1:{bridge_port}"
-
-[pipedrive]
-client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
-oauth_base = "{pipedrive}"
-api_base = "{pipedrive}"
-
-[database]
-url = "sqlite:///{directory / 'bridge.sqlite3'}"
-
-[vault]
-keys = ["{generate_key()}"]
-
-[logging]
-level = "WARNING"
-""", encoding="utf-8")
-    return path
+    return write_toml(directory / "bridge.toml", {
+        "server": {"host": "127.0.0.1", "port": bridge_port, "public_url": f"http://127.0.0.1:{bridge_port}"},
+        "pipedrive": {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "oauth_base": pipedrive,
+                      "api_base": pipedrive},
+        "database": {"url": f"sqlite:///{directory / 'bridge.sqlite3'}"},
+        "vault": {"keys": [generate_key()]},
+        "logging": {"level": "WARNING"},
+    })
 
 
 def clean_env() -> dict[str, str]:
@@ -75,31 +51,11 @@ def clean_env() -> dict[str, str]:
 
 
 @contextmanager
-def serving_bridge(config: Path, url: str, cwd: Path) -> Iterator[None]:
-    """``pipedrive-video-bridge serve`` in a subprocess, until /healthz answers (20 s at most)."""
-    log = (cwd / "bridge.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "bridge.cli", "--config", str(config), "serve"],
-                               cwd=cwd, env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the bridge did not start:\n{(cwd / 'bridge.log').read_text()}")
-            time.sleep(0.1)
+def serving_bridge(config: Path, port: int, cwd: Path) -> Iterator[None]:
+    """``pipedrive-video-bridge serve`` (its port set in the config) until /healthz answers (20 s at most)."""
+    process = BridgeProcess.serve(config, cwd / "bridge.log", port=port, port_arg=False, env=clean_env(), cwd=cwd)
+    with running(process, "/healthz", 20):
         yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +65,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     bridge_port, pipedrive_port = free_port(), free_port()
     config = write_bridge_config(directory, bridge_port, pipedrive_port)
     url = f"http://127.0.0.1:{bridge_port}"
-    with serving_bridge(config, url, directory):
+    with serving_bridge(config, bridge_port, directory):
         yield {"url": url, "config": config, "pipedrive_port": pipedrive_port, "directory": directory}
 
 

@@ -6,8 +6,6 @@ that refreshes twice shows up as an ``invalid_grant`` and a second refresh reque
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 import time
 import uuid
@@ -29,7 +27,7 @@ from bridge.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
 from bridge.pipedrive import PipedriveClient, TokenSet
 from bridge.store import (LINK_ACTIVE, LINK_NEEDS_REINSTALL, LINK_UNINSTALLED, PIPEDRIVE_TOKENS, Link, Store,
                           link_scope, utcnow)
-from bridge.testing import make_config
+from bridge.testing import make_config, run_ready_go_workers, write_config_toml
 from bridge.tokens import TokenKeeper, dump_tokens, load_tokens
 
 pytestmark = pytest.mark.anyio
@@ -348,54 +346,12 @@ store.close()
 """
 
 
-def toml_string(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid TOML basic string
-
-
 def write_config(path: Path, config: Config) -> Path:
-    keys = ", ".join(toml_string(key) for key in config.vault.keys)
-    path.write_text(f"""
-[pipedrive]
-client_id = {toml_string(config.pipedrive.client_id)}
-client_secret = {toml_string(config.pipedrive.client_secret)}
-oauth_base = {toml_string(config.pipedrive.oauth_base)}
-api_base = {toml_string(config.pipedrive.api_base or "")}
-
-[database]
-url = {toml_string(config.database.url)}
-
-[vault]
-keys = [{keys}]
-
-[server]
-public_url = {toml_string(BRIDGE)}
-""")
-    return path
+    return write_config_toml(path, config, {"server": {"public_url": BRIDGE}}, pipedrive_urls=True)
 
 
 def run_workers(config_path: Path, link_id: str, count: int = 2) -> list[dict[str, Any]]:
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(config_path), link_id],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(count)]
-    try:
-        for worker in workers:
-            assert worker.stdout is not None
-            line = worker.stdout.readline()
-            assert line.strip() == "ready", (line, worker.stderr.read() if worker.stderr else "")
-        for worker in workers:  # the start signal, to all at once
-            assert worker.stdin is not None
-            worker.stdin.write("go\n")
-            worker.stdin.flush()
-        outputs = []
-        for worker in workers:
-            out, err = worker.communicate(timeout=60)
-            assert worker.returncode == 0, err
-            outputs.append(json.loads(out.strip().splitlines()[-1]))
-        return outputs
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
+    return run_ready_go_workers([[sys.executable, "-c", WORKER, str(config_path), link_id] for _ in range(count)])
 
 
 async def test_two_processes_refresh_once(tmp_path: Path, store: Store, pipedrive: FakePipedriveState,

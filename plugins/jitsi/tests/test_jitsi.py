@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -26,8 +25,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from bridge.backends import Backend, BackendContext, MeetingRequest, Room
-from bridge.testing import (BackendConformance, basic_auth, bridge_client, make_config, make_context,
-                            sample_meeting, sample_user)
+from bridge.testing import (BackendConformance, BridgeProcess, basic_auth, bridge_client, make_config, make_context,
+                            running, sample_meeting, sample_user, write_toml)
 from pipedrive_video_bridge_jitsi import JitsiBackend
 
 APP_ID = "my-jitsi-app"
@@ -454,60 +453,23 @@ async def test_end_to_end_refuses_wrong_credentials(tmp_path: Path) -> None:
 
 # --- end to end on a real socket: the CLI, uvicorn, the installed plugin ------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
     """``serve`` in a subprocess on a free port: (base URL, config file, auth headers)."""
     from bridge.vault import generate_key
 
     client_secret = "e2e-secret-" + generate_key()[:16]
-    config_file = tmp_path / "bridge.toml"
-    config_file.write_text(
-        "[pipedrive]\n"
-        'client_id = "e2e-client"\n'
-        f'client_secret = "{client_secret}"\n'
-        "[database]\n"
-        f'url = "sqlite:///{tmp_path / "bridge.sqlite3"}"\n'
-        "[vault]\n"
-        f'keys = ["{generate_key()}"]\n'
-        "[logging]\n"
-        'level = "WARNING"\n'
-        "[backends.jitsi]\n"
-        'domain = "meet.example.org"\n',
-        encoding="utf-8")
-    port = free_port()
+    config_file = write_toml(tmp_path / "bridge.toml", {
+        "pipedrive": {"client_id": "e2e-client", "client_secret": client_secret},
+        "database": {"url": f"sqlite:///{tmp_path / 'bridge.sqlite3'}"},
+        "vault": {"keys": [generate_key()]},
+        "logging": {"level": "WARNING"},
+        "backends.jitsi": {"domain": "meet.example.org"},
+    })
     env = {k: v for k, v in os.environ.items() if not k.startswith("PVB_")}
-    log_file = (tmp_path / "serve.log").open("wb")
-    server = subprocess.Popen([sys.executable, "-m", "bridge.cli", "--config", str(config_file), "serve",
-                               "--port", str(port)], stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"serve exited with {server.returncode}: {(tmp_path / 'serve.log').read_text()}")
-            try:
-                if httpx.get(base_url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"serve not ready within 20 s: {(tmp_path / 'serve.log').read_text()}")
-            time.sleep(0.1)
-        yield base_url, config_file, basic_auth("e2e-client", client_secret)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log_file.close()
+    with running(BridgeProcess.serve(config_file, tmp_path / "serve.log", env=env, name="serve"),
+                 "/healthz", 20) as server:
+        yield server.url, config_file, basic_auth("e2e-client", client_secret)
 
 
 def test_end_to_end_on_a_real_socket(served: tuple[str, Path, dict[str, str]]) -> None:

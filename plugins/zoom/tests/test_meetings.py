@@ -170,7 +170,7 @@ async def test_a_create_whose_connection_dropped_is_not_sent_twice(
         zoom: FakeZoomState, account_backend: ZoomBackend, account_context: BackendContext) -> None:
     await account_backend.create(account_context, sample_meeting())
     zoom.drop_next = 1
-    with pytest.raises(httpx.RemoteProtocolError):  # the core answers it as a 503
+    with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):  # the core answers either as a 503
         await account_backend.create(account_context, sample_meeting())
     assert zoom.count("POST") == 2 and len(zoom.meetings) == 1
 
