@@ -44,6 +44,7 @@ from .auth import basic_auth
 from .backends import Backend, BackendContext, LockedSecret, MeetingRequest, Room, UserIdentity
 from .config import BACKEND_NAME, Config, parse_config
 from .plugins import load_plugins
+from .store import Store
 from .vault import generate_key
 
 
@@ -101,6 +102,19 @@ def make_config(tmp_path: Path, database_url: str | None = None, **sections: Map
     for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values}
     return parse_config(raw, env={})
+
+
+@asynccontextmanager
+async def prepared_store(config: Config) -> AsyncIterator[Store]:
+    """A handle on the config's database, migrated and key-checked as the app does, closed afterwards."""
+    from .runtime import open_store, prepare_database
+
+    store = open_store(config)
+    try:
+        await prepare_database(store, config)
+        yield store
+    finally:
+        store.close()
 
 
 @asynccontextmanager

@@ -19,9 +19,8 @@ from bridge.config import Config
 from bridge.errors import BackendError
 from bridge.hookspecs import hookimpl
 from bridge.invitation import render_invitation
-from bridge.runtime import open_store, prepare_database
 from bridge.store import Link, Store
-from bridge.testing import bridge_client, make_config
+from bridge.testing import bridge_client, make_config, prepared_store
 
 POSTGRES_ADMIN_URL = os.environ.get("PVB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
@@ -169,12 +168,8 @@ def fake_plugin(vendor: FakeVendor) -> Any:
 @pytest.fixture
 async def store(config: Config) -> AsyncIterator[Store]:
     """A second handle on the app's database, for arranging and inspecting rows."""
-    store = open_store(config)
-    await prepare_database(store, config)
-    try:
+    async with prepared_store(config) as store:
         yield store
-    finally:
-        store.close()
 
 
 @pytest.fixture

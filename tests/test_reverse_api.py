@@ -26,8 +26,7 @@ from bridge.hookspecs import hookimpl
 from bridge.invitation import render_invitation
 from bridge.store import (MEETING_ACTIVE, MEETING_DELETED, MEETING_DELETING, Link, Meeting, Secret, Store,
                           StoreError)
-from bridge.runtime import open_store, prepare_database
-from bridge.testing import bridge_client, make_config
+from bridge.testing import bridge_client, make_config, prepared_store
 
 pytestmark = pytest.mark.anyio
 
@@ -598,13 +597,9 @@ async def test_another_links_identical_request_is_its_own_meeting(client, link, 
 async def test_retry_window_zero_turns_recognition_off(tmp_path, database_url, fake_plugin, vendor):
     config = make_config(tmp_path, database_url, meetings={"default_backend": "fake", "allowed_backends": ["fake"],
                                                            "retry_window_seconds": 0})
-    store = open_store(config)
-    await prepare_database(store, config)
-    try:
+    async with prepared_store(config) as store:
         link = await store.create_link(pipedrive_user_id=1, company_id=2)
-        async with bridge_client(config, [fake_plugin]) as client:
-            ids = {(await client.post(meetings_url(link.id), json=BODY)).json()["data"]["meeting_id"]
-                   for _ in range(2)}
-        assert len(ids) == 2
-    finally:
-        store.close()
+    async with bridge_client(config, [fake_plugin]) as client:
+        ids = {(await client.post(meetings_url(link.id), json=BODY)).json()["data"]["meeting_id"]
+               for _ in range(2)}
+    assert len(ids) == 2

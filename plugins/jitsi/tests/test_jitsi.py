@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from bridge.backends import Backend, BackendContext, MeetingRequest, Room
 from bridge.testing import (BackendConformance, BridgeProcess, basic_auth, bridge_client, make_config, make_context,
-                            running, sample_meeting, sample_user, write_toml)
+                            prepared_store, running, sample_meeting, sample_user, write_toml)
 from pipedrive_video_bridge_jitsi import JitsiBackend
 
 APP_ID = "my-jitsi-app"
@@ -387,15 +387,9 @@ def test_defaults_are_public_on_meet_jit_si() -> None:
 # --- end to end, in-process, plugin found through its entry point -------------------------------
 
 async def create_link(config: Any, **fields: Any) -> str:
-    from bridge.runtime import open_store, prepare_database
-
-    store = open_store(config)
-    try:
-        await prepare_database(store, config)
+    async with prepared_store(config) as store:
         link = await store.create_link(pipedrive_user_id=5, company_id=6, **fields)
-        return link.id
-    finally:
-        store.close()
+    return link.id
 
 
 MEETING_BODY = {"topic": "Demo with Acme", "start_time": "2031-05-14 09:30", "duration": 45}

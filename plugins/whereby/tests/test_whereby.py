@@ -38,9 +38,9 @@ from bridge.backends import Backend, BackendContext
 from bridge.config import Config, parse_config
 from bridge.errors import BackendError, BackendUnavailable
 from bridge.loopback import serve_on_loopback
-from bridge.runtime import open_store, prepare_database
 from bridge.store import MEETING_ACTIVE, Store, StoreError
-from bridge.testing import BackendConformance, bridge_client, make_config, make_context, sample_meeting
+from bridge.testing import (BackendConformance, bridge_client, make_config, make_context, prepared_store,
+                            sample_meeting)
 from bridge.vendor_http import RetryPolicy, RetryTransport
 from pipedrive_video_bridge_whereby import DEFAULT_API_BASE, KNOWN_SETTINGS, MIN_ROOM_LIFETIME, WherebyBackend
 
@@ -577,12 +577,8 @@ def changed(config: Config, whereby: dict[str, Any] | None = None, **server: Any
 @pytest.fixture
 async def store(config: Config) -> AsyncIterator[Store]:
     """A handle on the bridge's database, for arranging and inspecting rows."""
-    store = open_store(config)
-    await prepare_database(store, config)
-    try:
+    async with prepared_store(config) as store:
         yield store
-    finally:
-        store.close()
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ from bridge.app import create_app
 from bridge.config import Config
 from bridge.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
 from bridge.plugins import load_plugins
-from bridge.runtime import open_store, prepare_database
-from bridge.testing import basic_auth, bridge_client, make_config
+from bridge.testing import basic_auth, bridge_client, make_config, prepared_store
 from pipedrive_video_bridge_zoom.fake_zoom import FakeZoomState
 
 pytestmark = pytest.mark.anyio
@@ -37,13 +36,9 @@ def zoom_config(tmp_path: Path, zoom: FakeZoomState, auth: str = "account", **se
 
 
 async def create_link(config: Config, email: str = "ada@example.com") -> str:
-    store = open_store(config)
-    try:
-        await prepare_database(store, config)
+    async with prepared_store(config) as store:
         link = await store.create_link(pipedrive_user_id=5, company_id=6, user_name="Ada Lovelace",
                                        user_email=email)
-    finally:
-        store.close()
     return link.id
 
 
