@@ -23,12 +23,13 @@ from typing import Any, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import BigInteger, Column, Connection, Engine, Index, delete, event, func, text, update
+from sqlalchemy import (BigInteger, Column, Connection, Engine, Index, Row, Table, bindparam, delete, event, func,
+                        insert, select, text, update)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, SQLModel, create_engine
 
 from .backends import LockedSecret
 from .vault import Vault, VaultError
@@ -43,6 +44,7 @@ PIPEDRIVE_TOKENS = "pipedrive_tokens"
 MEETING_ACTIVE = "active"
 MEETING_DELETING = "deleting"
 MEETING_DELETED = "deleted"
+STORE_THREADS = 16  # worker threads (and pooled connections) per store
 
 
 def utcnow() -> datetime:
@@ -136,10 +138,17 @@ def new_meeting_id() -> str:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for the URL; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` on request."""
+    """An engine for the URL; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` on request.
+
+    PostgreSQL connections are not pinged at every checkout (a round trip per
+    transaction): a connection found dead is retried once instead (``_in_thread``).
+    """
     if url.startswith("sqlite"):
+        memory = url.endswith(":memory:")
+        # one pooled connection per store thread, so none is opened and closed per transaction
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               poolclass=NullPool if url.endswith(":memory:") else None)
+                               poolclass=NullPool if memory else None,
+                               **({} if memory else {"pool_size": STORE_THREADS, "max_overflow": STORE_THREADS}))
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -156,49 +165,120 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.pop("immediate", False) else "BEGIN")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_size=STORE_THREADS, max_overflow=STORE_THREADS)
+
+
+class _Disconnected(StoreError):
+    """The pooled connection was found dead before anything was committed: the call may run again."""
 
 
 def _in_thread(method: Callable[P, T]) -> Callable[P, Awaitable[T]]:
-    """Run a blocking store method in a worker thread, mapping driver errors to StoreError."""
+    """Run a blocking store method (one transaction) in a worker thread; retried once on a dead connection."""
+
+    def once_more(call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except _Disconnected:
+            return call()  # the pool has dropped its stale connections; this one is new
 
     @functools.wraps(method)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         store = args[0]
-        call = functools.partial(method, *args, **kwargs)
+        call = functools.partial(once_more, functools.partial(method, *args, **kwargs))
         return await anyio.to_thread.run_sync(call, limiter=store._limiter)  # type: ignore[attr-defined]
 
     return wrapper
 
 
-class Store:
-    """Every read and write of the bridge, as coroutines over a blocking engine."""
+def _writes(method: Callable[P, T]) -> Callable[P, Awaitable[T]]:
+    """``_in_thread`` for a method that writes: on SQLite, one such transaction at a time per process.
 
-    def __init__(self, engine: Engine, vault: Vault | None, *, threads: int = 16) -> None:
+    SQLite has one writer per database; writers that meet its lock sleep in its
+    busy handler (1 ms, 2 ms, ... 100 ms), which is what latency under load would
+    show. Queued here instead, they wait without polling and without holding a thread.
+    """
+    threaded = _in_thread(method)
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        store = args[0]
+        if not store.is_sqlite:  # type: ignore[attr-defined]
+            return await threaded(*args, **kwargs)
+        async with store._sqlite_writer:  # type: ignore[attr-defined]
+            return await threaded(*args, **kwargs)
+
+    return wrapper
+
+
+LINKS: Table = Link.__table__  # type: ignore[attr-defined]
+MEETINGS: Table = Meeting.__table__  # type: ignore[attr-defined]
+SECRETS: Table = Secret.__table__  # type: ignore[attr-defined]
+
+# the statements of the reverse API's path, built once so SQLAlchemy's compiled cache always hits
+_LINK_BY_ID = select(LINKS).where(LINKS.c.id == bindparam("id"))
+_MEETING_BY_ID = select(MEETINGS).where(MEETINGS.c.id == bindparam("id"))
+_REPEATED = (select(MEETINGS)
+             .where(MEETINGS.c.link_id == bindparam("link_id"), MEETINGS.c.request_hash == bindparam("hash"),
+                    MEETINGS.c.state == MEETING_ACTIVE, MEETINGS.c.created_at >= bindparam("since"))
+             .order_by(MEETINGS.c.created_at.desc()).limit(1))
+_SECRET = select(SECRETS.c.ciphertext).where(SECRETS.c.scope == bindparam("scope"),
+                                             SECRETS.c.name == bindparam("name"))
+_INSERT_MEETING = insert(MEETINGS)
+
+
+def _secret_upsert(dialect_insert: Callable[[Table], Any]) -> Any:
+    """One atomic upsert of a secret, in the database's own dialect.
+
+    Two first writes of a secret racing each other must not fail on the primary key,
+    and ``version`` must go up on every write (rotation relies on it).
+    """
+    statement = dialect_insert(SECRETS)
+    return statement.on_conflict_do_update(index_elements=["scope", "name"], set_={
+        "key_id": statement.excluded.key_id, "ciphertext": statement.excluded.ciphertext,
+        "version": SECRETS.c.version + 1, "updated_at": statement.excluded.updated_at})
+
+
+def _link(row: Row[Any] | None) -> Link | None:
+    return None if row is None else Link(**row._mapping)
+
+
+def _meeting(row: Row[Any] | None) -> Meeting | None:
+    return None if row is None else Meeting(**row._mapping)
+
+
+class Store:
+    """Every read and write of the bridge, as coroutines over a blocking engine (SQLAlchemy Core)."""
+
+    def __init__(self, engine: Engine, vault: Vault | None, *, threads: int = STORE_THREADS) -> None:
         self.engine = engine
         self.vault = vault
         self._limiter = anyio.CapacityLimiter(threads)
         # the commit of a held lock gets threads of its own: the others may all be waiting for that lock
         self._commit_limiter = anyio.CapacityLimiter(threads)
         self._secret_locks: defaultdict[tuple[str, str], anyio.Lock] = defaultdict(anyio.Lock)
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.engine.dialect.name == "sqlite"
+        self._sqlite_writer = anyio.Lock()
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self._upsert_secret = _secret_upsert(sqlite_insert if self.is_sqlite else postgresql_insert)
 
     def close(self) -> None:
         self.engine.dispose()
 
     @contextmanager
-    def _session(self, *, lock: bool = False) -> Iterator[Session]:
-        """One transaction; ``lock`` takes SQLite's write lock up front (PostgreSQL locks rows instead)."""
+    def _transaction(self, *, write: bool = False) -> Iterator[Connection]:
+        """One transaction; ``write`` takes SQLite's write lock up front (PostgreSQL locks rows instead)."""
         try:
             with self.engine.connect() as conn:
-                if lock and self.is_sqlite:
+                if write and self.is_sqlite:
                     conn.info["immediate"] = True
-                with Session(bind=conn, expire_on_commit=False) as session, session.begin():
-                    yield session
-        except IntegrityError:
+                with conn.begin():
+                    try:
+                        yield conn
+                    except DBAPIError as exc:
+                        if exc.connection_invalidated:  # nothing was committed: safe to run again
+                            raise _Disconnected(f"database connection lost: {exc.orig.__class__.__name__}") \
+                                from exc
+                        raise
+        except (IntegrityError, StoreError):
             raise
         except OperationalError as exc:
             raise StoreError(f"database unavailable: {exc.orig.__class__.__name__}") from exc
@@ -214,205 +294,193 @@ class Store:
 
     @_in_thread
     def ping(self) -> None:
-        with self._session() as session:
-            session.exec(select(1)).one()
+        with self._transaction() as conn:
+            conn.execute(select(1)).one()
 
     # --- links ----------------------------------------------------------------------
 
-    @_in_thread
+    @_writes
     def create_link(self, *, pipedrive_user_id: int, company_id: int, user_name: str = "",
                     user_email: str = "", api_domain: str | None = None,
                     backend: str | None = None) -> Link:
         link = Link(id=str(uuid.uuid4()), pipedrive_user_id=pipedrive_user_id, company_id=company_id,
                     user_name=user_name, user_email=user_email, api_domain=api_domain, backend=backend)
-        with self._session() as session:
-            session.add(link)
+        with self._transaction(write=True) as conn:
+            conn.execute(insert(LINKS).values(**_values(LINKS, link)))
         return link
 
     @_in_thread
     def get_link(self, link_id: str) -> Link | None:
-        with self._session() as session:
-            return session.get(Link, link_id)
+        with self._transaction() as conn:
+            return _link(conn.execute(_LINK_BY_ID, {"id": link_id}).first())
 
     @_in_thread
     def list_links(self) -> list[Link]:
-        with self._session() as session:
-            return list(session.exec(select(Link).order_by(Link.created_at)))
+        with self._transaction() as conn:
+            return [Link(**row._mapping) for row in conn.execute(select(LINKS).order_by(LINKS.c.created_at))]
 
-    @_in_thread
+    @_writes
     def set_link_backend(self, link_id: str, backend: str | None) -> bool:
-        with self._session() as session:
-            result = session.exec(update(Link).where(Link.id == link_id)  # type: ignore[call-overload]
+        with self._transaction(write=True) as conn:
+            result = conn.execute(update(LINKS).where(LINKS.c.id == link_id)
                                   .values(backend=backend, updated_at=utcnow()))
             return bool(result.rowcount)
 
     @_in_thread
     def find_active_link(self, company_id: int, pipedrive_user_id: int) -> Link | None:
-        with self._session() as session:
-            return session.exec(select(Link).where(Link.company_id == company_id,
-                                                   Link.pipedrive_user_id == pipedrive_user_id,
-                                                   Link.status == LINK_ACTIVE)).first()
+        with self._transaction() as conn:
+            return _link(conn.execute(select(LINKS).where(
+                LINKS.c.company_id == company_id, LINKS.c.pipedrive_user_id == pipedrive_user_id,
+                LINKS.c.status == LINK_ACTIVE).limit(1)).first())
 
     @_in_thread
     def find_link(self, company_id: int, pipedrive_user_id: int) -> Link | None:
         """The user's most recent link, whatever its status."""
-        with self._session() as session:
-            return session.exec(select(Link).where(Link.company_id == company_id,
-                                                   Link.pipedrive_user_id == pipedrive_user_id)
-                                .order_by(Link.created_at.desc())).first()  # type: ignore[attr-defined]
+        with self._transaction() as conn:
+            return _link(conn.execute(select(LINKS).where(
+                LINKS.c.company_id == company_id, LINKS.c.pipedrive_user_id == pipedrive_user_id)
+                .order_by(LINKS.c.created_at.desc()).limit(1)).first())
 
-    @_in_thread
+    @_writes
     def save_install(self, link: Link, tokens: str) -> Link:
         """Insert or re-activate the link and store its Pipedrive tokens, in one transaction."""
         vault = self._require_vault()
-        with self._session(lock=True) as session:
-            row = session.get(Link, link.id)
+        with self._transaction(write=True) as conn:
             now = utcnow()
+            row = _link(conn.execute(_LINK_BY_ID, {"id": link.id}).first())
             if row is None:
                 row = link
+                row.status, row.tokens_refreshed_at, row.updated_at = LINK_ACTIVE, now, now
+                conn.execute(insert(LINKS).values(**_values(LINKS, row)))
             else:
                 row.user_name, row.user_email, row.api_domain = link.user_name, link.user_email, link.api_domain
-            row.status, row.tokens_refreshed_at, row.updated_at = LINK_ACTIVE, now, now
-            session.add(row)
-            session.flush()
-            self._put_secret(session, vault, link_scope(row.id), PIPEDRIVE_TOKENS, tokens)
+                row.status, row.tokens_refreshed_at, row.updated_at = LINK_ACTIVE, now, now
+                conn.execute(update(LINKS).where(LINKS.c.id == row.id).values(
+                    user_name=row.user_name, user_email=row.user_email, api_domain=row.api_domain,
+                    status=row.status, tokens_refreshed_at=now, updated_at=now))
+            self._put_secret(conn, vault, link_scope(row.id), PIPEDRIVE_TOKENS, tokens)
             return row
 
-    @_in_thread
+    @_writes
     def uninstall_link(self, link_id: str) -> int:
         """Mark the link uninstalled and erase every secret of it; returns how many secrets went."""
-        with self._session(lock=True) as session:
-            session.exec(update(Link).where(Link.id == link_id)  # type: ignore[call-overload]
+        with self._transaction(write=True) as conn:
+            conn.execute(update(LINKS).where(LINKS.c.id == link_id)
                          .values(status=LINK_UNINSTALLED, updated_at=utcnow()))
-            return self._delete_scope(session, link_scope(link_id))
+            return self._delete_scope(conn, link_scope(link_id))
 
-    @_in_thread
+    @_writes
     def set_link_status(self, link_id: str, status: str) -> None:
-        with self._session() as session:
-            session.exec(update(Link).where(Link.id == link_id)  # type: ignore[call-overload]
-                         .values(status=status, updated_at=utcnow()))
+        with self._transaction(write=True) as conn:
+            conn.execute(update(LINKS).where(LINKS.c.id == link_id).values(status=status, updated_at=utcnow()))
 
-    @_in_thread
+    @_writes
     def touch_link_tokens(self, link_id: str) -> None:
-        with self._session() as session:
-            session.exec(update(Link).where(Link.id == link_id)  # type: ignore[call-overload]
-                         .values(tokens_refreshed_at=utcnow()))
+        with self._transaction(write=True) as conn:
+            conn.execute(update(LINKS).where(LINKS.c.id == link_id).values(tokens_refreshed_at=utcnow()))
 
     @_in_thread
     def links_to_refresh(self, refreshed_before: datetime, limit: int = 100) -> list[str]:
         """Active links whose Pipedrive tokens were last refreshed before the given time."""
-        with self._session() as session:
-            return list(session.exec(select(Link.id).where(
-                Link.status == LINK_ACTIVE, Link.tokens_refreshed_at.is_not(None),  # type: ignore[union-attr]
-                Link.tokens_refreshed_at < refreshed_before).limit(limit)))  # type: ignore[operator]
+        with self._transaction() as conn:
+            return list(conn.execute(select(LINKS.c.id).where(
+                LINKS.c.status == LINK_ACTIVE, LINKS.c.tokens_refreshed_at.is_not(None),
+                LINKS.c.tokens_refreshed_at < refreshed_before).limit(limit)).scalars())
 
     # --- meetings -------------------------------------------------------------------
 
     @_in_thread
     def get_meeting(self, link_id: str, meeting_id: str) -> Meeting | None:
         """The meeting, only if it belongs to this link: another link's id is simply unknown."""
-        with self._session() as session:
-            meeting = session.get(Meeting, meeting_id)
+        with self._transaction() as conn:
+            meeting = _meeting(conn.execute(_MEETING_BY_ID, {"id": meeting_id}).first())
             return meeting if meeting is not None and meeting.link_id == link_id else None
 
     @_in_thread
     def find_repeated_meeting(self, link_id: str, request_hash: str, since: datetime) -> Meeting | None:
         """An active meeting of this link made from the same request since ``since`` (a retry's original)."""
-        with self._session() as session:
-            return session.exec(select(Meeting).where(
-                Meeting.link_id == link_id, Meeting.request_hash == request_hash,
-                Meeting.state == MEETING_ACTIVE, Meeting.created_at >= since)
-                .order_by(Meeting.created_at.desc())).first()  # type: ignore[attr-defined]
+        with self._transaction() as conn:
+            return _meeting(conn.execute(_REPEATED, {"link_id": link_id, "hash": request_hash,
+                                                     "since": since}).first())
 
-    @_in_thread
+    @_writes
     def add_meeting(self, meeting: Meeting, room: StoredRoom) -> None:
         """Insert the meeting and its encrypted room in one transaction."""
         vault = self._require_vault()
-        with self._session() as session:
-            session.add(meeting)
-            session.flush()
-            self._put_secret(session, vault, meeting_scope(meeting.id), "room", _room_text(room))
+        with self._transaction(write=True) as conn:
+            conn.execute(_INSERT_MEETING, _values(MEETINGS, meeting))
+            self._put_secret(conn, vault, meeting_scope(meeting.id), "room", _room_text(room))
 
-    @_in_thread
+    @_writes
     def replace_room(self, meeting: Meeting, *, vendor_meeting_id: str, room: StoredRoom,
                      start_time: datetime, duration: int) -> None:
         vault = self._require_vault()
-        with self._session() as session:
-            session.exec(update(Meeting).where(Meeting.id == meeting.id)  # type: ignore[call-overload]
+        with self._transaction(write=True) as conn:
+            conn.execute(update(MEETINGS).where(MEETINGS.c.id == meeting.id)
                          .values(vendor_meeting_id=vendor_meeting_id, start_time=start_time,
                                  duration=duration, updated_at=utcnow()))
-            self._put_secret(session, vault, meeting_scope(meeting.id), "room", _room_text(room))
+            self._put_secret(conn, vault, meeting_scope(meeting.id), "room", _room_text(room))
 
     @_in_thread
     def get_room(self, meeting_id: str) -> StoredRoom | None:
         vault = self._require_vault()
-        with self._session() as session:
-            value = self._get_secret(session, vault, meeting_scope(meeting_id), "room")
+        with self._transaction() as conn:
+            value = self._get_secret(conn, vault, meeting_scope(meeting_id), "room")
         return _room_from_text(value) if value is not None else None
 
-    @_in_thread
+    @_writes
     def set_meeting_state(self, meeting_id: str, state: str) -> None:
-        with self._session() as session:
-            session.exec(update(Meeting).where(Meeting.id == meeting_id)  # type: ignore[call-overload]
-                         .values(state=state, updated_at=utcnow()))
+        with self._transaction(write=True) as conn:
+            conn.execute(update(MEETINGS).where(MEETINGS.c.id == meeting_id).values(state=state, updated_at=utcnow()))
             if state == MEETING_DELETED:
-                self._delete_scope(session, meeting_scope(meeting_id))
+                self._delete_scope(conn, meeting_scope(meeting_id))
 
     # --- secrets --------------------------------------------------------------------
 
     @_in_thread
     def get_secret(self, scope: str, name: str) -> str | None:
         vault = self._require_vault()
-        with self._session() as session:
-            return self._get_secret(session, vault, scope, name)
+        with self._transaction() as conn:
+            return self._get_secret(conn, vault, scope, name)
 
-    @_in_thread
+    @_writes
     def put_secret(self, scope: str, name: str, value: str) -> None:
         vault = self._require_vault()
-        with self._session(lock=True) as session:
-            self._put_secret(session, vault, scope, name, value)
+        with self._transaction(write=True) as conn:
+            self._put_secret(conn, vault, scope, name, value)
 
-    @_in_thread
+    @_writes
     def delete_secret(self, scope: str, name: str) -> None:
-        with self._session(lock=True) as session:
-            session.exec(delete(Secret).where(Secret.scope == scope, Secret.name == name))  # type: ignore[call-overload]
+        with self._transaction(write=True) as conn:
+            conn.execute(delete(SECRETS).where(SECRETS.c.scope == scope, SECRETS.c.name == name))
 
-    @_in_thread
+    @_writes
     def delete_scope(self, scope: str) -> int:
         """Erase every secret of a scope and of the scopes below it (``scope:...``)."""
-        with self._session(lock=True) as session:
-            return self._delete_scope(session, scope)
+        with self._transaction(write=True) as conn:
+            return self._delete_scope(conn, scope)
 
     @staticmethod
-    def _get_secret(session: Session, vault: Vault, scope: str, name: str) -> str | None:
-        row = session.get(Secret, (scope, name))
-        return None if row is None else vault.decrypt(row.ciphertext, _context(scope, name))
+    def _get_secret(conn: Connection, vault: Vault, scope: str, name: str) -> str | None:
+        ciphertext = conn.execute(_SECRET, {"scope": scope, "name": name}).scalar()
+        return None if ciphertext is None else vault.decrypt(ciphertext, _context(scope, name))
 
     @staticmethod
-    def _holds(session: Session, vault: Vault, scope: str, name: str, value: str | None) -> bool:
+    def _holds(conn: Connection, vault: Vault, scope: str, name: str, value: str | None) -> bool:
         """The secret still holds ``value`` (read again, and row-locked on PostgreSQL until the commit)."""
-        row = session.exec(select(Secret).where(Secret.scope == scope, Secret.name == name)
-                           .with_for_update().execution_options(populate_existing=True)).first()
-        return (None if row is None else vault.decrypt(row.ciphertext, _context(scope, name))) == value
+        ciphertext = conn.execute(_SECRET.with_for_update(), {"scope": scope, "name": name}).scalar()
+        return (None if ciphertext is None else vault.decrypt(ciphertext, _context(scope, name))) == value
 
-    @staticmethod
-    def _put_secret(session: Session, vault: Vault, scope: str, name: str, value: str) -> None:
+    def _put_secret(self, conn: Connection, vault: Vault, scope: str, name: str, value: str) -> None:
         kid, ciphertext = vault.encrypt(value, _context(scope, name))
-        # one atomic upsert: two first writes of a secret racing each other must not fail on the
-        # primary key, and ``version`` must go up on every write (rotation relies on it)
-        insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-        now = utcnow()
-        session.exec(insert(Secret).values(scope=scope, name=name, key_id=kid, ciphertext=ciphertext,  # type: ignore[call-overload]
-                                           version=1, updated_at=now)
-                     .on_conflict_do_update(index_elements=["scope", "name"],
-                                            set_={"key_id": kid, "ciphertext": ciphertext,
-                                                  "version": Secret.version + 1, "updated_at": now}))
+        conn.execute(self._upsert_secret, {"scope": scope, "name": name, "key_id": kid, "ciphertext": ciphertext,
+                                           "version": 1, "updated_at": utcnow()})
 
     @staticmethod
-    def _delete_scope(session: Session, scope: str) -> int:
+    def _delete_scope(conn: Connection, scope: str) -> int:
         prefix = scope.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":%"
-        result = session.exec(delete(Secret).where(  # type: ignore[call-overload]
-            (Secret.scope == scope) | Secret.scope.like(prefix, escape="\\")))  # type: ignore[attr-defined]
+        result = conn.execute(delete(SECRETS).where(
+            (SECRETS.c.scope == scope) | SECRETS.c.scope.like(prefix, escape="\\")))
         return int(result.rowcount)
 
     @asynccontextmanager
@@ -434,9 +502,8 @@ class Store:
     @asynccontextmanager
     async def _locked_row(self, scope: str, name: str) -> AsyncIterator[LockedSecret]:
         vault = self._require_vault()
-        run = functools.partial(anyio.to_thread.run_sync, limiter=self._limiter)
 
-        def begin() -> tuple[Connection, Session, str | None]:
+        def begin() -> tuple[Connection, str | None]:
             conn = self.engine.connect()
             try:
                 if self.is_sqlite:
@@ -444,14 +511,21 @@ class Store:
                 conn.begin()
                 if not self.is_sqlite:
                     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(scope, name)})
-                session = Session(bind=conn, expire_on_commit=False)
-                return conn, session, self._get_secret(session, vault, scope, name)
+                return conn, self._get_secret(conn, vault, scope, name)
             except Exception:
                 conn.close()
                 raise
 
+        def begin_or_retry() -> tuple[Connection, str | None]:
+            try:
+                return begin()
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                return begin()  # a stale pooled connection; nothing was done on it
+
         try:
-            conn, session, value = await run(begin)
+            conn, value = await anyio.to_thread.run_sync(begin_or_retry, limiter=self._limiter)
         except OperationalError as exc:
             raise StoreError(f"database unavailable: {exc.orig.__class__.__name__}") from exc
         locked = LockedSecret(value)
@@ -464,10 +538,8 @@ class Store:
                 try:
                     # compare-and-swap: an uninstall or re-install that wrote meanwhile (without this lock)
                     # wins, so a refresh finishing late cannot bring erased or replaced tokens back
-                    if ok and locked.new_value is not None and \
-                            self._holds(session, vault, scope, name, value):
-                        self._put_secret(session, vault, scope, name, locked.new_value)
-                    session.close()
+                    if ok and locked.new_value is not None and self._holds(conn, vault, scope, name, value):
+                        self._put_secret(conn, vault, scope, name, locked.new_value)
                     if ok:
                         conn.commit()
                     else:
@@ -484,20 +556,20 @@ class Store:
     def unknown_key_ids(self) -> list[str]:
         """Key ids found in the database that the vault cannot decrypt with."""
         vault = self._require_vault()
-        with self._session() as session:
-            kids = session.exec(select(Secret.key_id).distinct()).all()
+        with self._transaction() as conn:
+            kids = conn.execute(select(SECRETS.c.key_id).distinct()).scalars().all()
         return sorted(kid for kid in kids if not vault.knows(kid))
 
     @_in_thread
     def verify_one_secret(self) -> None:
         """Decrypt one stored secret per key id, so a wrong key fails at start-up, not later."""
         vault = self._require_vault()
-        with self._session() as session:
-            for kid in session.exec(select(Secret.key_id).distinct()).all():
-                row = session.exec(select(Secret).where(Secret.key_id == kid).limit(1)).one()
+        with self._transaction() as conn:
+            for kid in conn.execute(select(SECRETS.c.key_id).distinct()).scalars().all():
+                row = conn.execute(select(SECRETS).where(SECRETS.c.key_id == kid).limit(1)).one()
                 vault.decrypt(row.ciphertext, _context(row.scope, row.name))
 
-    @_in_thread
+    @_writes
     def rotate_batch(self, batch_size: int = 200) -> int:
         """Re-encrypt up to ``batch_size`` rows not on the primary key; returns how many moved.
 
@@ -505,16 +577,17 @@ class Store:
         so a token refreshed meanwhile by a running replica is never overwritten.
         """
         vault = self._require_vault()
-        with self._session(lock=True) as session:
-            rows = list(session.exec(select(Secret).where(Secret.key_id != vault.primary_key_id)
-                                     .limit(batch_size)))
+        with self._transaction(write=True) as conn:
+            rows = conn.execute(select(SECRETS).where(SECRETS.c.key_id != vault.primary_key_id)
+                                .limit(batch_size)).all()
             moved = 0
             for row in rows:
                 context = _context(row.scope, row.name)
                 kid, ciphertext = vault.encrypt(vault.decrypt(row.ciphertext, context), context)
-                result = session.exec(
-                    update(Secret)  # type: ignore[call-overload]
-                    .where(Secret.scope == row.scope, Secret.name == row.name, Secret.version == row.version)
+                result = conn.execute(
+                    update(SECRETS)
+                    .where(SECRETS.c.scope == row.scope, SECRETS.c.name == row.name,
+                           SECRETS.c.version == row.version)
                     .values(key_id=kid, ciphertext=ciphertext, version=row.version + 1))
                 moved += result.rowcount
             return moved
@@ -531,9 +604,14 @@ class Store:
 
     @_in_thread
     def count_by_key(self) -> dict[str, int]:
-        with self._session() as session:
-            rows = session.exec(select(Secret.key_id, func.count()).group_by(Secret.key_id)).all()
+        with self._transaction() as conn:
+            rows = conn.execute(select(SECRETS.c.key_id, func.count()).group_by(SECRETS.c.key_id)).all()
         return {kid: count for kid, count in rows}
+
+
+def _values(table: Table, model: SQLModel) -> dict[str, Any]:
+    """A model's column values, for a Core insert."""
+    return {column.name: getattr(model, column.name) for column in table.columns}
 
 
 def _lock_key(scope: str, name: str) -> int:

@@ -457,6 +457,56 @@ async def test_concurrent_deletes_and_puts_do_not_error(store: Store) -> None:
             tg.start_soon(one, i)
 
 
+async def test_concurrent_meeting_writes_all_land(store: Store, link: Link) -> None:
+    """Many writers at once (on SQLite they queue in-process instead of polling its lock)."""
+    ids = [new_meeting_id() for _ in range(80)]
+
+    async def one(meeting_id: str) -> None:
+        await store.add_meeting(Meeting(id=meeting_id, link_id=link.id, backend="jitsi", vendor_meeting_id=meeting_id,
+                                        start_time=datetime(2026, 12, 1, tzinfo=UTC), duration=30),
+                                StoredRoom(join_url=f"https://rooms.example/{meeting_id}", invitation="hi"))
+        assert await store.get_meeting(link.id, meeting_id) is not None
+
+    async with anyio.create_task_group() as tg:
+        for meeting_id in ids:
+            tg.start_soon(one, meeting_id)
+    rooms = [await store.get_room(meeting_id) for meeting_id in ids]
+    assert [room.join_url if room else None for room in rooms] == [f"https://rooms.example/{i}" for i in ids]
+
+
+async def test_connections_killed_by_the_server_are_replaced_without_an_error(postgres_url: str) -> None:
+    """PostgreSQL restarted or a proxy dropped idle connections: the next calls still succeed.
+
+    The pool does not ping a connection at every checkout; a call that finds its connection
+    dead before anything was committed runs once more on a new one.
+    """
+    store = new_store(postgres_url, [generate_key()])
+    try:
+        await prepare_database(store, Config())
+        link = await store.create_link(pipedrive_user_id=7, company_id=8)
+        await store.put_secret(link_scope(link.id), "token", "before")
+        # fill the pool with several idle connections, then have the server kill them all
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(store.get_secret, link_scope(link.id), "token")
+        admin = make_engine(postgres_url)
+        try:
+            with admin.connect() as conn:
+                killed = conn.execute(text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+        finally:
+            admin.dispose()
+        assert killed and killed >= 2
+        assert (await store.get_link(link.id)) is not None
+        await store.put_secret(link_scope(link.id), "token", "after")
+        assert await store.get_secret(link_scope(link.id), "token") == "after"
+        async with store.locked_secret(link_scope(link.id), "token") as locked:
+            assert locked.value == "after"
+    finally:
+        store.close()
+
+
 # --- an unreachable database ----------------------------------------------------------
 
 async def test_an_unreachable_database_is_a_store_error() -> None:
