@@ -28,7 +28,7 @@ from .plugins import PluginRegistry, load_plugins
 from .signing import Signer
 from .store import Store, make_engine
 from .tokens import TokenKeeper
-from .vendor_http import RetryPolicy, RetryTransport
+from .vendor_http import PooledTransport, RetryPolicy, RetryTransport
 from .vault import Vault, VaultError, load_or_create_key_file
 
 log = logging.getLogger(__name__)
@@ -155,8 +155,7 @@ async def open_bridge(config: Config, registry: PluginRegistry | None = None,
     try:
         await prepare_database(store, config)
         timeout = httpx.Timeout(config.server.backend_timeout_seconds, connect=5.0)
-        inner = transport or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=200))
+        inner = transport or PooledTransport(max_connections=200)
         policy = RetryPolicy(attempts=config.server.vendor_attempts,
                              max_retry_after=config.server.vendor_max_retry_after_seconds)
         metrics = Metrics()
