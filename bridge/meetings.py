@@ -29,7 +29,7 @@ from .invitation import render_invitation
 from .metrics import Observation
 from .runtime import Bridge
 from .store import (LINK_ACTIVE, MEETING_ACTIVE, MEETING_DELETED, MEETING_DELETING, Link, Meeting,
-                    Store, StoredRoom, StoreError, backend_scope, new_meeting_id, shared_scope, utcnow)
+                    Repeated, Store, StoredRoom, StoreError, backend_scope, new_meeting_id, shared_scope, utcnow)
 from .vault import VaultError
 
 log = logging.getLogger(__name__)
@@ -122,18 +122,14 @@ class MeetingService:
     # --- lookups --------------------------------------------------------------------
 
     async def link(self, link_id: str) -> Link:
-        link = await _stored(self.store.get_link(link_id))
-        if link is None:
-            raise NotFound("unknown link: this user has no connection to the bridge (re-install the app)")
-        if link.status != LINK_ACTIVE:
-            raise Gone(f"this link is {link.status.replace('_', ' ')}: the user has to install the app again")
-        return link
+        return _usable(await _stored(self.store.get_link(link_id)))
 
-    async def meeting(self, link: Link, meeting_id: str) -> Meeting:
-        meeting = await _stored(self.store.get_meeting(link.id, meeting_id))
+    async def link_and_meeting(self, link_id: str, meeting_id: str) -> tuple[Link, Meeting]:
+        link, meeting = await _stored(self.store.get_link_and_meeting(link_id, meeting_id))
+        link = _usable(link)
         if meeting is None:
             raise NotFound("unknown meeting for this link")
-        return meeting
+        return link, meeting
 
     def _backend(self, name: str) -> Backend:
         self.observation.backend = name
@@ -147,35 +143,35 @@ class MeetingService:
 
     # --- the three operations -------------------------------------------------------
 
-    async def create(self, link: Link, request: MeetingRequest) -> CreatedMeeting:
-        """A new room, unless this is a retry of a request already answered (Pipedrive retries on timeouts)."""
-        fingerprint = request_fingerprint(link.id, self.backend_for(link), request)
+    async def create(self, link_id: str, request: MeetingRequest) -> CreatedMeeting:
+        """A new room, unless this is a retry of a request already answered (Pipedrive retries on timeouts).
+
+        The link and the retry's original are read in one transaction. After a user
+        switches backends, the same request is a new room on the new backend.
+        """
+        fingerprint = request_fingerprint(link_id, request)
+        window = self.bridge.config.meetings.retry_window_seconds
+        since = utcnow() - timedelta(seconds=window) if window else None
         async with self.bridge.create_locks[fingerprint]:
             try:
-                repeated = await self._repeated(link, fingerprint)
-                if repeated is not None:
-                    return repeated
-                return await self._create(link, request, fingerprint)
+                found, repeated = await _stored(self.store.get_link_and_repeat(link_id, fingerprint, since))
+                link = _usable(found)
+                name = self.backend_for(link)
+                if repeated is not None and repeated.meeting.backend == name:
+                    return self._repeated(repeated)
+                return await self._create(link, name, request, fingerprint)
             finally:
                 self.bridge.create_locks.pop(fingerprint, None)
 
-    async def _repeated(self, link: Link, fingerprint: str) -> CreatedMeeting | None:
-        window = self.bridge.config.meetings.retry_window_seconds
-        if not window:
-            return None
-        since = utcnow() - timedelta(seconds=window)
-        meeting = await _stored(self.store.find_repeated_meeting(link.id, fingerprint, since))
-        stored = await _stored(self.store.get_room(meeting.id)) if meeting is not None else None
-        if meeting is None or stored is None:
-            return None
+    def _repeated(self, repeated: Repeated) -> CreatedMeeting:
+        meeting, stored = repeated.meeting, repeated.room
         self.observation.backend = meeting.backend
         log.info("repeated postMeeting answered with the meeting already made", extra={"meeting_id": meeting.id})
         room = Room(vendor_meeting_id=meeting.vendor_meeting_id, join_url=stored.join_url,
                     invitation=stored.invitation, password=stored.password)
         return CreatedMeeting(meeting.id, room)
 
-    async def _create(self, link: Link, request: MeetingRequest, fingerprint: str) -> CreatedMeeting:
-        name = self.backend_for(link)
+    async def _create(self, link: Link, name: str, request: MeetingRequest, fingerprint: str) -> CreatedMeeting:
         backend = self._backend(name)
         ctx = backend_context(self.bridge, link, name)
         room = await call_backend(self.bridge, backend, "create the meeting", lambda: backend.create(ctx, request))
@@ -192,8 +188,7 @@ class MeetingService:
         log.info("meeting created", extra={"meeting_id": meeting.id, "backend": name})
         return CreatedMeeting(meeting.id, room)
 
-    async def update(self, link: Link, meeting_id: str, request: MeetingRequest) -> None:
-        meeting = await self.meeting(link, meeting_id)
+    async def update(self, link: Link, meeting: Meeting, request: MeetingRequest) -> None:
         if meeting.state != MEETING_ACTIVE:
             raise NotFound("this meeting was deleted")
         backend = self._backend(meeting.backend)
@@ -224,8 +219,7 @@ class MeetingService:
         return Room(vendor_meeting_id=meeting.vendor_meeting_id, join_url=stored.join_url,
                     invitation=invitation, password=stored.password)
 
-    async def delete(self, link: Link, meeting_id: str) -> None:
-        meeting = await self.meeting(link, meeting_id)
+    async def delete(self, link: Link, meeting: Meeting) -> None:
         if meeting.state == MEETING_DELETED:
             return  # a repeated delete answers as the first did
         backend = self._backend(meeting.backend)
@@ -248,6 +242,14 @@ class MeetingService:
                                                              "vendor_meeting_id": vendor_meeting_id})
 
 
+def _usable(link: Link | None) -> Link:
+    if link is None:
+        raise NotFound("unknown link: this user has no connection to the bridge (re-install the app)")
+    if link.status != LINK_ACTIVE:
+        raise Gone(f"this link is {link.status.replace('_', ' ')}: the user has to install the app again")
+    return link
+
+
 async def _stored(awaitable: Awaitable[T]) -> T:
     """Await a store call, answering 503 when the database is unavailable."""
     try:
@@ -257,12 +259,9 @@ async def _stored(awaitable: Awaitable[T]) -> T:
         raise ServiceUnavailable("the bridge's database is unavailable; please try again") from exc
 
 
-def request_fingerprint(link_id: str, backend: str, request: MeetingRequest) -> str:
-    """The same link, backend, topic, start time and duration give the same fingerprint.
-
-    The backend is part of it: after a user switches backends, the same request is a new room there.
-    """
-    text = "\n".join([link_id, backend, request.topic, request.start_time.isoformat(), str(request.duration)])
+def request_fingerprint(link_id: str, request: MeetingRequest) -> str:
+    """The same link, topic, start time and duration give the same fingerprint."""
+    text = "\n".join([link_id, request.topic, request.start_time.isoformat(), str(request.duration)])
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from .auth import check_basic_auth
 from .backends import MeetingRequest
-from .errors import BadRequest, NotFound, UnsupportedMediaType
+from .errors import BadRequest, BridgeError, NotFound, UnsupportedMediaType
 from .meetings import MeetingService
 from .runtime import Bridge
 from .validation import parse_meeting
@@ -87,11 +87,19 @@ def _operation(name: str) -> Callable[[Handler], Callable[[Request], Awaitable[R
     return wrap
 
 
+async def _checked_body(request: Request, service: MeetingService, link_id: str) -> MeetingRequest:
+    """The meeting in the body; an unknown or uninstalled link answers so first, whatever the body."""
+    try:
+        return await _meeting_body(request)
+    except BridgeError:
+        await service.link(link_id)
+        raise
+
+
 @_operation("postMeeting")
 async def post_meeting(request: Request, service: MeetingService) -> Response:
-    link = await service.link(_path_id(request, "link_id", "link"))
-    meeting = await _meeting_body(request)
-    created = await service.create(link, meeting)
+    link_id = _path_id(request, "link_id", "link")
+    created = await service.create(link_id, await _checked_body(request, service, link_id))
     data: dict[str, str] = {
         "meeting_id": created.meeting_id,
         "join_url": created.room.join_url,
@@ -104,17 +112,18 @@ async def post_meeting(request: Request, service: MeetingService) -> Response:
 
 @_operation("patchUpdateMeeting")
 async def patch_meeting(request: Request, service: MeetingService) -> Response:
-    link = await service.link(_path_id(request, "link_id", "link"))
-    meeting_id = _path_id(request, "meeting_id", "meeting")
-    meeting = await _meeting_body(request)
-    await service.update(link, meeting_id, meeting)
+    link_id = _path_id(request, "link_id", "link")
+    body = await _checked_body(request, service, link_id)
+    link, meeting = await service.link_and_meeting(link_id, _path_id(request, "meeting_id", "meeting"))
+    await service.update(link, meeting, body)
     return Response(status_code=204)
 
 
 @_operation("deleteMeeting")
 async def delete_meeting(request: Request, service: MeetingService) -> Response:
-    link = await service.link(_path_id(request, "link_id", "link"))
-    await service.delete(link, _path_id(request, "meeting_id", "meeting"))
+    link, meeting = await service.link_and_meeting(_path_id(request, "link_id", "link"),
+                                                   _path_id(request, "meeting_id", "meeting"))
+    await service.delete(link, meeting)
     return Response(status_code=204)
 
 

@@ -24,10 +24,11 @@ from typing import Any, ParamSpec, TypeVar
 import anyio
 import anyio.to_thread
 from sqlalchemy import (BigInteger, Column, Connection, Engine, Index, Row, Table, bindparam, delete, event, func,
-                        insert, select, text, update)
+                        insert, inspect, select, text, update)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import configure_mappers
 from sqlalchemy.pool import NullPool
 from sqlmodel import Field, SQLModel, create_engine
 
@@ -103,6 +104,10 @@ class SchemaMigration(SQLModel, table=True):
     applied_at: datetime = Field(default_factory=utcnow)
 
 
+# the models' attributes are instrumented on first use by the ORM, which ``_from_row`` bypasses
+configure_mappers()
+
+
 @dataclass(frozen=True)
 class StoredRoom:
     """What the vendor gave us for a meeting: kept encrypted (a join URL may carry a token)."""
@@ -110,6 +115,14 @@ class StoredRoom:
     join_url: str
     invitation: str
     password: str | None = None
+
+
+@dataclass(frozen=True)
+class Repeated:
+    """A meeting already made from the same postMeeting, and its room."""
+
+    meeting: Meeting
+    room: StoredRoom
 
 
 class StoreError(Exception):
@@ -238,12 +251,28 @@ def _secret_upsert(dialect_insert: Callable[[Table], Any]) -> Any:
         "version": SECRETS.c.version + 1, "updated_at": statement.excluded.updated_at})
 
 
+M = TypeVar("M", bound=SQLModel)
+
+
+def _from_row(model: type[M], row: Row[Any]) -> M:
+    """A model for a row read back, made the way the ORM loads one: no validation (a tenth of the cost)."""
+    instance: M = inspect(model).class_manager.new_instance()
+    instance.__dict__.update(row._mapping)
+    object.__setattr__(instance, "__pydantic_fields_set__", set(row._mapping.keys()))
+    return instance
+
+
 def _link(row: Row[Any] | None) -> Link | None:
-    return None if row is None else Link(**row._mapping)
+    return None if row is None else _from_row(Link, row)
 
 
 def _meeting(row: Row[Any] | None) -> Meeting | None:
-    return None if row is None else Meeting(**row._mapping)
+    return None if row is None else _from_row(Meeting, row)
+
+
+def _meeting_of(conn: Connection, link_id: str, meeting_id: str) -> Meeting | None:
+    meeting = _meeting(conn.execute(_MEETING_BY_ID, {"id": meeting_id}).first())
+    return meeting if meeting is not None and meeting.link_id == link_id else None
 
 
 class Store:
@@ -317,7 +346,7 @@ class Store:
     @_in_thread
     def list_links(self) -> list[Link]:
         with self._transaction() as conn:
-            return [Link(**row._mapping) for row in conn.execute(select(LINKS).order_by(LINKS.c.created_at))]
+            return [_from_row(Link, row) for row in conn.execute(select(LINKS).order_by(LINKS.c.created_at))]
 
     @_writes
     def set_link_backend(self, link_id: str, backend: str | None) -> bool:
@@ -393,15 +422,29 @@ class Store:
     def get_meeting(self, link_id: str, meeting_id: str) -> Meeting | None:
         """The meeting, only if it belongs to this link: another link's id is simply unknown."""
         with self._transaction() as conn:
-            meeting = _meeting(conn.execute(_MEETING_BY_ID, {"id": meeting_id}).first())
-            return meeting if meeting is not None and meeting.link_id == link_id else None
+            return _meeting_of(conn, link_id, meeting_id)
 
     @_in_thread
-    def find_repeated_meeting(self, link_id: str, request_hash: str, since: datetime) -> Meeting | None:
-        """An active meeting of this link made from the same request since ``since`` (a retry's original)."""
+    def get_link_and_meeting(self, link_id: str, meeting_id: str) -> tuple[Link | None, Meeting | None]:
+        """The link and one meeting of it (None if unknown or another link's), in one transaction."""
         with self._transaction() as conn:
-            return _meeting(conn.execute(_REPEATED, {"link_id": link_id, "hash": request_hash,
-                                                     "since": since}).first())
+            link = _link(conn.execute(_LINK_BY_ID, {"id": link_id}).first())
+            return link, None if link is None else _meeting_of(conn, link_id, meeting_id)
+
+    @_in_thread
+    def get_link_and_repeat(self, link_id: str, request_hash: str,
+                            since: datetime | None) -> tuple[Link | None, Repeated | None]:
+        """The link, and its latest active meeting made from the same request since ``since`` (a retry's
+        original) with that meeting's room: what a postMeeting needs to know, in one transaction."""
+        vault = self._require_vault()
+        with self._transaction() as conn:
+            link = _link(conn.execute(_LINK_BY_ID, {"id": link_id}).first())
+            if link is None or since is None:
+                return link, None
+            meeting = _meeting(conn.execute(_REPEATED, {"link_id": link_id, "hash": request_hash,
+                                                        "since": since}).first())
+            room = None if meeting is None else self._get_secret(conn, vault, meeting_scope(meeting.id), "room")
+            return link, None if meeting is None or room is None else Repeated(meeting, _room_from_text(room))
 
     @_writes
     def add_meeting(self, meeting: Meeting, room: StoredRoom) -> None:

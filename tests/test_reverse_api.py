@@ -594,6 +594,15 @@ async def test_another_links_identical_request_is_its_own_meeting(client, link, 
     assert a != b
 
 
+async def test_the_same_request_after_a_backend_switch_is_a_room_on_the_new_backend(client, link, store, vendor):
+    first = (await client.post(meetings_url(link.id), json=BODY)).json()["data"]
+    assert await store.set_link_backend(link.id, "other")
+    second = (await client.post(meetings_url(link.id), json=BODY)).json()["data"]
+    again = (await client.post(meetings_url(link.id), json=BODY)).json()["data"]
+    assert second["meeting_id"] != first["meeting_id"] and again == second
+    assert [(name, op) for name, op, _ in vendor.calls] == [("fake", "create"), ("other", "create")]
+
+
 async def test_retry_window_zero_turns_recognition_off(tmp_path, database_url, fake_plugin, vendor):
     config = make_config(tmp_path, database_url, meetings={"default_backend": "fake", "allowed_backends": ["fake"],
                                                            "retry_window_seconds": 0})

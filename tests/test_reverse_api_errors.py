@@ -622,10 +622,10 @@ async def test_a_failed_delete_leaves_the_room_and_can_be_retried(client, link, 
 # --- the bridge itself failing ---------------------------------------------------------------
 
 async def test_an_unavailable_database_is_503(client, link, vendor, monkeypatch):
-    async def failing_get_link(self: Store, link_id: str) -> None:
+    async def failing_lookup(self: Store, *args: Any) -> None:
         raise StoreError("database unavailable: OperationalError at 10.0.0.5")
 
-    monkeypatch.setattr(bridge.store.Store, "get_link", failing_get_link)
+    monkeypatch.setattr(bridge.store.Store, "get_link_and_repeat", failing_lookup)
 
     response = await client.post(meetings_url(link.id), json=BODY)
 
@@ -635,10 +635,10 @@ async def test_an_unavailable_database_is_503(client, link, vendor, monkeypatch)
 
 
 async def test_an_unexpected_error_is_a_json_500_without_internals(client, link, monkeypatch):
-    async def crashing_link(self: MeetingService, link_id: str) -> None:
+    async def crashing_create(self: MeetingService, *args: Any) -> None:
         raise RuntimeError("boom at /srv/bridge/secret_module.py")
 
-    monkeypatch.setattr(MeetingService, "link", crashing_link)
+    monkeypatch.setattr(MeetingService, "create", crashing_create)
 
     response = await client.post(meetings_url(link.id), json=BODY, headers={"X-Request-ID": "req-500"})
 
