@@ -29,7 +29,7 @@ from .invitation import render_invitation
 from .metrics import Observation
 from .runtime import Bridge
 from .store import (LINK_ACTIVE, MEETING_ACTIVE, MEETING_DELETED, MEETING_DELETING, Link, Meeting,
-                    Repeated, Store, StoredRoom, StoreError, backend_scope, new_meeting_id, shared_scope, utcnow)
+                    Repeated, Store, StoredRoom, StoreError, backend_scope, new_meeting, shared_scope, utcnow)
 from .vault import VaultError
 
 log = logging.getLogger(__name__)
@@ -175,9 +175,8 @@ class MeetingService:
         backend = self._backend(name)
         ctx = backend_context(self.bridge, link, name)
         room = await call_backend(self.bridge, backend, "create the meeting", lambda: backend.create(ctx, request))
-        meeting = Meeting(id=new_meeting_id(), link_id=link.id, backend=name,
-                          vendor_meeting_id=room.vendor_meeting_id, start_time=request.start_time,
-                          duration=request.duration, request_hash=fingerprint)
+        meeting = new_meeting(link_id=link.id, backend=name, vendor_meeting_id=room.vendor_meeting_id,
+                              start_time=request.start_time, duration=request.duration, request_hash=fingerprint)
         with anyio.CancelScope(shield=True):
             try:
                 await self.store.add_meeting(meeting, _stored_room(room))

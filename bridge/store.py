@@ -15,7 +15,7 @@ import json
 import secrets as _secrets
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -104,7 +104,7 @@ class SchemaMigration(SQLModel, table=True):
     applied_at: datetime = Field(default_factory=utcnow)
 
 
-# the models' attributes are instrumented on first use by the ORM, which ``_from_row`` bypasses
+# the models' attributes are instrumented on first use by the ORM, which ``_built`` bypasses
 configure_mappers()
 
 
@@ -254,20 +254,30 @@ def _secret_upsert(dialect_insert: Callable[[Table], Any]) -> Any:
 M = TypeVar("M", bound=SQLModel)
 
 
-def _from_row(model: type[M], row: Row[Any]) -> M:
-    """A model for a row read back, made the way the ORM loads one: no validation (a tenth of the cost)."""
+def _built(model: type[M], values: Mapping[str, Any]) -> M:
+    """A model made the way the ORM loads a row: no validation, no defaults (a tenth of the cost)."""
     instance: M = inspect(model).class_manager.new_instance()
-    instance.__dict__.update(row._mapping)
-    object.__setattr__(instance, "__pydantic_fields_set__", set(row._mapping.keys()))
+    instance.__dict__.update(values)
+    object.__setattr__(instance, "__pydantic_fields_set__", set(values.keys()))
     return instance
 
 
 def _link(row: Row[Any] | None) -> Link | None:
-    return None if row is None else _from_row(Link, row)
+    return None if row is None else _built(Link, row._mapping)
 
 
 def _meeting(row: Row[Any] | None) -> Meeting | None:
-    return None if row is None else _from_row(Meeting, row)
+    return None if row is None else _built(Meeting, row._mapping)
+
+
+def new_meeting(*, link_id: str, backend: str, vendor_meeting_id: str, start_time: datetime, duration: int,
+                request_hash: str | None) -> Meeting:
+    """An active meeting with a new id, ready for ``Store.add_meeting`` (every column set here)."""
+    now = utcnow()
+    return _built(Meeting, {"id": new_meeting_id(), "link_id": link_id, "backend": backend,
+                            "vendor_meeting_id": vendor_meeting_id, "start_time": start_time,
+                            "duration": duration, "state": MEETING_ACTIVE, "request_hash": request_hash,
+                            "created_at": now, "updated_at": now})
 
 
 def _meeting_of(conn: Connection, link_id: str, meeting_id: str) -> Meeting | None:
@@ -346,7 +356,7 @@ class Store:
     @_in_thread
     def list_links(self) -> list[Link]:
         with self._transaction() as conn:
-            return [_from_row(Link, row) for row in conn.execute(select(LINKS).order_by(LINKS.c.created_at))]
+            return [_built(Link, row._mapping) for row in conn.execute(select(LINKS).order_by(LINKS.c.created_at))]
 
     @_writes
     def set_link_backend(self, link_id: str, backend: str | None) -> bool:
