@@ -1,10 +1,11 @@
 """Pipedrive token upkeep: refresh once per token, across tasks and processes.
 
-A refresh token may only be spent once, so the refresh runs inside
-``Store.locked_secret`` (a lock per secret within the process, then a
-PostgreSQL advisory lock or SQLite's write lock across replicas). Inside it
-the tokens are read again: if another task or process refreshed meanwhile, its
-tokens are used and Pipedrive is not asked again. A refresh Pipedrive rejects
+A refresh token may only be spent once. Within a process, requests that find
+a link's tokens due while a refresh of them is under way wait for it and take
+its tokens (``SingleFlight``). The refresh itself runs inside
+``Store.locked_secret`` (a PostgreSQL advisory lock or SQLite's write lock
+across replicas), where the tokens are read again: if another process
+refreshed meanwhile, its tokens are used and Pipedrive is not asked again. A refresh Pipedrive rejects
 with ``invalid_grant`` marks the link as needing re-install.
 """
 
@@ -21,6 +22,7 @@ import anyio
 from .errors import Gone, ServiceUnavailable
 from .metrics import Metrics
 from .pipedrive import InvalidGrant, PipedriveClient, PipedriveError, TokenSet
+from .singleflight import SingleFlight
 from .store import LINK_NEEDS_REINSTALL, PIPEDRIVE_TOKENS, Store, link_scope, utcnow
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class TokenKeeper:
         self.client = client
         self.margin = margin_seconds
         self.refreshes = 0  # how many refreshes this process made (for tests and metrics)
+        self._refreshing: SingleFlight[TokenSet] = SingleFlight()
 
     async def tokens(self, link_id: str) -> TokenSet | None:
         return load_tokens(await self.store.get_secret(link_scope(link_id), PIPEDRIVE_TOKENS))
@@ -57,7 +60,9 @@ class TokenKeeper:
             raise Gone("this link has no Pipedrive tokens: the user has to install the app again")
         if tokens.fresh(self.margin) and tokens.access_token != stale_access_token:
             return tokens
-        return await self._refresh_locked(link_id, stale_access_token)
+        # keyed by the refused token too: a caller whose token was refused never takes one found still fresh
+        return await self._refreshing.run((link_id, stale_access_token),
+                                          lambda: self._refresh_locked(link_id, stale_access_token))
 
     async def _refresh_locked(self, link_id: str, stale_access_token: str | None) -> TokenSet:
         invalid = False

@@ -183,6 +183,61 @@ async def test_a_hundred_concurrent_callers_share_one_refresh(keeper: TokenKeepe
     assert results[0].access_token != old.access_token
 
 
+async def test_callers_arriving_during_a_refresh_wait_for_it_instead_of_taking_the_lock_in_turn(
+        keeper: TokenKeeper, store: Store, pipedrive: FakePipedriveState, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the first caller takes the cross-process lock; the rest are answered when its refresh ends."""
+    link_id, _ = await installed(store, pipedrive, expires_in=-60)
+    locked_secret = store.locked_secret
+    taken: list[str] = []
+
+    def counting(scope: str, name: str) -> Any:
+        taken.append(scope)
+        return locked_secret(scope, name)
+
+    monkeypatch.setattr(store, "locked_secret", counting)
+
+    results = await gather(50, lambda: keeper.fresh_tokens(link_id))
+
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert taken == [link_scope(link_id)] and refreshes(pipedrive) == 1
+    assert len({r.access_token for r in results}) == 1
+
+
+async def test_callers_with_and_without_a_refused_token_each_end_on_a_working_one(
+        keeper: TokenKeeper, store: Store, pipedrive: FakePipedriveState) -> None:
+    """A caller whose token Pipedrive refused never shares an answer that hands it that token back."""
+    link_id, old = await installed(store, pipedrive, expires_in=3600)
+    pipedrive.expire_access_tokens()
+
+    answers: list[tuple[bool, TokenSet]] = []
+
+    async def call(refused: bool) -> None:
+        stale = old.access_token if refused else None
+        answers.append((refused, await keeper.fresh_tokens(link_id, stale_access_token=stale)))
+
+    async with anyio.create_task_group() as tasks:
+        for index in range(20):
+            tasks.start_soon(call, index % 2 == 1)
+
+    assert len(answers) == 20
+    assert all(tokens.access_token != old.access_token for refused, tokens in answers if refused)
+    assert refreshes(pipedrive) == 1 and pipedrive.invalid_grants == 0
+
+
+async def test_a_refused_refresh_answers_every_waiting_caller_and_is_asked_once(
+        keeper: TokenKeeper, store: Store, pipedrive: FakePipedriveState) -> None:
+    link_id, tokens = await installed(store, pipedrive, expires_in=-60)
+    with pipedrive.lock:
+        pipedrive.refresh_tokens.discard(tokens.refresh_token)  # Pipedrive no longer knows it
+
+    results = await gather(30, lambda: keeper.fresh_tokens(link_id))
+
+    assert all(isinstance(r, Gone) for r in results), results
+    assert refreshes(pipedrive) == 1 and pipedrive.invalid_grants == 1
+    link = await store.get_link(link_id)
+    assert link is not None and link.status == LINK_NEEDS_REINSTALL
+
+
 async def test_a_stale_access_token_forces_one_refresh(keeper: TokenKeeper, store: Store,
                                                        pipedrive: FakePipedriveState) -> None:
     """Pipedrive answered 401 to a token whose expiry says it is fine: refresh it, once."""

@@ -1,9 +1,11 @@
 """Access tokens for Zoom's API: one shared Server-to-Server token, or each user's own OAuth tokens.
 
 Both are refreshed once, however many requests or replicas need a new one at
-the same moment: the refresh runs inside the credential store's lock
-(``CredentialStore.locked``), which re-reads the stored value first, so a token
-another task or replica got meanwhile is used instead of asking Zoom again.
+the same moment: requests of one process that need the same token while it is
+being fetched wait for that fetch and share it (``SingleFlight``), and the fetch
+runs inside the credential store's lock (``CredentialStore.locked``), which
+re-reads the stored value first, so a token another replica got meanwhile is
+used instead of asking Zoom again.
 
 - ``AccountTokens``: ``grant_type=account_credentials`` with the app's account
   id; the token (one hour) is kept encrypted in ``ctx.shared`` for the whole
@@ -29,6 +31,7 @@ import httpx
 from bridge.auth import basic_auth
 from bridge.backends import BackendContext, LockedSecret
 from bridge.errors import BackendError
+from bridge.singleflight import SingleFlight
 from bridge.vendor_http import raise_for_vendor
 
 from .errors import TITLE, json_object
@@ -105,12 +108,16 @@ class AccountTokens:
     def __init__(self, oauth: ZoomOAuth, account_id: str) -> None:
         self.oauth = oauth
         self.account_id = account_id
+        self._fetching: SingleFlight[str] = SingleFlight()
 
     async def access_token(self, ctx: BackendContext, stale: str | None = None) -> str:
         """A fresh token; ``stale`` is one Zoom just refused, which is replaced even if it looks fresh."""
         token = self._usable(await ctx.shared.get(ACCOUNT_TOKEN), stale)
         if token is not None:
             return token
+        return await self._fetching.run(stale, lambda: self._locked_fetch(ctx, stale))
+
+    async def _locked_fetch(self, ctx: BackendContext, stale: str | None) -> str:
         async with ctx.shared.locked(ACCOUNT_TOKEN) as locked:
             token = self._usable(locked.value, stale)
             if token is None:
@@ -179,6 +186,7 @@ def settings_url_of(callback_url: str, backend: str) -> str:
 class UserTokens:
     def __init__(self, oauth: ZoomOAuth) -> None:
         self.oauth = oauth
+        self._refreshing: SingleFlight[str] = SingleFlight()
 
     async def connect(self, ctx: BackendContext, code: str, callback_url: str, settings_url: str) -> None:
         try:
@@ -203,6 +211,9 @@ class UserTokens:
         connection = _connected(UserConnection.load(await ctx.credentials.get(USER_TOKENS)))
         if connection.usable(stale):
             return connection.access_token
+        return await self._refreshing.run((ctx.user.link_id, stale), lambda: self._locked_refresh(ctx, stale))
+
+    async def _locked_refresh(self, ctx: BackendContext, stale: str | None) -> str:
         async with ctx.credentials.locked(USER_TOKENS) as locked:
             connection = _connected(UserConnection.load(locked.value))
             if connection.usable(stale):
