@@ -9,6 +9,7 @@ done. Plugins refreshing their own vendor tokens can use it the same way.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -46,7 +47,7 @@ class SingleFlight(Generic[T]):
             await flight.done.wait()
             if flight.finished:
                 if flight.error is not None:
-                    raise flight.error
+                    raise _for_another_caller(flight.error)
                 return flight.result  # type: ignore[return-value]
         flight = _Flight[T]()
         self._running[key] = flight
@@ -60,3 +61,16 @@ class SingleFlight(Generic[T]):
         finally:
             del self._running[key]
             flight.done.set()
+
+
+def _for_another_caller(error: BaseException) -> BaseException:
+    """A copy of the run's exception, caused by it: one instance raised in every waiting task would
+    gather all of their frames in its traceback."""
+    try:
+        twin = copy.copy(error)
+    except Exception:  # an exception that cannot be rebuilt from its args
+        return error
+    if type(twin) is not type(error) or twin is error:
+        return error
+    twin.__cause__ = error
+    return twin

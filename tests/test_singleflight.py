@@ -58,8 +58,23 @@ async def test_a_failed_run_gives_every_waiting_caller_its_error() -> None:
     error = ValueError("refused")
     work = Work(error)
     results = await _callers(flight, "link-1", work, 20)
-    assert results == [error] * 20
     assert work.runs == 1
+    assert all(type(r) is ValueError and str(r) == "refused" for r in results)
+    # the caller that ran it gets the error itself; the others a copy caused by it, with a traceback of their own
+    assert results.count(error) == 1
+    assert all(r.__cause__ is error for r in results if r is not error)
+
+
+class Refused(Exception):
+    def __init__(self, error: str, reason: str) -> None:
+        super().__init__(f"{error}: {reason}")
+
+
+async def test_an_error_that_cannot_be_copied_is_shared_as_it_is() -> None:
+    flight: SingleFlight[int] = SingleFlight()
+    error = Refused("invalid_grant", "expired")
+    work = Work(error)
+    assert await _callers(flight, "link-1", work, 5) == [error] * 5
 
 
 async def test_the_next_call_after_a_run_runs_the_work_again() -> None:
