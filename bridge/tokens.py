@@ -5,8 +5,9 @@ a link's tokens due while a refresh of them is under way wait for it and take
 its tokens (``SingleFlight``). The refresh itself runs inside
 ``Store.locked_secret`` (a PostgreSQL advisory lock or SQLite's write lock
 across replicas), where the tokens are read again: if another process
-refreshed meanwhile, its tokens are used and Pipedrive is not asked again. A refresh Pipedrive rejects
-with ``invalid_grant`` marks the link as needing re-install.
+refreshed meanwhile, its tokens are used and Pipedrive is not asked again.
+A refresh Pipedrive rejects with ``invalid_grant`` marks the link as needing
+re-install.
 """
 
 from __future__ import annotations
