@@ -453,8 +453,8 @@ class Store:
                 return link, None
             meeting = _meeting(conn.execute(_REPEATED, {"link_id": link_id, "hash": request_hash,
                                                         "since": since}).first())
-            room = None if meeting is None else self._get_secret(conn, vault, meeting_scope(meeting.id), "room")
-            return link, None if meeting is None or room is None else Repeated(meeting, _room_from_text(room))
+            room = None if meeting is None else self._get_room(conn, vault, meeting.id)
+            return link, None if meeting is None or room is None else Repeated(meeting, room)
 
     @_writes
     def add_meeting(self, meeting: Meeting, room: StoredRoom) -> None:
@@ -478,8 +478,7 @@ class Store:
     def get_room(self, meeting_id: str) -> StoredRoom | None:
         vault = self._require_vault()
         with self._transaction() as conn:
-            value = self._get_secret(conn, vault, meeting_scope(meeting_id), "room")
-        return _room_from_text(value) if value is not None else None
+            return self._get_room(conn, vault, meeting_id)
 
     @_writes
     def set_meeting_state(self, meeting_id: str, state: str) -> None:
@@ -517,6 +516,11 @@ class Store:
     def _get_secret(conn: Connection, vault: Vault, scope: str, name: str) -> str | None:
         ciphertext = conn.execute(_SECRET, {"scope": scope, "name": name}).scalar()
         return None if ciphertext is None else vault.decrypt(ciphertext, _context(scope, name))
+
+    @classmethod
+    def _get_room(cls, conn: Connection, vault: Vault, meeting_id: str) -> StoredRoom | None:
+        value = cls._get_secret(conn, vault, meeting_scope(meeting_id), "room")
+        return _room_from_text(value) if value is not None else None
 
     @staticmethod
     def _holds(conn: Connection, vault: Vault, scope: str, name: str, value: str | None) -> bool:
