@@ -62,9 +62,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
-from bridge.auth import basic_auth  # noqa: E402
+from bridge.api.auth import basic_auth  # noqa: E402
 from bridge.config import TRIAL_CLIENT_ID, TRIAL_CLIENT_SECRET, load_config  # noqa: E402
-from bridge.vault import Vault, generate_key  # noqa: E402
+from bridge.storage.vault import Vault, generate_key  # noqa: E402
 
 PY = sys.executable
 HOST = "127.0.0.1"
@@ -312,8 +312,8 @@ def create_links(config_path: Path, count: int) -> list[str]:
 
 
 def migrate(db_url: str) -> None:
-    from bridge import migrations
-    from bridge.store import make_engine
+    from bridge.storage import migrations
+    from bridge.storage.store import make_engine
 
     engine = make_engine(db_url.replace("postgresql://", "postgresql+psycopg://"))
     try:
@@ -754,7 +754,7 @@ class Seeder:
         self.start = datetime(2026, 12, 1, 14, 0, tzinfo=UTC)
 
     def rows(self, index: int) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]:
-        from bridge.store import StoredRoom, _context, _room_text, meeting_scope
+        from bridge.storage.store import StoredRoom, _context, _room_text, meeting_scope
 
         rng = self.rng
         link_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
@@ -1011,9 +1011,9 @@ def bench_tokens(s: Settings) -> None:
         REPORT.note("tokens: skipped, it needs PostgreSQL")
         REPORT.add("tokens", "pipedrive refreshes", "skipped (no PostgreSQL)", "== k", None)
         return
-    from bridge.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
-    from bridge.pipedrive import TokenSet
-    from bridge.tokens import dump_tokens
+    from bridge.devtools.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
+    from bridge.pipedrive.client import TokenSet
+    from bridge.pipedrive.tokens import dump_tokens
 
     margin = 1  # [pipedrive] token_refresh_margin_seconds: a token is used until 1 s before it expires
     state = FakePipedriveState(client_id=TRIAL_CLIENT_ID, client_secret=TRIAL_CLIENT_SECRET,

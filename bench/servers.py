@@ -78,8 +78,8 @@ def serve_bridge_with_plugin(config_path: Path, port: int) -> int:
     from bridge.app import create_app
     from bridge.config import load_config
     from bridge.logs import configure_logging
-    from bridge.plugins import load_plugins
     from bridge.runtime import StartupError, open_bridge
+    from bridge.vendors.registry import load_plugins
 
     config = load_config(config_path)
     configure_logging(config.logging.level, config.logging.format, config.secret_values())

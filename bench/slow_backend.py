@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Self
 
-from bridge.backends import Backend, BackendContext, MeetingRequest, Room
 from bridge.errors import BackendError
-from bridge.hookspecs import hookimpl
-from bridge.invitation import render_invitation
+from bridge.vendors.hookspecs import hookimpl
+from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room
+from bridge.vendors.invitation import render_invitation
 
 
 class SlowVendorBackend(Backend):

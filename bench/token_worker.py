@@ -29,9 +29,9 @@ from typing import Any
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    from bridge.api.meetings import backend_context
     from bridge.config import load_config
     from bridge.logs import configure_logging
-    from bridge.meetings import backend_context
     from bridge.runtime import open_bridge
 
     config = load_config(args.config)

@@ -24,16 +24,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import install, reverse_api, settings_page
-from .config import Config
-from .errors import BridgeError, PayloadTooLarge
-from .logs import request_id_var
-from .manifest import build_manifest
-from .metrics import CONTENT_TYPE
-from .openapi import build_openapi
-from .plugins import PluginRegistry
-from .runtime import open_bridge
-from .tokens import run_upkeep
+from bridge.api import routes as reverse_api
+from bridge.api.manifest import build_manifest
+from bridge.api.openapi import build_openapi
+from bridge.config import Config
+from bridge.errors import BridgeError, PayloadTooLarge
+from bridge.logs import request_id_var
+from bridge.metrics import CONTENT_TYPE
+from bridge.pipedrive.tokens import run_upkeep
+from bridge.runtime import open_bridge
+from bridge.vendors.registry import PluginRegistry
+from bridge.web import install
+from bridge.web import settings as settings_page
 
 log = logging.getLogger("bridge.http")
 

@@ -11,19 +11,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, migrations
-from .config import Config, load_config
-from .errors import ConfigError
-from .fake_pipedrive import FakePipedriveState, running_fake_pipedrive
-from .logs import configure_logging
-from .manifest import build_manifest, manifest_problems, render_manifest, write_manifest
-from .openapi import build_openapi, render_openapi, write_openapi
-from .plugins import load_plugins
-from .runtime import StartupError, build_backends, open_bridge, open_store, prepare_database
-from .simulator import DEFAULT_HOST as SIMULATOR_HOST
-from .simulator import DEFAULT_PORT as SIMULATOR_PORT
-from .simulator import Simulator
-from .vault import generate_key
+from bridge import __version__
+from bridge.api.manifest import build_manifest, manifest_problems, render_manifest, write_manifest
+from bridge.api.openapi import build_openapi, render_openapi, write_openapi
+from bridge.config import Config, load_config
+from bridge.devtools.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
+from bridge.devtools.simulator import DEFAULT_HOST as SIMULATOR_HOST
+from bridge.devtools.simulator import DEFAULT_PORT as SIMULATOR_PORT
+from bridge.devtools.simulator import Simulator
+from bridge.errors import ConfigError
+from bridge.logs import configure_logging
+from bridge.runtime import StartupError, build_backends, open_bridge, open_store, prepare_database
+from bridge.storage import migrations
+from bridge.storage.vault import generate_key
+from bridge.vendors.registry import load_plugins
 
 EXIT_PROBLEM = 2
 
@@ -36,7 +37,7 @@ def _fail(message: str) -> int:
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .app import create_app
+    from bridge.app import create_app
 
     configure_logging(config.logging.level, config.logging.format, config.secret_values())
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from bridge.errors import ConfigError
 
 ENV_PREFIX = "PVB_"
 CONFIG_ENV = "PVB_CONFIG"

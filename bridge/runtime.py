@@ -18,18 +18,18 @@ import anyio
 import anyio.to_thread
 import httpx
 
-from . import migrations
-from .backends import Backend
-from .config import Config
-from .errors import ConfigError, ServiceUnavailable
-from .metrics import Metrics
-from .pipedrive import PipedriveClient
-from .plugins import PluginRegistry, load_plugins
-from .signing import Signer
-from .store import Store, make_engine
-from .tokens import TokenKeeper
-from .vendor_http import PooledTransport, RetryPolicy, RetryTransport
-from .vault import Vault, VaultError, load_or_create_key_file
+from bridge.config import Config
+from bridge.errors import ConfigError, ServiceUnavailable
+from bridge.metrics import Metrics
+from bridge.pipedrive.client import PipedriveClient
+from bridge.pipedrive.tokens import TokenKeeper
+from bridge.signing import Signer
+from bridge.storage import migrations
+from bridge.storage.store import Store, make_engine
+from bridge.storage.vault import Vault, VaultError, load_or_create_key_file
+from bridge.vendors.http import PooledTransport, RetryPolicy, RetryTransport
+from bridge.vendors.interface import Backend
+from bridge.vendors.registry import PluginRegistry, load_plugins
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,14 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from bridge.backends import Backend, BackendContext, MeetingRequest, Room
 from bridge.config import Config
 from bridge.errors import BackendError
-from bridge.hookspecs import hookimpl
-from bridge.invitation import render_invitation
-from bridge.store import Link, Store
+from bridge.storage.schema import Link
+from bridge.storage.store import Store
 from bridge.testing import bridge_client, make_config, prepared_store
+from bridge.vendors.hookspecs import hookimpl
+from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room
+from bridge.vendors.invitation import render_invitation
 
 POSTGRES_ADMIN_URL = os.environ.get("PVB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 

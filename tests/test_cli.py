@@ -15,12 +15,12 @@ from typing import Any
 import anyio
 import pytest
 
+from bridge.api.manifest import VERSION, manifest_problems
 from bridge.config import load_config
-from bridge.manifest import VERSION, manifest_problems
 from bridge.runtime import open_store, prepare_database
-from bridge.store import Store, make_engine
+from bridge.storage.store import Store, make_engine
+from bridge.storage.vault import Vault, generate_key, key_id
 from bridge.testing import write_toml
-from bridge.vault import Vault, generate_key, key_id
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 60

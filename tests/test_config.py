@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from bridge.config import (TRIAL_CLIENT_ID, TRIAL_CLIENT_SECRET, Config, load_config, parse_config)
+from bridge.config import TRIAL_CLIENT_ID, TRIAL_CLIENT_SECRET, Config, load_config, parse_config
 from bridge.errors import ConfigError
-from bridge.vault import generate_key
+from bridge.storage.vault import generate_key
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config.example.toml"

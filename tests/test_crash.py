@@ -43,11 +43,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge.auth import basic_auth
+from bridge.api.auth import basic_auth
 from bridge.config import Config
-from bridge.loopback import serve_on_loopback
+from bridge.devtools.loopback import serve_on_loopback
 from bridge.runtime import open_store, prepare_database
-from bridge.store import MEETING_ACTIVE
+from bridge.storage.schema import MEETING_ACTIVE
 from bridge.testing import BridgeProcess, free_port, make_config, running, write_config_toml
 
 pytestmark = pytest.mark.anyio
@@ -105,10 +105,10 @@ def create_fake_vendor(records: VendorRecords) -> Starlette:
 
 # the plugin the bridge process loads: a backend that keeps its rooms at the fake vendor
 PLUGIN = r'''
-from bridge.backends import Backend, Room
+from bridge.vendors.interface import Backend, Room
 from bridge.errors import BackendError
-from bridge.hookspecs import hookimpl
-from bridge.invitation import render_invitation
+from bridge.vendors.hookspecs import hookimpl
+from bridge.vendors.invitation import render_invitation
 
 
 class VendorBackend(Backend):
@@ -162,7 +162,7 @@ import uvicorn
 from bridge.app import create_app
 from bridge.config import load_config
 from bridge.logs import configure_logging
-from bridge.plugins import load_plugins
+from bridge.vendors.registry import load_plugins
 
 config_path, plugin_path, port = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 spec = importlib.util.spec_from_file_location("vendor_plugin", plugin_path)

@@ -36,20 +36,24 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.python import asgi
-from schemathesis.specs.openapi.checks import (content_type_conformance, response_headers_conformance,
-                                               response_schema_conformance, status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
+from bridge.api.auth import MAX_HEADER_LENGTH, basic_auth, check_basic_auth
+from bridge.api.openapi import build_openapi
+from bridge.api.routes import ID_PATTERN, MEETING, POST_MEETING
+from bridge.api.validation import MAX_DURATION_MINUTES, MAX_TOPIC_LENGTH, parse_meeting
 from bridge.app import create_app
-from bridge.auth import MAX_HEADER_LENGTH, basic_auth, check_basic_auth
-from bridge.backends import MeetingRequest
 from bridge.config import Config
 from bridge.errors import BadRequest, Unauthorized
-from bridge.openapi import build_openapi
-from bridge.plugins import load_plugins
-from bridge.reverse_api import ID_PATTERN, MEETING, POST_MEETING
 from bridge.runtime import open_store, prepare_database
 from bridge.testing import bridge_client, make_config
-from bridge.validation import MAX_DURATION_MINUTES, MAX_TOPIC_LENGTH, parse_meeting
+from bridge.vendors.interface import MeetingRequest
+from bridge.vendors.registry import load_plugins
 
 # Generated requests per (operation, generation mode): 6 runs with credentials, 6 without, about 1,900
 # requests in all with schemathesis' coverage cases (each boundary, each field broken in turn, other methods)

@@ -26,14 +26,14 @@ from sqlmodel import Session, select
 
 import bridge.signing
 from bridge.config import Config, PipedriveConfig
-from bridge.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
-from bridge.pipedrive import PipedriveClient, PipedriveError, TokenSet
+from bridge.devtools.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
+from bridge.pipedrive.client import PipedriveClient, PipedriveError, TokenSet
+from bridge.pipedrive.tokens import dump_tokens, load_tokens
 from bridge.runtime import open_store
-from bridge.sessions import SESSION_COOKIE, STATE_COOKIE, STATE_SECONDS
-from bridge.store import (LINK_ACTIVE, LINK_UNINSTALLED, PIPEDRIVE_TOKENS, Link, Secret, Store, StoreError,
-                          backend_scope, link_scope)
+from bridge.storage.schema import LINK_ACTIVE, LINK_UNINSTALLED, Link, Secret
+from bridge.storage.store import PIPEDRIVE_TOKENS, Store, StoreError, backend_scope, link_scope
 from bridge.testing import basic_auth, bridge_client, make_config
-from bridge.tokens import dump_tokens, load_tokens
+from bridge.web.sessions import SESSION_COOKIE, STATE_COOKIE, STATE_SECONDS
 
 pytestmark = pytest.mark.anyio
 

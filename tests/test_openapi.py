@@ -12,9 +12,9 @@ import httpx
 import pytest
 import schemathesis
 
-from bridge.openapi import BODY_ERRORS, DELETE_ERRORS, build_openapi, render_openapi
-from bridge.reverse_api import MEETING, POST_MEETING, routes
-from bridge.validation import MAX_DURATION_MINUTES, MAX_TOPIC_LENGTH, START_TIME_PATTERN
+from bridge.api.openapi import BODY_ERRORS, DELETE_ERRORS, build_openapi, render_openapi
+from bridge.api.routes import MEETING, POST_MEETING, routes
+from bridge.api.validation import MAX_DURATION_MINUTES, MAX_TOPIC_LENGTH, START_TIME_PATTERN
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,17 +15,17 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge.backends import Backend, BackendContext, MeetingRequest, Room
-from bridge.hookspecs import hookimpl
-from bridge.plugins import load_plugins
 from bridge.runtime import build_backends
 from bridge.testing import BridgeProcess, free_port, make_config, write_toml
+from bridge.vendors.hookspecs import hookimpl
+from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room
+from bridge.vendors.registry import load_plugins
 
 TIMEOUT = 60
 
 GOOD_PLUGIN = '''
-from bridge.backends import Backend, Room
-from bridge.hookspecs import hookimpl
+from bridge.vendors.interface import Backend, Room
+from bridge.vendors.hookspecs import hookimpl
 
 
 class AcmeBackend(Backend):
@@ -53,7 +53,7 @@ raise ImportError("acme-vendor-sdk is not installed")
 '''
 
 TYPO_PLUGIN = '''
-from bridge.hookspecs import hookimpl
+from bridge.vendors.hookspecs import hookimpl
 
 
 @hookimpl
@@ -62,7 +62,7 @@ def register_backend(register):  # misspelt: the hook is register_backends
 '''
 
 NOT_A_BACKEND_PLUGIN = '''
-from bridge.hookspecs import hookimpl
+from bridge.vendors.hookspecs import hookimpl
 
 
 class LooksLikeABackend:

@@ -33,15 +33,16 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from bridge.auth import basic_auth
+from bridge.api.auth import basic_auth
 from bridge.config import Config
-from bridge.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
-from bridge.pipedrive import PipedriveClient
-from bridge.store import LINK_UNINSTALLED, PIPEDRIVE_TOKENS, Store, backend_scope, link_scope
+from bridge.devtools.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
+from bridge.pipedrive.client import PipedriveClient
+from bridge.pipedrive.tokens import TokenKeeper, dump_tokens, load_tokens
 from bridge.runtime import open_store, prepare_database
+from bridge.storage.schema import LINK_UNINSTALLED
+from bridge.storage.store import PIPEDRIVE_TOKENS, Store, backend_scope, link_scope
+from bridge.storage.vault import generate_key, key_id
 from bridge.testing import BridgeProcess, free_port, make_config, run_ready_go_workers, write_config_toml
-from bridge.vault import generate_key, key_id
-from bridge.tokens import TokenKeeper, dump_tokens, load_tokens
 
 pytestmark = pytest.mark.anyio
 
@@ -86,8 +87,8 @@ class SlowTokenEndpoint(httpx.AsyncHTTPTransport):
 async def main():
     async with httpx.AsyncClient(transport=SlowTokenEndpoint()) as http:
         if kind == "pipedrive":
-            from bridge.pipedrive import PipedriveClient
-            from bridge.tokens import TokenKeeper
+            from bridge.pipedrive.client import PipedriveClient
+            from bridge.pipedrive.tokens import TokenKeeper
 
             keeper = TokenKeeper(store, PipedriveClient(config.pipedrive, http),
                                  config.pipedrive.token_refresh_margin_seconds)
@@ -98,9 +99,9 @@ async def main():
             def refreshes():
                 return keeper.refreshes
         else:
-            from bridge.backends import BackendContext, UserIdentity
-            from bridge.meetings import ScopedCredentials
-            from bridge.store import backend_scope, shared_scope
+            from bridge.vendors.interface import BackendContext, UserIdentity
+            from bridge.api.meetings import ScopedCredentials
+            from bridge.storage.store import backend_scope, shared_scope
             from pipedrive_video_bridge_zoom.oauth import UserTokens, ZoomOAuth
 
             table = config.backend_table("zoom")
@@ -331,10 +332,11 @@ async def test_a_zoom_user_token_is_refreshed_once_across_processes(tmp_path: Pa
             live = {token for token, owner in state.refresh_tokens.items() if owner == user}
         assert live == {stored.refresh_token}  # the one Zoom issued last, and only it
         async with httpx.AsyncClient() as http:  # and it works: one more refresh, forced
-            from bridge.backends import BackendContext, UserIdentity
-            from bridge.meetings import ScopedCredentials
-            from bridge.store import shared_scope
             from pipedrive_video_bridge_zoom.oauth import UserTokens, ZoomOAuth
+
+            from bridge.api.meetings import ScopedCredentials
+            from bridge.storage.store import shared_scope
+            from bridge.vendors.interface import BackendContext, UserIdentity
 
             ctx = BackendContext(user=UserIdentity(link_id=link.id, user_id=5, company_id=6), http=http,
                                  credentials=ScopedCredentials(store, scope),

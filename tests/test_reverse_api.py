@@ -18,15 +18,15 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-import bridge.store
-from bridge.backends import Backend, BackendContext, MeetingRequest, Room
+import bridge.storage.store
 from bridge.config import Config
 from bridge.errors import BackendError
-from bridge.hookspecs import hookimpl
-from bridge.invitation import render_invitation
-from bridge.store import (MEETING_ACTIVE, MEETING_DELETED, MEETING_DELETING, Link, Meeting, Secret, Store,
-                          StoreError)
+from bridge.storage.schema import MEETING_ACTIVE, MEETING_DELETED, MEETING_DELETING, Link, Meeting, Secret
+from bridge.storage.store import Store, StoreError
 from bridge.testing import bridge_client, make_config, prepared_store
+from bridge.vendors.hookspecs import hookimpl
+from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room
+from bridge.vendors.invitation import render_invitation
 
 pytestmark = pytest.mark.anyio
 
@@ -324,7 +324,7 @@ async def test_update_that_makes_a_new_room_deletes_the_old_one_after_storing(cl
                                                                              monkeypatch):
     meeting_id = await create(client, link.id)
     vendor.new_room_on_update = True
-    original = bridge.store.Store.replace_room
+    original = bridge.storage.store.Store.replace_room
 
     async def recording_replace_room(self: Store, *args: Any, **kwargs: Any) -> None:
         # the old room must still exist at the vendor when the new one is stored
@@ -332,7 +332,7 @@ async def test_update_that_makes_a_new_room_deletes_the_old_one_after_storing(cl
         await original(self, *args, **kwargs)
         vendor.calls.append(("store", "replace_room", kwargs["vendor_meeting_id"]))
 
-    monkeypatch.setattr(bridge.store.Store, "replace_room", recording_replace_room)
+    monkeypatch.setattr(bridge.storage.store.Store, "replace_room", recording_replace_room)
 
     response = await client.patch(meeting_url(link.id, meeting_id), json=MOVED)
 
@@ -360,7 +360,7 @@ async def test_update_whose_new_room_is_not_stored_keeps_the_old_room(client, li
     async def failing_replace_room(self: Store, *args: Any, **kwargs: Any) -> None:
         raise StoreError("database unavailable: OperationalError")
 
-    monkeypatch.setattr(bridge.store.Store, "replace_room", failing_replace_room)
+    monkeypatch.setattr(bridge.storage.store.Store, "replace_room", failing_replace_room)
 
     response = await client.patch(meeting_url(link.id, meeting_id), json=MOVED)
 
@@ -384,7 +384,7 @@ async def test_room_is_deleted_again_when_the_meeting_cannot_be_stored(client, l
     async def failing_add_meeting(self: Store, *args: Any, **kwargs: Any) -> None:
         raise StoreError("database unavailable: OperationalError")
 
-    monkeypatch.setattr(bridge.store.Store, "add_meeting", failing_add_meeting)
+    monkeypatch.setattr(bridge.storage.store.Store, "add_meeting", failing_add_meeting)
 
     response = await client.post(meetings_url(link.id), json=BODY)
 
@@ -400,7 +400,7 @@ async def test_failed_cleanup_still_answers_503(client, link, vendor, store, mon
     async def failing_add_meeting(self: Store, *args: Any, **kwargs: Any) -> None:
         raise StoreError("database unavailable: OperationalError")
 
-    monkeypatch.setattr(bridge.store.Store, "add_meeting", failing_add_meeting)
+    monkeypatch.setattr(bridge.storage.store.Store, "add_meeting", failing_add_meeting)
     vendor.fail["delete"] = BackendError("vendor is down")
 
     response = await client.post(meetings_url(link.id), json=BODY)
@@ -515,7 +515,7 @@ async def test_readyz_answers_503_when_the_database_is_down(client, monkeypatch)
     async def failing_ping(self: Store) -> None:
         raise StoreError("database unavailable: OperationalError")
 
-    monkeypatch.setattr(bridge.store.Store, "ping", failing_ping)
+    monkeypatch.setattr(bridge.storage.store.Store, "ping", failing_ping)
 
     response = await client.get("/readyz")
 

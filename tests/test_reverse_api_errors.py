@@ -20,11 +20,12 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import Session, select
 
-import bridge.store
+import bridge.storage.store
+from bridge.api.meetings import MeetingService
 from bridge.config import Config
 from bridge.errors import BackendError, BackendTimeout, BackendUnavailable
-from bridge.meetings import MeetingService
-from bridge.store import MEETING_ACTIVE, MEETING_DELETING, Link, Meeting, Secret, Store, StoreError
+from bridge.storage.schema import MEETING_ACTIVE, MEETING_DELETING, Link, Meeting, Secret
+from bridge.storage.store import Store, StoreError
 from bridge.testing import basic_auth, bridge_client, make_config
 
 pytestmark = pytest.mark.anyio
@@ -625,7 +626,7 @@ async def test_an_unavailable_database_is_503(client, link, vendor, monkeypatch)
     async def failing_lookup(self: Store, *args: Any) -> None:
         raise StoreError("database unavailable: OperationalError at 10.0.0.5")
 
-    monkeypatch.setattr(bridge.store.Store, "get_link_and_repeat", failing_lookup)
+    monkeypatch.setattr(bridge.storage.store.Store, "get_link_and_repeat", failing_lookup)
 
     response = await client.post(meetings_url(link.id), json=BODY)
 

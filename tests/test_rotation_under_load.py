@@ -29,9 +29,10 @@ from sqlalchemy import text
 
 from bridge.config import Config
 from bridge.runtime import open_store, prepare_database
-from bridge.store import MEETING_ACTIVE, Store, backend_scope
+from bridge.storage.schema import MEETING_ACTIVE
+from bridge.storage.store import Store, backend_scope
+from bridge.storage.vault import generate_key, key_id
 from bridge.testing import bridge_client, make_config, write_config_toml
-from bridge.vault import generate_key, key_id
 
 pytestmark = pytest.mark.anyio
 

@@ -37,14 +37,14 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from bridge.config import Config
-from bridge.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
+from bridge.devtools.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
 from bridge.logs import configure_logging
-from bridge.pipedrive import PipedriveClient
+from bridge.pipedrive.client import PipedriveClient
+from bridge.pipedrive.tokens import TokenKeeper, dump_tokens, load_tokens
 from bridge.runtime import open_store, prepare_database
-from bridge.store import PIPEDRIVE_TOKENS, link_scope
+from bridge.storage.store import PIPEDRIVE_TOKENS, link_scope
+from bridge.storage.vault import generate_key, key_id
 from bridge.testing import bridge_client, make_config, write_config_toml
-from bridge.tokens import TokenKeeper, dump_tokens, load_tokens
-from bridge.vault import generate_key, key_id
 
 pytestmark = pytest.mark.anyio
 

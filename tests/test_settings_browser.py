@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from bridge.app import create_app
-from bridge.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
-from bridge.loopback import serve_on_loopback
-from bridge.plugins import load_plugins
+from bridge.devtools.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
+from bridge.devtools.loopback import serve_on_loopback
 from bridge.testing import basic_auth, make_config
+from bridge.vendors.registry import load_plugins
 from tests.conftest import FakeVendor
 
 CHROMIUM = Path("/usr/bin/chromium")

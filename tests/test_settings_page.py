@@ -25,18 +25,19 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from bridge.app import create_app
-from bridge.backends import Backend, BackendContext, MeetingRequest, Room
 from bridge.config import Config
+from bridge.devtools.fake_pipedrive import FakePipedriveState, FakeUser, running_fake_pipedrive
+from bridge.devtools.loopback import serve_on_loopback
 from bridge.errors import BackendError
-from bridge.fake_pipedrive import FakePipedriveState, FakeUser, running_fake_pipedrive
-from bridge.hookspecs import hookimpl
-from bridge.invitation import render_invitation
-from bridge.loopback import serve_on_loopback
-from bridge.plugins import load_plugins
-from bridge.sessions import SESSION_COOKIE
 from bridge.signing import Signer
-from bridge.store import Link, Secret, Store, backend_scope
+from bridge.storage.schema import Link, Secret
+from bridge.storage.store import Store, backend_scope
 from bridge.testing import basic_auth, make_config
+from bridge.vendors.hookspecs import hookimpl
+from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room
+from bridge.vendors.invitation import render_invitation
+from bridge.vendors.registry import load_plugins
+from bridge.web.sessions import SESSION_COOKIE
 from tests.conftest import FakeVendor
 
 pytestmark = pytest.mark.anyio

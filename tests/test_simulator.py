@@ -22,11 +22,11 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge.app import create_app
-from bridge.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
-from bridge.loopback import serve_on_loopback
-from bridge.simulator import STEPS, Simulator, post_meeting_problems
+from bridge.devtools.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
+from bridge.devtools.loopback import serve_on_loopback
+from bridge.devtools.simulator import STEPS, Simulator, post_meeting_problems
+from bridge.storage.vault import generate_key
 from bridge.testing import BridgeProcess, free_port, make_config, running, write_toml
-from bridge.vault import generate_key
 
 CLIENT_ID = "simulated-app"
 CLIENT_SECRET = "simulated-app-secret-" + generate_key()[:8]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from bridge.singleflight import SingleFlight
+from bridge.vendors.singleflight import SingleFlight
 
 pytestmark = pytest.mark.anyio
 

@@ -25,12 +25,21 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.dialects import postgresql
 from sqlmodel import SQLModel
 
-from bridge import migrations
 from bridge.config import Config, VaultConfig
 from bridge.runtime import StartupError, open_store, prepare_database
-from bridge.store import (Link, Meeting, Store, StoredRoom, StoreError, backend_scope, link_scope,
-                          make_engine, meeting_scope, new_meeting_id)
-from bridge.vault import Vault, VaultError, generate_key, key_id, load_or_create_key_file
+from bridge.storage import migrations
+from bridge.storage.schema import Link, Meeting
+from bridge.storage.store import (
+    Store,
+    StoredRoom,
+    StoreError,
+    backend_scope,
+    link_scope,
+    make_engine,
+    meeting_scope,
+    new_meeting_id,
+)
+from bridge.storage.vault import Vault, VaultError, generate_key, key_id, load_or_create_key_file
 
 pytestmark = pytest.mark.anyio
 

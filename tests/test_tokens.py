@@ -22,13 +22,13 @@ from sqlalchemy import update
 from sqlmodel import Session
 
 from bridge.config import Config
+from bridge.devtools.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
 from bridge.errors import Gone, ServiceUnavailable
-from bridge.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
-from bridge.pipedrive import PipedriveClient, TokenSet
-from bridge.store import (LINK_ACTIVE, LINK_NEEDS_REINSTALL, LINK_UNINSTALLED, PIPEDRIVE_TOKENS, Link, Store,
-                          link_scope, utcnow)
+from bridge.pipedrive.client import PipedriveClient, TokenSet
+from bridge.pipedrive.tokens import TokenKeeper, dump_tokens, load_tokens
+from bridge.storage.schema import LINK_ACTIVE, LINK_NEEDS_REINSTALL, LINK_UNINSTALLED, Link, utcnow
+from bridge.storage.store import PIPEDRIVE_TOKENS, Store, link_scope
 from bridge.testing import make_config, run_ready_go_workers, write_config_toml
-from bridge.tokens import TokenKeeper, dump_tokens, load_tokens
 
 pytestmark = pytest.mark.anyio
 
@@ -355,9 +355,9 @@ from pathlib import Path
 import anyio, httpx
 
 from bridge.config import load_config
-from bridge.pipedrive import PipedriveClient
+from bridge.pipedrive.client import PipedriveClient
 from bridge.runtime import open_store
-from bridge.tokens import TokenKeeper
+from bridge.pipedrive.tokens import TokenKeeper
 
 config = load_config(Path(sys.argv[1]), env={})
 link_id = sys.argv[2]

@@ -21,15 +21,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bridge.backends import Backend, BackendContext, MeetingRequest, Room
 from bridge.config import Config
+from bridge.devtools.loopback import serve_on_loopback
 from bridge.errors import BackendError, BackendUnavailable
-from bridge.hookspecs import hookimpl
-from bridge.invitation import render_invitation
-from bridge.loopback import serve_on_loopback
-from bridge.store import Link
+from bridge.storage.schema import Link
 from bridge.testing import bridge_client, make_config
-from bridge.vendor_http import RETRY_EXTENSION, RetryPolicy, RetryTransport, raise_for_vendor, retry_after_seconds
+from bridge.vendors.hookspecs import hookimpl
+from bridge.vendors.http import RETRY_EXTENSION, RetryPolicy, RetryTransport, raise_for_vendor, retry_after_seconds
+from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room
+from bridge.vendors.invitation import render_invitation
 
 pytestmark = pytest.mark.anyio
 

@@ -25,9 +25,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from bridge.backends import Backend, BackendContext, MeetingRequest, Room, UserIdentity
-from bridge.hookspecs import hookimpl
-from bridge.invitation import render_invitation
+from bridge.plugin import Backend, BackendContext, MeetingRequest, Room, UserIdentity, hookimpl, render_invitation
 
 MODES = ("public", "token", "jaas")
 JAAS_DOMAIN = "8x8.vc"

@@ -30,11 +30,16 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from bridge.backends import Backend, BackendContext, MeetingRequest, Room
-from bridge.errors import BackendError
-from bridge.hookspecs import hookimpl
-from bridge.invitation import render_invitation
-from bridge.vendor_http import raise_for_vendor
+from bridge.plugin import (
+    Backend,
+    BackendContext,
+    BackendError,
+    MeetingRequest,
+    Room,
+    hookimpl,
+    raise_for_vendor,
+    render_invitation,
+)
 
 DEFAULT_API_BASE = "https://api.whereby.dev/v1"
 ROOM_MODES = ("normal", "group")

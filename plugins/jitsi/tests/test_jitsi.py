@@ -23,11 +23,22 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
-from bridge.backends import Backend, BackendContext, MeetingRequest, Room
-from bridge.testing import (BackendConformance, BridgeProcess, basic_auth, bridge_client, make_config, make_context,
-                            prepared_store, running, sample_meeting, sample_user, write_toml)
 from pipedrive_video_bridge_jitsi import JitsiBackend
+
+from bridge.plugin import Backend, BackendContext, MeetingRequest, Room
+from bridge.testing import (
+    BackendConformance,
+    BridgeProcess,
+    basic_auth,
+    bridge_client,
+    make_config,
+    make_context,
+    prepared_store,
+    running,
+    sample_meeting,
+    sample_user,
+    write_toml,
+)
 
 APP_ID = "my-jitsi-app"
 APP_SECRET = "a-shared-secret-long-enough-for-hs256-0123456789"
@@ -450,7 +461,7 @@ async def test_end_to_end_refuses_wrong_credentials(tmp_path: Path) -> None:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
     """``serve`` in a subprocess on a free port: (base URL, config file, auth headers)."""
-    from bridge.vault import generate_key
+    from bridge.storage.vault import generate_key
 
     client_secret = "e2e-secret-" + generate_key()[:16]
     config_file = write_toml(tmp_path / "bridge.toml", {

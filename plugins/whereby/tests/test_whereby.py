@@ -29,20 +29,28 @@ from typing import Any
 
 import httpx
 import pytest
+from pipedrive_video_bridge_whereby import DEFAULT_API_BASE, KNOWN_SETTINGS, MIN_ROOM_LIFETIME, WherebyBackend
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-import bridge.store
-from bridge.backends import Backend, BackendContext
-from bridge.config import Config, parse_config
-from bridge.errors import BackendError, BackendUnavailable
-from bridge.loopback import serve_on_loopback
-from bridge.store import MEETING_ACTIVE, Store, StoreError
-from bridge.testing import (BackendConformance, bridge_client, make_config, make_context, prepared_store,
-                            sample_meeting)
-from bridge.vendor_http import RetryPolicy, RetryTransport
-from pipedrive_video_bridge_whereby import DEFAULT_API_BASE, KNOWN_SETTINGS, MIN_ROOM_LIFETIME, WherebyBackend
+from bridge.plugin import Backend, BackendContext, BackendError, BackendUnavailable
+from bridge.testing import (
+    MEETING_ACTIVE,
+    BackendConformance,
+    Config,
+    RetryPolicy,
+    RetryTransport,
+    Store,
+    StoreError,
+    bridge_client,
+    make_config,
+    make_context,
+    parse_config,
+    prepared_store,
+    sample_meeting,
+    serve_on_loopback,
+)
 
 API_KEY = "whereby-test-key-5f1c0e9a7b2d4c38a1e6"
 ATTEMPTS = 3
@@ -636,14 +644,14 @@ async def test_end_to_end_move_deletes_the_old_room_only_after_storing_the_new(
     response = await pipedrive.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY)
     meeting_id = response.json()["data"]["meeting_id"]
     [old] = list(whereby.rooms)
-    original = bridge.store.Store.replace_room
+    original = Store.replace_room
 
     async def recording_replace_room(self: Store, *args: Any, **kwargs: Any) -> None:
         assert old in whereby.rooms, "the old room must still exist when the new one is stored"
         await original(self, *args, **kwargs)
         whereby.events.append(("stored", kwargs["vendor_meeting_id"]))
 
-    monkeypatch.setattr(bridge.store.Store, "replace_room", recording_replace_room)
+    monkeypatch.setattr(Store, "replace_room", recording_replace_room)
 
     response = await pipedrive.patch(f"/api/v1/links/{link_id}/meetings/{meeting_id}", json=MOVED_BODY)
 
@@ -667,7 +675,7 @@ async def test_end_to_end_a_move_not_stored_deletes_the_new_room_and_keeps_the_o
     async def failing_replace_room(self: Store, *args: Any, **kwargs: Any) -> None:
         raise StoreError("database unavailable: OperationalError")
 
-    monkeypatch.setattr(bridge.store.Store, "replace_room", failing_replace_room)
+    monkeypatch.setattr(Store, "replace_room", failing_replace_room)
 
     response = await pipedrive.patch(f"/api/v1/links/{link_id}/meetings/{meeting_id}", json=MOVED_BODY)
 

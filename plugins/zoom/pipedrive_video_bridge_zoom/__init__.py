@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bridge.hookspecs import hookimpl
+from bridge.plugin import hookimpl
 
 from .backend import ZoomBackend, ZoomUserBackend
 

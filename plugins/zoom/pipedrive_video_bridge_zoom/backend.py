@@ -18,13 +18,18 @@ from urllib.parse import quote
 import anyio
 import httpx
 
-from bridge.backends import Backend, BackendContext, MeetingRequest, Room
-from bridge.errors import BackendError, BridgeError
-from bridge.invitation import render_invitation
-from bridge.vendor_http import RETRY_EXTENSION
+from bridge.plugin import (
+    RETRY_EXTENSION,
+    Backend,
+    BackendContext,
+    BackendError,
+    BridgeError,
+    MeetingRequest,
+    Room,
+    render_invitation,
+)
 
-from .errors import (is_invalid_token, is_missing_meeting, is_missing_user, json_object, raise_for_zoom,
-                     worth_retrying)
+from .errors import is_invalid_token, is_missing_meeting, is_missing_user, json_object, raise_for_zoom, worth_retrying
 from .oauth import AccountTokens, TokenSource, UserTokens, ZoomOAuth, settings_url_of
 from .settings import ZoomSettings, parse_settings
 

@@ -16,8 +16,7 @@ from typing import Any
 
 import httpx
 
-from bridge.errors import BackendError, BackendUnavailable
-from bridge.vendor_http import raise_for_vendor
+from bridge.plugin import BackendError, BackendUnavailable, raise_for_vendor
 
 TITLE = "Zoom"
 INVALID_TOKEN = 124

@@ -39,8 +39,8 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bridge.auth import basic_auth
-from bridge.loopback import serve_on_loopback
+from bridge.plugin import basic_auth
+from bridge.testing import serve_on_loopback
 
 _START_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 _PASSCODE = re.compile(r"[A-Za-z0-9@\-_*]{1,10}")

@@ -28,11 +28,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-from bridge.auth import basic_auth
-from bridge.backends import BackendContext, LockedSecret
-from bridge.errors import BackendError
-from bridge.singleflight import SingleFlight
-from bridge.vendor_http import raise_for_vendor
+from bridge.plugin import BackendContext, BackendError, LockedSecret, SingleFlight, basic_auth, raise_for_vendor
 
 from .errors import TITLE, json_object
 

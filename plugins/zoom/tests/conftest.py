@@ -9,13 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
-
-from bridge.backends import BackendContext
-from bridge.testing import InMemoryCredentials, make_context, sample_user
-from bridge.vendor_http import RetryPolicy, RetryTransport
 from pipedrive_video_bridge_zoom import ZoomBackend, ZoomUserBackend
 from pipedrive_video_bridge_zoom.fake_zoom import FakeZoomState, running_fake_zoom
 from pipedrive_video_bridge_zoom.oauth import USER_TOKENS, UserConnection
+
+from bridge.plugin import BackendContext
+from bridge.testing import InMemoryCredentials, RetryPolicy, RetryTransport, make_context, sample_user
 
 CLIENT_ID = "zoom-client-id"
 CLIENT_SECRET = "zoom-client-secret-" + secrets.token_hex(8)

@@ -8,13 +8,12 @@ import time
 import anyio
 import httpx
 import pytest
-
-from bridge.backends import BackendContext, Room
-from bridge.errors import BackendError
-from bridge.testing import InMemoryCredentials, make_context, sample_meeting, sample_user
 from pipedrive_video_bridge_zoom import ZoomBackend
 from pipedrive_video_bridge_zoom.fake_zoom import FakeZoomState
 from pipedrive_video_bridge_zoom.oauth import ACCOUNT_TOKEN
+
+from bridge.plugin import BackendContext, BackendError, Room
+from bridge.testing import InMemoryCredentials, make_context, sample_meeting, sample_user
 
 pytestmark = pytest.mark.anyio
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
-from bridge.backends import Backend, BackendContext
-from bridge.testing import BackendConformance
 from pipedrive_video_bridge_zoom.fake_zoom import FakeZoomState
+
+from bridge.plugin import Backend, BackendContext
+from bridge.testing import BackendConformance
 
 
 class IssuedSecrets:

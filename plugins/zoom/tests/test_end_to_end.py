@@ -16,13 +16,19 @@ import anyio
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-
-from bridge.app import create_app
-from bridge.config import Config
-from bridge.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
-from bridge.plugins import load_plugins
-from bridge.testing import basic_auth, bridge_client, make_config, prepared_store
 from pipedrive_video_bridge_zoom.fake_zoom import FakeZoomState
+
+from bridge.testing import (
+    Config,
+    FakePipedriveState,
+    basic_auth,
+    bridge_client,
+    create_app,
+    load_plugins,
+    make_config,
+    prepared_store,
+    running_fake_pipedrive,
+)
 
 pytestmark = pytest.mark.anyio
 

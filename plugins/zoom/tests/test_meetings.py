@@ -6,14 +6,12 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-
-from bridge.backends import BackendContext
-from bridge.errors import BackendError, BackendUnavailable
-from bridge.invitation import render_invitation
-from bridge.testing import sample_meeting
 from pipedrive_video_bridge_zoom import ZoomBackend
 from pipedrive_video_bridge_zoom.errors import daily_limit_reset, is_daily_limit, raise_for_zoom
 from pipedrive_video_bridge_zoom.fake_zoom import DAILY_LIMIT_MESSAGE, FakeZoomState
+
+from bridge.plugin import BackendContext, BackendError, BackendUnavailable, render_invitation
+from bridge.testing import sample_meeting
 
 pytestmark = pytest.mark.anyio
 

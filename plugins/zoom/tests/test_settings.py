@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from pipedrive_video_bridge_zoom import ZoomBackend, ZoomUserBackend
 from pipedrive_video_bridge_zoom.settings import KNOWN_SETTINGS
 

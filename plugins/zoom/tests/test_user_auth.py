@@ -10,13 +10,12 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 import httpx
 import pytest
-
-from bridge.backends import BackendContext, Room
-from bridge.errors import BackendError
-from bridge.testing import InMemoryCredentials, make_context, sample_meeting
 from pipedrive_video_bridge_zoom import ZoomBackend
 from pipedrive_video_bridge_zoom.fake_zoom import FakeZoomState
 from pipedrive_video_bridge_zoom.oauth import USER_TOKENS
+
+from bridge.plugin import BackendContext, BackendError, Room
+from bridge.testing import InMemoryCredentials, make_context, sample_meeting
 
 pytestmark = pytest.mark.anyio
 

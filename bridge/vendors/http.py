@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import anyio
 import httpx
 
-from .errors import BackendError, BackendUnavailable
+from bridge.errors import BackendError, BackendUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .auth import check_basic_auth
-from .backends import MeetingRequest
-from .errors import BadRequest, BridgeError, NotFound, UnsupportedMediaType
-from .meetings import MeetingService
-from .runtime import Bridge
-from .validation import parse_meeting
+from bridge.api.auth import check_basic_auth
+from bridge.api.meetings import MeetingService
+from bridge.api.validation import parse_meeting
+from bridge.errors import BadRequest, BridgeError, NotFound, UnsupportedMediaType
+from bridge.runtime import Bridge
+from bridge.vendors.interface import MeetingRequest
 
 PREFIX = "/api/v1/links"
 POST_MEETING = PREFIX + "/{link_id}/meetings"

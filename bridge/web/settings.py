@@ -24,15 +24,16 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from .backends import Backend
-from .errors import BridgeError
-from .install import LOGIN
-from .meetings import MeetingService, backend_context, call_backend
-from .pages import page, templates
-from .runtime import Bridge
-from .sessions import Session, connect_state, connect_state_ok, csrf_ok, csrf_token, end_session, read_session
-from .store import LINK_ACTIVE, Link, StoreError
-from .vault import VaultError
+from bridge.api.meetings import MeetingService, backend_context, call_backend
+from bridge.errors import BridgeError
+from bridge.runtime import Bridge
+from bridge.storage.schema import LINK_ACTIVE, Link
+from bridge.storage.store import StoreError
+from bridge.storage.vault import VaultError
+from bridge.vendors.interface import Backend
+from bridge.web.install import LOGIN
+from bridge.web.pages import page, templates
+from bridge.web.sessions import Session, connect_state, connect_state_ok, csrf_ok, csrf_token, end_session, read_session
 
 log = logging.getLogger(__name__)
 

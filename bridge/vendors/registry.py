@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import pluggy
 
-from . import hookspecs
-from .backends import Backend
-from .config import BACKEND_NAME
+from bridge.config import BACKEND_NAME
+from bridge.vendors import hookspecs
+from bridge.vendors.interface import Backend
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .runtime import Bridge
+from bridge.runtime import Bridge
 
 SESSION_COOKIE = "pvb_session"
 STATE_COOKIE = "pvb_oauth_state"

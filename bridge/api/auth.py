@@ -6,7 +6,7 @@ import base64
 import binascii
 import hmac
 
-from .errors import Unauthorized
+from bridge.errors import Unauthorized
 
 MAX_HEADER_LENGTH = 2048
 

@@ -23,14 +23,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from .auth import check_basic_auth
-from .errors import BadRequest
-from .pages import page
-from .pipedrive import PipedriveError, PipedriveUser, TokenSet
-from .runtime import Bridge
-from .sessions import STATE_COOKIE, STATE_SECONDS, check_state, new_state, set_cookie, start_session
-from .store import LINK_UNINSTALLED, Link
-from .tokens import dump_tokens
+from bridge.api.auth import check_basic_auth
+from bridge.errors import BadRequest
+from bridge.pipedrive.client import PipedriveError, PipedriveUser, TokenSet
+from bridge.pipedrive.tokens import dump_tokens
+from bridge.runtime import Bridge
+from bridge.storage.schema import LINK_UNINSTALLED, Link
+from bridge.web.pages import page
+from bridge.web.sessions import STATE_COOKIE, STATE_SECONDS, check_state, new_state, set_cookie, start_session
 
 log = logging.getLogger(__name__)
 

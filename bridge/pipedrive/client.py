@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .config import PipedriveConfig
+from bridge.config import PipedriveConfig
 
 _PIPEDRIVE_HOST = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.pipedrive\.com$")
 

@@ -68,6 +68,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE meeting ADD COLUMN request_hash VARCHAR(64)",
         "CREATE INDEX ix_meeting_link_request ON meeting (link_id, request_hash)",
     )),
+    Migration(4, "leases: a token refresh claimed across replicas without holding a transaction", (
+        """CREATE TABLE lease (
+            name VARCHAR(320) NOT NULL PRIMARY KEY,
+            holder VARCHAR(64) NOT NULL,
+            expires_at FLOAT NOT NULL
+        )""",
+    )),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .reverse_api import ID_PATTERN, MEETING, POST_MEETING
-from .validation import MAX_DURATION_MINUTES, MAX_TOPIC_LENGTH, START_TIME_PATTERN
+from bridge import __version__
+from bridge.api.routes import ID_PATTERN, MEETING, POST_MEETING
+from bridge.api.validation import MAX_DURATION_MINUTES, MAX_TOPIC_LENGTH, START_TIME_PATTERN
 
 OPENAPI_VERSION = "3.0.3"
 SECURITY_SCHEME = "pipedriveBasic"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .backends import MeetingRequest, UserIdentity
+from bridge.vendors.interface import MeetingRequest, UserIdentity
 
 
 def format_start(meeting: MeetingRequest) -> str:

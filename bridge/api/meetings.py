@@ -22,15 +22,22 @@ from typing import TypeVar
 import anyio
 import httpx
 
-from .backends import Backend, BackendContext, LockedSecret, MeetingRequest, Room, UserIdentity
-from .errors import (BackendError, BackendTimeout, BackendUnavailable, BridgeError, Gone,
-                     NotFound, ServiceUnavailable)
-from .invitation import render_invitation
-from .metrics import Observation
-from .runtime import Bridge
-from .store import (LINK_ACTIVE, MEETING_ACTIVE, MEETING_DELETED, MEETING_DELETING, Link, Meeting,
-                    Repeated, Store, StoredRoom, StoreError, backend_scope, new_meeting, shared_scope, utcnow)
-from .vault import VaultError
+from bridge.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    BridgeError,
+    Gone,
+    NotFound,
+    ServiceUnavailable,
+)
+from bridge.metrics import Observation
+from bridge.runtime import Bridge
+from bridge.storage.schema import LINK_ACTIVE, MEETING_ACTIVE, MEETING_DELETED, MEETING_DELETING, Link, Meeting, utcnow
+from bridge.storage.store import Repeated, Store, StoredRoom, StoreError, backend_scope, new_meeting, shared_scope
+from bridge.storage.vault import VaultError
+from bridge.vendors.interface import Backend, BackendContext, LockedSecret, MeetingRequest, Room, UserIdentity
+from bridge.vendors.invitation import render_invitation
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -36,10 +36,10 @@ from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
 import httpx
 
-from .auth import basic_auth
-from .fake_pipedrive import FakePipedriveState
-from .install import CALLBACK, INSTALL
-from .manifest import manifest_problems
+from bridge.api.auth import basic_auth
+from bridge.api.manifest import manifest_problems
+from bridge.devtools.fake_pipedrive import FakePipedriveState
+from bridge.web.install import CALLBACK, INSTALL
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8901

@@ -11,8 +11,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from .backends import MeetingRequest
-from .errors import BadRequest
+from bridge.errors import BadRequest
+from bridge.vendors.interface import MeetingRequest
 
 MAX_TOPIC_LENGTH = 1000
 MAX_DURATION_MINUTES = 31 * 24 * 60

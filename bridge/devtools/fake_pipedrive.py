@@ -32,8 +32,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from .auth import basic_auth
-from .loopback import serve_on_loopback
+from bridge.api.auth import basic_auth
+from bridge.devtools.loopback import serve_on_loopback
 
 LINKS_PATH = "/api/v1/meetings/userProviderLinks"
 

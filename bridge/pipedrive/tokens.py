@@ -20,11 +20,12 @@ from datetime import timedelta
 
 import anyio
 
-from .errors import Gone, ServiceUnavailable
-from .metrics import Metrics
-from .pipedrive import InvalidGrant, PipedriveClient, PipedriveError, TokenSet
-from .singleflight import SingleFlight
-from .store import LINK_NEEDS_REINSTALL, PIPEDRIVE_TOKENS, Store, link_scope, utcnow
+from bridge.errors import Gone, ServiceUnavailable
+from bridge.metrics import Metrics
+from bridge.pipedrive.client import InvalidGrant, PipedriveClient, PipedriveError, TokenSet
+from bridge.storage.schema import LINK_NEEDS_REINSTALL, utcnow
+from bridge.storage.store import PIPEDRIVE_TOKENS, Store, link_scope
+from bridge.vendors.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 

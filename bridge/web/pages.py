@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
-from .logs import request_id_var
+from bridge.logs import request_id_var
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import jsonschema
 
-from .config import Config
-from .reverse_api import MEETING, POST_MEETING
+from bridge.api.routes import MEETING, POST_MEETING
+from bridge.config import Config
 
 VERSION = "v202049"
 

@@ -13,99 +13,65 @@ import functools
 import hashlib
 import json
 import secrets as _secrets
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import (BigInteger, Column, Connection, Engine, Index, Row, Table, bindparam, delete, event, func,
-                        insert, inspect, select, text, update)
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Table,
+    bindparam,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import configure_mappers
 from sqlalchemy.pool import NullPool
-from sqlmodel import Field, SQLModel, create_engine
+from sqlmodel import SQLModel, create_engine
 
-from .backends import LockedSecret
-from .vault import Vault, VaultError
+from bridge.errors import ServiceUnavailable
+from bridge.storage.schema import (
+    LEASES,
+    LINK_ACTIVE,
+    LINK_UNINSTALLED,
+    LINKS,
+    MEETING_ACTIVE,
+    MEETING_DELETED,
+    MEETINGS,
+    SECRETS,
+    Link,
+    Meeting,
+    utcnow,
+)
+from bridge.storage.vault import Vault, VaultError
+from bridge.vendors.interface import LockedSecret
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-LINK_ACTIVE = "active"
-LINK_NEEDS_REINSTALL = "needs_reinstall"
-LINK_UNINSTALLED = "uninstalled"
-PIPEDRIVE_TOKENS = "pipedrive_tokens"
-MEETING_ACTIVE = "active"
-MEETING_DELETING = "deleting"
-MEETING_DELETED = "deleted"
-STORE_THREADS = 16  # worker threads (and pooled connections) per store
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class Link(SQLModel, table=True):
-    """One Pipedrive user's connection; its id is the ``linkId`` in every reverse-API URL."""
-
-    __table_args__ = (Index("ix_link_company_user", "company_id", "pipedrive_user_id"),)
-
-    id: str = Field(primary_key=True, max_length=64)
-    pipedrive_user_id: int = Field(sa_column=Column(BigInteger, nullable=False))
-    company_id: int = Field(sa_column=Column(BigInteger, nullable=False))
-    user_name: str = Field(default="", max_length=255)
-    user_email: str = Field(default="", max_length=320)
-    api_domain: str | None = Field(default=None, max_length=255)
-    backend: str | None = Field(default=None, max_length=40)
-    status: str = Field(default=LINK_ACTIVE, max_length=32)
-    tokens_refreshed_at: datetime | None = None
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
-
-
-class Meeting(SQLModel, table=True):
-    """The bridge's own meeting id, mapped to the backend and vendor id that made the room."""
-
-    id: str = Field(primary_key=True, max_length=64)
-    link_id: str = Field(foreign_key="link.id", index=True, max_length=64)
-    backend: str = Field(max_length=40)
-    vendor_meeting_id: str = Field(max_length=255)
-    start_time: datetime
-    duration: int
-    state: str = Field(default=MEETING_ACTIVE, max_length=16)
-    request_hash: str | None = Field(default=None, max_length=64)
-    created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
-
-
-class Secret(SQLModel, table=True):
-    """An encrypted value; (scope, name) is both its key and its authenticated context."""
-
-    scope: str = Field(primary_key=True, max_length=200)
-    name: str = Field(primary_key=True, max_length=100)
-    key_id: str = Field(index=True, max_length=16)
-    ciphertext: str
-    version: int = 1
-    updated_at: datetime = Field(default_factory=utcnow)
-
-
-class SchemaMigration(SQLModel, table=True):
-    __tablename__ = "schema_migrations"
-
-    version: int = Field(primary_key=True)
-    description: str
-    applied_at: datetime = Field(default_factory=utcnow)
-
-
 # the models' attributes are instrumented on first use by the ORM, which ``_built`` bypasses
 configure_mappers()
+
+PIPEDRIVE_TOKENS = "pipedrive_tokens"
+STORE_THREADS = 16  # worker threads (and pooled connections) per store
+LEASE_POLL_SECONDS = (0.01, 0.25)  # the first and the longest wait between two tries to take a held lease
 
 
 @dataclass(frozen=True)
@@ -223,9 +189,6 @@ def _writes(method: Callable[P, T]) -> Callable[P, Awaitable[T]]:
     return wrapper
 
 
-LINKS: Table = Link.__table__  # type: ignore[attr-defined]
-MEETINGS: Table = Meeting.__table__  # type: ignore[attr-defined]
-SECRETS: Table = Secret.__table__  # type: ignore[attr-defined]
 
 # the statements of the reverse API's path, built once so SQLAlchemy's compiled cache always hits
 _LINK_BY_ID = select(LINKS).where(LINKS.c.id == bindparam("id"))
@@ -237,6 +200,8 @@ _REPEATED = (select(MEETINGS)
 _SECRET = select(SECRETS.c.ciphertext).where(SECRETS.c.scope == bindparam("scope"),
                                              SECRETS.c.name == bindparam("name"))
 _INSERT_MEETING = insert(MEETINGS)
+_LEASE_HOLDER = select(LEASES.c.holder).where(LEASES.c.name == bindparam("name"))
+_RELEASE_LEASE = delete(LEASES).where(LEASES.c.name == bindparam("name"), LEASES.c.holder == bindparam("holder"))
 
 
 def _secret_upsert(dialect_insert: Callable[[Table], Any]) -> Any:
@@ -249,6 +214,15 @@ def _secret_upsert(dialect_insert: Callable[[Table], Any]) -> Any:
     return statement.on_conflict_do_update(index_elements=["scope", "name"], set_={
         "key_id": statement.excluded.key_id, "ciphertext": statement.excluded.ciphertext,
         "version": SECRETS.c.version + 1, "updated_at": statement.excluded.updated_at})
+
+
+def _lease_take(dialect_insert: Callable[[Table], Any]) -> Any:
+    """Insert a lease, or take over one that has expired; a running lease of another holder stays."""
+    statement = dialect_insert(LEASES)
+    return statement.on_conflict_do_update(
+        index_elements=["name"],
+        set_={"holder": statement.excluded.holder, "expires_at": statement.excluded.expires_at},
+        where=LEASES.c.expires_at < bindparam("now"))
 
 
 M = TypeVar("M", bound=SQLModel)
@@ -297,7 +271,9 @@ class Store:
         self._secret_locks: defaultdict[tuple[str, str], anyio.Lock] = defaultdict(anyio.Lock)
         self._sqlite_writer = anyio.Lock()
         self.is_sqlite = engine.dialect.name == "sqlite"
-        self._upsert_secret = _secret_upsert(sqlite_insert if self.is_sqlite else postgresql_insert)
+        dialect_insert = sqlite_insert if self.is_sqlite else postgresql_insert
+        self._upsert_secret = _secret_upsert(dialect_insert)
+        self._take_lease = _lease_take(dialect_insert)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -540,6 +516,54 @@ class Store:
             (SECRETS.c.scope == scope) | SECRETS.c.scope.like(prefix, escape="\\")))
         return int(result.rowcount)
 
+    @_writes
+    def swap_secret(self, scope: str, name: str, expected: str | None, new: str) -> bool:
+        """Compare-and-swap: write ``new`` only if the secret still holds ``expected`` (None: absent)."""
+        vault = self._require_vault()
+        with self._transaction(write=True) as conn:
+            if not self._holds(conn, vault, scope, name, expected):
+                return False
+            self._put_secret(conn, vault, scope, name, new)
+            return True
+
+    # --- leases ---------------------------------------------------------------------
+
+    @_writes
+    def take_lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Take the lease on ``name`` for ``seconds``, unless another holder's lease is still running."""
+        now = time.time()
+        with self._transaction(write=True) as conn:
+            conn.execute(self._take_lease, {"name": name, "holder": holder, "expires_at": now + seconds, "now": now})
+            return bool(conn.execute(_LEASE_HOLDER, {"name": name}).scalar() == holder)
+
+    @_writes
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._transaction(write=True) as conn:
+            conn.execute(_RELEASE_LEASE, {"name": name, "holder": holder})
+
+    @asynccontextmanager
+    async def lease(self, name: str, seconds: float) -> AsyncIterator[None]:
+        """Hold ``name`` across processes while the block runs, for ``seconds`` at most.
+
+        Taking and releasing are short transactions of their own: nothing is held open
+        while the block waits on the network, and a holder that dies loses the lease when
+        it expires. A lease held by another waits (polling, backing off) up to ``seconds``.
+        """
+        holder = _secrets.token_hex(16)
+        deadline = time.monotonic() + seconds
+        delay, longest = LEASE_POLL_SECONDS
+        while not await self.take_lease(name, holder, seconds):
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailable("another request has been renewing the same token for too long; "
+                                         "please try again")
+            await anyio.sleep(delay)
+            delay = min(delay * 2, longest)
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.release_lease(name, holder)
+
     @asynccontextmanager
     async def locked_secret(self, scope: str, name: str) -> AsyncIterator[LockedSecret]:
         """Hold one secret exclusively, within this process and across processes, while it is refreshed.
@@ -552,9 +576,8 @@ class Store:
         does not take this lock (an uninstall's erase, a re-install) changed the
         value meanwhile: that write wins.
         """
-        async with self._secret_locks[(scope, name)]:
-            async with self._locked_row(scope, name) as locked:
-                yield locked
+        async with self._secret_locks[(scope, name)], self._locked_row(scope, name) as locked:
+            yield locked
 
     @asynccontextmanager
     async def _locked_row(self, scope: str, name: str) -> AsyncIterator[LockedSecret]:

@@ -47,7 +47,8 @@ def _decode_key(key: str) -> bytes:
     try:
         raw = base64.urlsafe_b64decode(key.strip().encode())
     except (binascii.Error, ValueError):
-        raise VaultError("a vault key is not valid base64; make one with `pipedrive-video-bridge keys generate`") from None
+        raise VaultError("a vault key is not valid base64; make one with "
+                         "`pipedrive-video-bridge keys generate`") from None
     if len(raw) != 32:
         raise VaultError(f"a vault key must be 32 bytes, got {len(raw)}; "
                          "make one with `pipedrive-video-bridge keys generate`")

@@ -1,0 +1,1 @@
+"""Developer tools: the Pipedrive simulator, a fake Pipedrive, a loopback server for fakes."""

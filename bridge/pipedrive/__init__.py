@@ -1,0 +1,1 @@
+"""Pipedrive itself: its OAuth and REST client, and the upkeep of each link's tokens."""

@@ -1,0 +1,50 @@
+"""The plugin API: everything a backend plugin may import from the core, and nothing else.
+
+A plugin is a distribution with an entry point in the ``pipedrive_video_bridge``
+group whose module implements the ``register_backends`` hook::
+
+    from bridge.plugin import Backend, BackendContext, MeetingRequest, Room, hookimpl
+
+    @hookimpl
+    def register_backends(register):
+        register(MyVendorBackend)
+
+The names in ``__all__`` are the contract; the rest of the core may change
+without notice. A plugin's tests may use ``bridge.testing`` as well.
+"""
+
+from bridge.api.auth import basic_auth
+from bridge.errors import BackendError, BackendTimeout, BackendUnavailable, BridgeError
+from bridge.vendors.hookspecs import hookimpl
+from bridge.vendors.http import RETRY_EXTENSION, raise_for_vendor
+from bridge.vendors.interface import (
+                                      Backend,
+                                      BackendContext,
+                                      CredentialStore,
+                                      LockedSecret,
+                                      MeetingRequest,
+                                      Room,
+                                      UserIdentity,
+)
+from bridge.vendors.invitation import render_invitation
+from bridge.vendors.singleflight import SingleFlight
+
+__all__ = [
+    "RETRY_EXTENSION",
+    "Backend",
+    "BackendContext",
+    "BackendError",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "BridgeError",
+    "CredentialStore",
+    "LockedSecret",
+    "MeetingRequest",
+    "Room",
+    "SingleFlight",
+    "UserIdentity",
+    "basic_auth",
+    "hookimpl",
+    "raise_for_vendor",
+    "render_invitation",
+]

@@ -1,0 +1,106 @@
+"""The backend conformance kit: the checks every backend plugin's tests inherit (needs pytest)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from bridge.config import BACKEND_NAME
+from bridge.testing.kit import make_context, sample_meeting
+from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room
+
+HOSTILE_TOPICS = [
+    "Quarterly review",
+    "Café ☕ with Zoë — 見積もり 🚀",
+    "<script>alert(1)</script> & \"quotes\" 'single'",
+    "x" * 300,
+    "../../etc/passwd %00 ${jndi:ldap://x}",
+]
+
+
+def _assert_room(room: Any, meeting: MeetingRequest) -> None:
+    assert isinstance(room, Room), f"create/update must return bridge.backends.Room, got {type(room).__name__}"
+    assert isinstance(room.vendor_meeting_id, str) and 0 < len(room.vendor_meeting_id) <= 255, \
+        "vendor_meeting_id must be a non-empty string of at most 255 characters"
+    url = urlsplit(room.join_url)
+    assert url.scheme in ("https", "http") and url.netloc, f"join_url must be an absolute URL: {room.join_url!r}"
+    assert not re.search(r"\s", room.join_url), "join_url must not contain whitespace"
+    assert isinstance(room.invitation, str) and room.invitation.strip(), "invitation must be non-empty text"
+    assert room.join_url in room.invitation, "the invitation must contain the join link"
+    assert meeting.topic[:100] in room.invitation, "the invitation must name the topic"
+    assert room.password is None or (isinstance(room.password, str) and room.password), \
+        "password must be None or a non-empty string"
+
+
+class BackendConformance:
+    """The backend interface's contract. Subclass it and provide a ``backend`` fixture."""
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        return "asyncio"
+
+    @pytest.fixture
+    async def context(self) -> AsyncIterator[BackendContext]:
+        async with httpx.AsyncClient() as http:
+            yield make_context(http)
+
+    def test_declares_name_and_title(self, backend: Backend) -> None:
+        assert isinstance(backend, Backend)
+        assert BACKEND_NAME.match(type(backend).name), "name must match [a-z][a-z0-9_-]{0,39}"
+        assert isinstance(type(backend).title, str) and type(backend).title.strip()
+
+    def test_rejects_unknown_settings_with_value_error(self, backend: Backend) -> None:
+        with pytest.raises(ValueError):
+            type(backend).from_config({"surely_not_a_setting_of_any_backend": 1})
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("topic", HOSTILE_TOPICS)
+    async def test_create_returns_a_room(self, backend: Backend, context: BackendContext, topic: str) -> None:
+        meeting = sample_meeting(topic=topic)
+        _assert_room(await backend.create(context, meeting), meeting)
+
+    @pytest.mark.anyio
+    async def test_rooms_are_distinct(self, backend: Backend, context: BackendContext) -> None:
+        rooms = [await backend.create(context, sample_meeting()) for _ in range(3)]
+        assert len({r.vendor_meeting_id for r in rooms}) == 3, "each create must make its own room"
+        assert len({r.join_url for r in rooms}) == 3, "each room must have its own join_url"
+
+    @pytest.mark.anyio
+    async def test_update_returns_the_moved_room(self, backend: Backend, context: BackendContext) -> None:
+        room = await backend.create(context, sample_meeting())
+        moved = sample_meeting(topic="Moved demo", start_time=datetime(2031, 6, 1, 16, 0, tzinfo=UTC),
+                               duration=90)
+        updated = await backend.update(context, room.vendor_meeting_id, moved)
+        if updated is not None:  # None: the vendor keeps the room's link; the core re-writes the invitation
+            _assert_room(updated, moved)
+
+    @pytest.fixture
+    def vendor_secrets(self) -> list[str]:
+        """The secret values in the backend's config (keys, tokens); override it so the kit checks they never leak."""
+        return []
+
+    @pytest.mark.anyio
+    async def test_secrets_stay_out_of_rooms_and_logs(self, backend: Backend, context: BackendContext,
+                                                      vendor_secrets: list[str],
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.DEBUG)
+        room = await backend.create(context, sample_meeting())
+        moved = await backend.update(context, room.vendor_meeting_id, sample_meeting(topic="Moved")) or room
+        await backend.delete(context, moved.vendor_meeting_id)
+        shown = [room.invitation, room.join_url, room.password or "", moved.invitation, moved.join_url, caplog.text]
+        for secret in vendor_secrets:
+            assert not any(secret in text for text in shown), "a configured secret leaked into a room or a log"
+
+    @pytest.mark.anyio
+    async def test_delete_is_idempotent(self, backend: Backend, context: BackendContext) -> None:
+        room = await backend.create(context, sample_meeting())
+        assert await backend.delete(context, room.vendor_meeting_id) is None
+        assert await backend.delete(context, room.vendor_meeting_id) is None, \
+            "deleting a room that is already gone must count as deleted"

@@ -1,0 +1,1 @@
+"""The plugin side of the core: the backend interface, hook specs, the plugin manager, vendor HTTP, tokens."""
