@@ -17,17 +17,9 @@ from bridge.api.auth import basic_auth
 from bridge.errors import BackendError, BackendTimeout, BackendUnavailable, BridgeError
 from bridge.vendors.hookspecs import hookimpl
 from bridge.vendors.http import RETRY_EXTENSION, raise_for_vendor
-from bridge.vendors.interface import (
-                                      Backend,
-                                      BackendContext,
-                                      CredentialStore,
-                                      LockedSecret,
-                                      MeetingRequest,
-                                      Room,
-                                      UserIdentity,
-)
+from bridge.vendors.interface import Backend, BackendContext, CredentialStore, MeetingRequest, Room, UserIdentity
 from bridge.vendors.invitation import render_invitation
-from bridge.vendors.singleflight import SingleFlight
+from bridge.vendors.tokens import Token, TokenAuth, TokenKeeper, TokenRefused, TokenStore
 
 __all__ = [
     "RETRY_EXTENSION",
@@ -38,10 +30,13 @@ __all__ = [
     "BackendUnavailable",
     "BridgeError",
     "CredentialStore",
-    "LockedSecret",
     "MeetingRequest",
     "Room",
-    "SingleFlight",
+    "Token",
+    "TokenAuth",
+    "TokenKeeper",
+    "TokenRefused",
+    "TokenStore",
     "UserIdentity",
     "basic_auth",
     "hookimpl",

@@ -22,7 +22,7 @@ from bridge.config import Config
 from bridge.errors import ConfigError, ServiceUnavailable
 from bridge.metrics import Metrics
 from bridge.pipedrive.client import PipedriveClient
-from bridge.pipedrive.tokens import TokenKeeper
+from bridge.pipedrive.tokens import PipedriveTokens
 from bridge.signing import Signer
 from bridge.storage import migrations
 from bridge.storage.store import Store, make_engine
@@ -102,7 +102,7 @@ class Bridge:
     backends: Backends
     http: httpx.AsyncClient
     pipedrive: PipedriveClient
-    tokens: TokenKeeper
+    tokens: PipedriveTokens
     signer: Signer
     metrics: Metrics
     # one create at a time per request fingerprint, so a retry waits for its original
@@ -168,7 +168,7 @@ async def open_bridge(config: Config, registry: PluginRegistry | None = None,
             assert store.vault is not None
             yield Bridge(config=config, store=store, registry=registry, backends=backends, http=http,
                          pipedrive=pipedrive,
-                         tokens=TokenKeeper(store, pipedrive, config.pipedrive.token_refresh_margin_seconds,
+                         tokens=PipedriveTokens(store, pipedrive, config.pipedrive.token_refresh_margin_seconds,
                                             metrics),
                          signer=Signer(store.vault.derive("signing")), metrics=metrics)
     finally:

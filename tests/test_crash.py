@@ -286,10 +286,9 @@ async def load_then_kill(setup: Setup, bridge: BridgeProcess, cycle: int) -> Loa
 
     limits = httpx.Limits(max_connections=CONCURRENCY)
     async with httpx.AsyncClient(base_url=bridge.url, headers=setup.auth, limits=limits,
-                                 timeout=httpx.Timeout(20)) as http:
-        async with anyio.create_task_group() as tasks:
-            for _ in range(CONCURRENCY):
-                tasks.start_soon(worker, http)
+                                 timeout=httpx.Timeout(20)) as http, anyio.create_task_group() as tasks:
+        for _ in range(CONCURRENCY):
+            tasks.start_soon(worker, http)
     assert killed.is_set(), "the load finished before the kill"
     return result
 

@@ -8,7 +8,7 @@ meeting made on one being moved and deleted on the other.
 Token refresh across processes: the link's access token is expired and 200
 callers need a fresh one at the same moment, 100 in each of two worker processes
 (the reverse API itself never needs a Pipedrive token, so the callers are
-``TokenKeeper.fresh_tokens``, as the bridge calls it). Exactly one refresh reaches
+``PipedriveTokens.fresh_tokens``, as the bridge calls it). Exactly one refresh reaches
 the fake, none is refused, and no rotation is lost: the refresh token stored
 afterwards is the only one the fake still honours, and it works. Then Pipedrive's
 uninstall notice arrives at both replicas at once, again with an expired token.
@@ -37,7 +37,7 @@ from bridge.api.auth import basic_auth
 from bridge.config import Config
 from bridge.devtools.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
 from bridge.pipedrive.client import PipedriveClient
-from bridge.pipedrive.tokens import TokenKeeper, dump_tokens, load_tokens
+from bridge.pipedrive.tokens import PipedriveTokens, dump_tokens, load_tokens
 from bridge.runtime import open_store, prepare_database
 from bridge.storage.schema import LINK_UNINSTALLED
 from bridge.storage.store import PIPEDRIVE_TOKENS, Store, backend_scope, link_scope
@@ -88,9 +88,9 @@ async def main():
     async with httpx.AsyncClient(transport=SlowTokenEndpoint()) as http:
         if kind == "pipedrive":
             from bridge.pipedrive.client import PipedriveClient
-            from bridge.pipedrive.tokens import TokenKeeper
+            from bridge.pipedrive.tokens import PipedriveTokens
 
-            keeper = TokenKeeper(store, PipedriveClient(config.pipedrive, http),
+            keeper = PipedriveTokens(store, PipedriveClient(config.pipedrive, http),
                                  config.pipedrive.token_refresh_margin_seconds)
 
             async def fresh():
@@ -100,7 +100,7 @@ async def main():
                 return keeper.refreshes
         else:
             from bridge.vendors.interface import BackendContext, UserIdentity
-            from bridge.api.meetings import ScopedCredentials
+            from bridge.storage.credentials import ScopedCredentials
             from bridge.storage.store import backend_scope, shared_scope
             from pipedrive_video_bridge_zoom.oauth import UserTokens, ZoomOAuth
 
@@ -262,7 +262,7 @@ async def test_replicas_share_meetings_and_refresh_each_token_once(
         assert pipedrive.refresh_tokens == {stored.refresh_token}  # the one the fake issued last, and only it
         assert pipedrive.access_tokens[stored.access_token] > time.time() + 3000
     async with httpx.AsyncClient() as http:  # and it works: one more refresh through the bridge's code path
-        keeper = TokenKeeper(store, PipedriveClient(config.pipedrive, http), 300)
+        keeper = PipedriveTokens(store, PipedriveClient(config.pipedrive, http), 300)
         again = await keeper.fresh_tokens(link_id, stale_access_token=stored.access_token)
     assert refreshes(pipedrive) == 2 and pipedrive.invalid_grants == 0 and again.refresh_token != stored.refresh_token
     with pipedrive.lock:
@@ -303,7 +303,9 @@ ZOOM = importlib.util.find_spec("pipedrive_video_bridge_zoom") is not None
 async def test_a_zoom_user_token_is_refreshed_once_across_processes(tmp_path: Path, config: Config,
                                                                      store: Store) -> None:
     from pipedrive_video_bridge_zoom.fake_zoom import FakeZoomState, running_fake_zoom
-    from pipedrive_video_bridge_zoom.oauth import USER_TOKENS, UserConnection
+    from pipedrive_video_bridge_zoom.oauth import USER_TOKENS
+
+    from bridge.plugin import Token
 
     state = FakeZoomState(client_id="zoom-client", client_secret="zoom-secret-value")
     with running_fake_zoom(state):
@@ -312,8 +314,8 @@ async def test_a_zoom_user_token_is_refreshed_once_across_processes(tmp_path: Pa
         with state.lock:
             issued = state.issue_user_tokens(user)
         scope = backend_scope(link.id, "zoom")
-        await store.put_secret(scope, USER_TOKENS, UserConnection(issued["access_token"], issued["refresh_token"],
-                                                                  time.time() - 60).dump())
+        await store.put_secret(scope, USER_TOKENS, Token(issued["access_token"], time.time() - 60,
+                                                         issued["refresh_token"]).dump())
         state.expire_access_tokens()
         config_path = tmp_path / "zoom.toml"
         write_config_toml(config_path, config, toml_config(config, zoom={
@@ -325,8 +327,8 @@ async def test_a_zoom_user_token_is_refreshed_once_across_processes(tmp_path: Pa
         assert [o["errors"] for o in outputs] == [[], []]
         assert [o["calls"] for o in outputs] == [CALLERS, CALLERS]
         assert state.token_requests["refresh_token"] == 1 and state.refused_refresh_tokens == []
-        stored = UserConnection.load(await store.get_secret(scope, USER_TOKENS))
-        assert stored is not None and not stored.needs_reconnect
+        stored = Token.load(await store.get_secret(scope, USER_TOKENS))
+        assert stored is not None and not stored.refused
         assert [o["tokens"] for o in outputs] == [[stored.access_token]] * 2
         with state.lock:
             live = {token for token, owner in state.refresh_tokens.items() if owner == user}
@@ -334,7 +336,7 @@ async def test_a_zoom_user_token_is_refreshed_once_across_processes(tmp_path: Pa
         async with httpx.AsyncClient() as http:  # and it works: one more refresh, forced
             from pipedrive_video_bridge_zoom.oauth import UserTokens, ZoomOAuth
 
-            from bridge.api.meetings import ScopedCredentials
+            from bridge.storage.credentials import ScopedCredentials
             from bridge.storage.store import shared_scope
             from bridge.vendors.interface import BackendContext, UserIdentity
 

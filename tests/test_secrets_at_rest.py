@@ -40,7 +40,7 @@ from bridge.config import Config
 from bridge.devtools.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
 from bridge.logs import configure_logging
 from bridge.pipedrive.client import PipedriveClient
-from bridge.pipedrive.tokens import TokenKeeper, dump_tokens, load_tokens
+from bridge.pipedrive.tokens import PipedriveTokens, dump_tokens, load_tokens
 from bridge.runtime import open_store, prepare_database
 from bridge.storage.store import PIPEDRIVE_TOKENS, link_scope
 from bridge.storage.vault import generate_key, key_id
@@ -166,7 +166,7 @@ async def test_no_secret_in_the_database_dump_or_the_logs(tmp_path: Path, databa
             await store.put_secret(link_scope(link_id), PIPEDRIVE_TOKENS,
                                    dump_tokens(replace(tokens, expires_at=time.time() - 60)))
             async with httpx.AsyncClient() as http:
-                keeper = TokenKeeper(store, PipedriveClient(config.pipedrive, http), 300)
+                keeper = PipedriveTokens(store, PipedriveClient(config.pipedrive, http), 300)
                 assert (await keeper.fresh_tokens(link_id)).access_token != tokens.access_token
         finally:
             store.close()

@@ -632,12 +632,11 @@ async def test_writes_queued_behind_a_held_secret_lock_do_not_starve_its_commit(
             failed.append(exc)
 
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tasks:
-            async with store.locked_secret("link:held", "tokens") as locked:
-                for n in range(40):
-                    tasks.start_soon(write, n)
-                await anyio.sleep(0.3)  # the vendor answering the refresh
-                locked.replace("after")
+        async with anyio.create_task_group() as tasks, store.locked_secret("link:held", "tokens") as locked:
+            for n in range(40):
+                tasks.start_soon(write, n)
+            await anyio.sleep(0.3)  # the vendor answering the refresh
+            locked.replace("after")
     assert failed == []
     assert await store.get_secret("link:held", "tokens") == "after"
     assert await store.get_secret("link:other", "secret-39") == "value"

@@ -25,7 +25,7 @@ from bridge.config import Config
 from bridge.devtools.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
 from bridge.errors import Gone, ServiceUnavailable
 from bridge.pipedrive.client import PipedriveClient, TokenSet
-from bridge.pipedrive.tokens import TokenKeeper, dump_tokens, load_tokens
+from bridge.pipedrive.tokens import PipedriveTokens, dump_tokens, load_tokens
 from bridge.storage.schema import LINK_ACTIVE, LINK_NEEDS_REINSTALL, LINK_UNINSTALLED, Link, utcnow
 from bridge.storage.store import PIPEDRIVE_TOKENS, Store, link_scope
 from bridge.testing import make_config, run_ready_go_workers, write_config_toml
@@ -55,9 +55,9 @@ def config(tmp_path: Path, database_url: str, pipedrive: FakePipedriveState) -> 
 
 
 @pytest.fixture
-async def keeper(store: Store, config: Config) -> AsyncIterator[TokenKeeper]:
+async def keeper(store: Store, config: Config) -> AsyncIterator[PipedriveTokens]:
     async with httpx.AsyncClient() as http:
-        yield TokenKeeper(store, PipedriveClient(config.pipedrive, http),
+        yield PipedriveTokens(store, PipedriveClient(config.pipedrive, http),
                           config.pipedrive.token_refresh_margin_seconds)
 
 
@@ -116,14 +116,14 @@ async def gather(count: int, call: Any) -> list[Any]:
 
 # --- refresh ----------------------------------------------------------------------------
 
-async def test_fresh_tokens_are_returned_as_stored(keeper: TokenKeeper, store: Store,
+async def test_fresh_tokens_are_returned_as_stored(keeper: PipedriveTokens, store: Store,
                                                    pipedrive: FakePipedriveState) -> None:
     link_id, tokens = await installed(store, pipedrive, expires_in=3600)
     assert await keeper.fresh_tokens(link_id) == tokens
     assert refreshes(pipedrive) == 0
 
 
-async def test_an_expired_access_token_is_refreshed_once(keeper: TokenKeeper, store: Store,
+async def test_an_expired_access_token_is_refreshed_once(keeper: PipedriveTokens, store: Store,
                                                          pipedrive: FakePipedriveState) -> None:
     link_id, old = await installed(store, pipedrive, expires_in=-60)
     set_refreshed_at(store, link_id, days_ago=10)
@@ -146,7 +146,7 @@ async def test_an_expired_access_token_is_refreshed_once(keeper: TokenKeeper, st
     assert refreshes(pipedrive) == 1
 
 
-async def test_a_token_inside_the_margin_is_refreshed(keeper: TokenKeeper, store: Store,
+async def test_a_token_inside_the_margin_is_refreshed(keeper: PipedriveTokens, store: Store,
                                                       pipedrive: FakePipedriveState) -> None:
     link_id, old = await installed(store, pipedrive, expires_in=keeper.margin / 2)
     new = await keeper.fresh_tokens(link_id)
@@ -154,7 +154,7 @@ async def test_a_token_inside_the_margin_is_refreshed(keeper: TokenKeeper, store
 
 
 async def test_a_short_lived_access_token_from_pipedrive_is_refreshed(
-        keeper: TokenKeeper, store: Store, pipedrive: FakePipedriveState) -> None:
+        keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState) -> None:
     """With ``access_ttl`` small, what Pipedrive issues is already due when it arrives."""
     pipedrive.access_ttl = 1
     link_id, _ = await installed(store, pipedrive, expires_in=1)
@@ -170,7 +170,7 @@ async def test_a_short_lived_access_token_from_pipedrive_is_refreshed(
         assert pipedrive.access_tokens[new.access_token] > time.time() + 3000
 
 
-async def test_a_hundred_concurrent_callers_share_one_refresh(keeper: TokenKeeper, store: Store,
+async def test_a_hundred_concurrent_callers_share_one_refresh(keeper: PipedriveTokens, store: Store,
                                                               pipedrive: FakePipedriveState) -> None:
     link_id, old = await installed(store, pipedrive, expires_in=-60)
 
@@ -183,28 +183,28 @@ async def test_a_hundred_concurrent_callers_share_one_refresh(keeper: TokenKeepe
     assert results[0].access_token != old.access_token
 
 
-async def test_callers_arriving_during_a_refresh_wait_for_it_instead_of_taking_the_lock_in_turn(
-        keeper: TokenKeeper, store: Store, pipedrive: FakePipedriveState, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only the first caller takes the cross-process lock; the rest are answered when its refresh ends."""
+async def test_callers_arriving_during_a_refresh_wait_for_it_instead_of_taking_the_lease_in_turn(
+        keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the first caller takes the cross-process lease; the rest are answered when its refresh ends."""
     link_id, _ = await installed(store, pipedrive, expires_in=-60)
-    locked_secret = store.locked_secret
+    take_lease = store.take_lease
     taken: list[str] = []
 
-    def counting(scope: str, name: str) -> Any:
-        taken.append(scope)
-        return locked_secret(scope, name)
+    async def counting(name: str, holder: str, seconds: float) -> bool:
+        taken.append(name)
+        return await take_lease(name, holder, seconds)
 
-    monkeypatch.setattr(store, "locked_secret", counting)
+    monkeypatch.setattr(store, "take_lease", counting)
 
     results = await gather(50, lambda: keeper.fresh_tokens(link_id))
 
     assert not [r for r in results if isinstance(r, Exception)], results
-    assert taken == [link_scope(link_id)] and refreshes(pipedrive) == 1
+    assert taken == [f"{link_scope(link_id)}/{PIPEDRIVE_TOKENS}"] and refreshes(pipedrive) == 1
     assert len({r.access_token for r in results}) == 1
 
 
 async def test_callers_with_and_without_a_refused_token_each_end_on_a_working_one(
-        keeper: TokenKeeper, store: Store, pipedrive: FakePipedriveState) -> None:
+        keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState) -> None:
     """A caller whose token Pipedrive refused never shares an answer that hands it that token back."""
     link_id, old = await installed(store, pipedrive, expires_in=3600)
     pipedrive.expire_access_tokens()
@@ -225,7 +225,7 @@ async def test_callers_with_and_without_a_refused_token_each_end_on_a_working_on
 
 
 async def test_a_refused_refresh_answers_every_waiting_caller_and_is_asked_once(
-        keeper: TokenKeeper, store: Store, pipedrive: FakePipedriveState) -> None:
+        keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState) -> None:
     link_id, tokens = await installed(store, pipedrive, expires_in=-60)
     with pipedrive.lock:
         pipedrive.refresh_tokens.discard(tokens.refresh_token)  # Pipedrive no longer knows it
@@ -238,7 +238,7 @@ async def test_a_refused_refresh_answers_every_waiting_caller_and_is_asked_once(
     assert link is not None and link.status == LINK_NEEDS_REINSTALL
 
 
-async def test_a_stale_access_token_forces_one_refresh(keeper: TokenKeeper, store: Store,
+async def test_a_stale_access_token_forces_one_refresh(keeper: PipedriveTokens, store: Store,
                                                        pipedrive: FakePipedriveState) -> None:
     """Pipedrive answered 401 to a token whose expiry says it is fine: refresh it, once."""
     link_id, old = await installed(store, pipedrive, expires_in=3600)
@@ -256,7 +256,7 @@ async def test_a_stale_access_token_forces_one_refresh(keeper: TokenKeeper, stor
 
 
 async def test_refused_refresh_token_needs_reinstall_and_is_not_retried(
-        keeper: TokenKeeper, store: Store, pipedrive: FakePipedriveState, config: Config,
+        keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState, config: Config,
         client: httpx.AsyncClient) -> None:
     link_id, old = await installed(store, pipedrive, expires_in=-60)
     with pipedrive.lock:
@@ -285,7 +285,7 @@ async def test_refused_refresh_token_needs_reinstall_and_is_not_retried(
 
 
 async def test_concurrent_callers_of_a_refused_refresh_token_ask_pipedrive_once(
-        keeper: TokenKeeper, store: Store, pipedrive: FakePipedriveState) -> None:
+        keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState) -> None:
     link_id, old = await installed(store, pipedrive, expires_in=-60)
     with pipedrive.lock:
         pipedrive.refresh_tokens.discard(old.refresh_token)
@@ -301,7 +301,7 @@ async def test_pipedrive_unreachable_is_503_and_keeps_the_link(
     link_id, old = await installed(store, pipedrive, expires_in=-60)
     async with httpx.AsyncClient(transport=httpx.MockTransport(
             lambda request: httpx.Response(503, json={"success": False}))) as http:
-        keeper = TokenKeeper(store, PipedriveClient(config.pipedrive, http), 300)
+        keeper = PipedriveTokens(store, PipedriveClient(config.pipedrive, http), 300)
         with pytest.raises(ServiceUnavailable):
             await keeper.fresh_tokens(link_id)
     link = await store.get_link(link_id)
@@ -309,7 +309,7 @@ async def test_pipedrive_unreachable_is_503_and_keeps_the_link(
     assert await stored(store, link_id) == old
 
 
-async def test_a_link_without_tokens_is_gone(keeper: TokenKeeper, store: Store) -> None:
+async def test_a_link_without_tokens_is_gone(keeper: PipedriveTokens, store: Store) -> None:
     link = await store.create_link(pipedrive_user_id=1, company_id=2)
     with pytest.raises(Gone):
         await keeper.fresh_tokens(link.id)
@@ -317,7 +317,7 @@ async def test_a_link_without_tokens_is_gone(keeper: TokenKeeper, store: Store) 
 
 # --- idle links -------------------------------------------------------------------------
 
-async def test_refresh_idle_refreshes_only_links_idle_too_long(keeper: TokenKeeper, store: Store,
+async def test_refresh_idle_refreshes_only_links_idle_too_long(keeper: PipedriveTokens, store: Store,
                                                                pipedrive: FakePipedriveState) -> None:
     idle_id, idle_old = await installed(store, pipedrive, expires_in=3600, user_id=1)
     recent_id, recent_old = await installed(store, pipedrive, expires_in=3600, user_id=2)
@@ -357,7 +357,7 @@ import anyio, httpx
 from bridge.config import load_config
 from bridge.pipedrive.client import PipedriveClient
 from bridge.runtime import open_store
-from bridge.pipedrive.tokens import TokenKeeper
+from bridge.pipedrive.tokens import PipedriveTokens
 
 config = load_config(Path(sys.argv[1]), env={})
 link_id = sys.argv[2]
@@ -375,7 +375,7 @@ class SlowTokenEndpoint(httpx.AsyncHTTPTransport):
 
 async def main() -> None:
     async with httpx.AsyncClient(transport=SlowTokenEndpoint()) as http:
-        keeper = TokenKeeper(store, PipedriveClient(config.pipedrive, http),
+        keeper = PipedriveTokens(store, PipedriveClient(config.pipedrive, http),
                              config.pipedrive.token_refresh_margin_seconds)
         await store.ping()  # connected before the start signal
         print("ready", flush=True)

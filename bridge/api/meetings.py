@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -33,10 +32,11 @@ from bridge.errors import (
 )
 from bridge.metrics import Observation
 from bridge.runtime import Bridge
+from bridge.storage.credentials import ScopedCredentials
 from bridge.storage.schema import LINK_ACTIVE, MEETING_ACTIVE, MEETING_DELETED, MEETING_DELETING, Link, Meeting, utcnow
-from bridge.storage.store import Repeated, Store, StoredRoom, StoreError, backend_scope, new_meeting, shared_scope
+from bridge.storage.store import Repeated, StoredRoom, StoreError, backend_scope, new_meeting, shared_scope
 from bridge.storage.vault import VaultError
-from bridge.vendors.interface import Backend, BackendContext, LockedSecret, MeetingRequest, Room, UserIdentity
+from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room, UserIdentity
 from bridge.vendors.invitation import render_invitation
 
 log = logging.getLogger(__name__)
@@ -45,33 +45,16 @@ T = TypeVar("T")
 _CLEANUP_SECONDS = 10.0
 
 
-class ScopedCredentials:
-    """A CredentialStore over the encrypted secret table, fixed to one scope."""
-
-    def __init__(self, store: Store, scope: str) -> None:
-        self._store = store
-        self._scope = scope
-
-    async def get(self, name: str) -> str | None:
-        return await self._store.get_secret(self._scope, name)
-
-    async def set(self, name: str, value: str) -> None:
-        await self._store.put_secret(self._scope, name, value)
-
-    async def delete(self, name: str) -> None:
-        await self._store.delete_secret(self._scope, name)
-
-    def locked(self, name: str) -> AbstractAsyncContextManager[LockedSecret]:
-        return self._store.locked_secret(self._scope, name)
-
-
 def backend_context(bridge: Bridge, link: Link, backend: str) -> BackendContext:
     """What a backend gets for one call on behalf of the link's user: no more, no less."""
+    def count(outcome: str) -> None:
+        bridge.metrics.token_refreshes.labels(backend, outcome).inc()
+
     user = UserIdentity(link_id=link.id, user_id=link.pipedrive_user_id, company_id=link.company_id,
                         name=link.user_name, email=link.user_email)
     return BackendContext(user=user, http=bridge.http,
-                          credentials=ScopedCredentials(bridge.store, backend_scope(link.id, backend)),
-                          shared=ScopedCredentials(bridge.store, shared_scope(backend)))
+                          credentials=ScopedCredentials(bridge.store, backend_scope(link.id, backend), count),
+                          shared=ScopedCredentials(bridge.store, shared_scope(backend), count))
 
 
 _OUTCOMES = {504: "timeout", 503: "unavailable"}

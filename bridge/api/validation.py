@@ -59,7 +59,7 @@ def _duration(body: dict[str, Any]) -> int:
     value = body["duration"]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadRequest(f"duration must be a number of minutes, got {_json_type(value)}")
-    if isinstance(value, float) and not math.isfinite(value) or value <= 0:
+    if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
         raise BadRequest("duration must be a positive number of minutes")
     if value > MAX_DURATION_MINUTES:
         raise BadRequest(f"duration must be at most {MAX_DURATION_MINUTES} minutes (31 days)")

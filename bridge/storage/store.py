@@ -61,7 +61,6 @@ from bridge.storage.schema import (
     utcnow,
 )
 from bridge.storage.vault import Vault, VaultError
-from bridge.vendors.interface import LockedSecret
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -89,6 +88,17 @@ class Repeated:
 
     meeting: Meeting
     room: StoredRoom
+
+
+@dataclass
+class LockedSecret:
+    """A secret read under ``Store.locked_secret``; ``replace`` writes it when the block ends."""
+
+    value: str | None
+    new_value: str | None = None
+
+    def replace(self, value: str) -> None:
+        self.new_value = value
 
 
 class StoreError(Exception):

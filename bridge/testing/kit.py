@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from bridge.api.auth import basic_auth
 from bridge.config import Config, parse_config
 from bridge.storage.store import Store
 from bridge.storage.vault import generate_key
-from bridge.vendors.interface import BackendContext, LockedSecret, MeetingRequest, UserIdentity
+from bridge.vendors.interface import BackendContext, MeetingRequest, UserIdentity
 from bridge.vendors.registry import load_plugins
 
 
@@ -24,7 +25,8 @@ class InMemoryCredentials:
 
     def __init__(self) -> None:
         self.values: dict[str, str] = {}
-        self._locks: dict[str, anyio.Lock] = {}
+        self.refreshes: Counter[str] = Counter()  # token refreshes counted, by outcome
+        self._leases: dict[str, anyio.Lock] = {}
 
     async def get(self, name: str) -> str | None:
         return self.values.get(name)
@@ -36,12 +38,22 @@ class InMemoryCredentials:
         self.values.pop(name, None)
 
     @asynccontextmanager
-    async def locked(self, name: str) -> AsyncIterator[LockedSecret]:
-        async with self._locks.setdefault(name, anyio.Lock()):
-            locked = LockedSecret(self.values.get(name))
-            yield locked
-            if locked.new_value is not None:
-                self.values[name] = locked.new_value
+    async def lease(self, name: str, seconds: float) -> AsyncIterator[None]:
+        with anyio.fail_after(seconds):
+            await self._leases.setdefault(name, anyio.Lock()).acquire()
+        try:
+            yield
+        finally:
+            self._leases[name].release()
+
+    async def swap(self, name: str, expected: str | None, new: str) -> bool:
+        if self.values.get(name) != expected:
+            return False
+        self.values[name] = new
+        return True
+
+    def count_refresh(self, outcome: str) -> None:
+        self.refreshes[outcome] += 1
 
 
 def sample_user(**overrides: Any) -> UserIdentity:

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol, Self
 
 import httpx
+
+from bridge.vendors.tokens import TokenStore
 
 
 @dataclass(frozen=True)
@@ -55,34 +56,17 @@ class UserIdentity:
     email: str = ""
 
 
-@dataclass
-class LockedSecret:
-    """A secret read under a lock (``CredentialStore.locked``); ``replace`` writes it when the block ends."""
+class CredentialStore(TokenStore, Protocol):
+    """Encrypted key-value storage with a fixed scope: a backend sees only its own values.
 
-    value: str | None
-    new_value: str | None = None
-
-    def replace(self, value: str) -> None:
-        self.new_value = value
-
-
-class CredentialStore(Protocol):
-    """Encrypted key-value storage with a fixed scope: a backend sees only its own values."""
-
-    async def get(self, name: str) -> str | None: ...
+    Tokens kept here are refreshed with ``bridge.plugin.TokenKeeper``, which uses the
+    store's ``lease`` (one refresh across replicas, no transaction held meanwhile) and
+    ``swap`` (compare-and-swap, so a late refresh never overwrites a newer value).
+    """
 
     async def set(self, name: str, value: str) -> None: ...
 
     async def delete(self, name: str) -> None: ...
-
-    def locked(self, name: str) -> AbstractAsyncContextManager[LockedSecret]:
-        """Hold ``name`` exclusively — across tasks and across replicas — while refreshing it.
-
-        Read ``.value`` inside (it is re-read under the lock: another replica may
-        have refreshed it), call ``.replace(new)`` to store a new value atomically
-        when the block ends; an exception inside leaves the stored value as it was.
-        """
-        ...
 
 
 @dataclass(frozen=True)

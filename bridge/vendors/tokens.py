@@ -198,6 +198,8 @@ class TokenAuth(httpx.Auth):
     """Bearer authentication with a kept token: on an answer ``refused`` says is a refused token
     (default: 401), the token is replaced once and the request sent once more."""
 
+    requires_response_body = True  # ``refused`` may read the vendor's error body
+
     def __init__(self, keeper: TokenKeeper, store: TokenStore, refresh: Refresh, *, key: object = None,
                  refused: Callable[[httpx.Response], bool] | None = None) -> None:
         self.keeper = keeper
@@ -211,7 +213,6 @@ class TokenAuth(httpx.Auth):
         request.headers["Authorization"] = f"Bearer {token.access_token}"
         response = yield request
         if self.refused(response):
-            await response.aread()
             token = await self.keeper.token(self.store, self.refresh, stale=token.access_token, key=self.key)
             request.headers["Authorization"] = f"Bearer {token.access_token}"
             yield request

@@ -26,10 +26,11 @@ from bridge.plugin import (
     BridgeError,
     MeetingRequest,
     Room,
+    TokenRefused,
     render_invitation,
 )
 
-from .errors import is_invalid_token, is_missing_meeting, is_missing_user, json_object, raise_for_zoom, worth_retrying
+from .errors import is_missing_meeting, is_missing_user, json_object, raise_for_zoom, worth_retrying
 from .oauth import AccountTokens, TokenSource, UserTokens, ZoomOAuth, settings_url_of
 from .settings import ZoomSettings, parse_settings
 
@@ -148,18 +149,11 @@ class ZoomBackend(Backend):
     async def _request(self, ctx: BackendContext, method: str, path: str,
                        json: dict[str, Any] | None = None) -> httpx.Response:
         """One API call; a token Zoom calls invalid (401, code 124) is replaced once and the call repeated once."""
-        token = await self.tokens.access_token(ctx)
-        response = await self._send(ctx, method, path, token, json)
-        if is_invalid_token(response):
-            token = await self.tokens.access_token(ctx, stale=token)
-            response = await self._send(ctx, method, path, token, json)
-        return response
-
-    async def _send(self, ctx: BackendContext, method: str, path: str, token: str,
-                    json: dict[str, Any] | None) -> httpx.Response:
-        return await ctx.http.request(method, self.settings.api_base + path, json=json,
-                                      headers={"Authorization": f"Bearer {token}"},
-                                      extensions={RETRY_EXTENSION: worth_retrying})
+        try:
+            return await ctx.http.request(method, self.settings.api_base + path, json=json,
+                                          auth=self.tokens.auth(ctx), extensions={RETRY_EXTENSION: worth_retrying})
+        except TokenRefused:
+            raise await self.tokens.refused(ctx) from None
 
 
 class ZoomUserBackend(ZoomBackend):

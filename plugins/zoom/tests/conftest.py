@@ -11,9 +11,9 @@ import httpx
 import pytest
 from pipedrive_video_bridge_zoom import ZoomBackend, ZoomUserBackend
 from pipedrive_video_bridge_zoom.fake_zoom import FakeZoomState, running_fake_zoom
-from pipedrive_video_bridge_zoom.oauth import USER_TOKENS, UserConnection
+from pipedrive_video_bridge_zoom.oauth import USER_TOKENS
 
-from bridge.plugin import BackendContext
+from bridge.plugin import BackendContext, Token
 from bridge.testing import InMemoryCredentials, RetryPolicy, RetryTransport, make_context, sample_user
 
 CLIENT_ID = "zoom-client-id"
@@ -70,9 +70,8 @@ def connect(zoom: FakeZoomState) -> Connect:
         assert user is not None
         with zoom.lock:
             answer = zoom.issue_user_tokens(user.id)
-        credentials.values[USER_TOKENS] = UserConnection(answer["access_token"], answer["refresh_token"],
-                                                         time.time() + expires_in,
-                                                         settings_url=settings_url).dump()
+        credentials.values[USER_TOKENS] = Token(answer["access_token"], time.time() + expires_in,
+                                                answer["refresh_token"], extra={"settings_url": settings_url}).dump()
         return answer
 
     return connect_user

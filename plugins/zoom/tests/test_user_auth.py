@@ -121,7 +121,7 @@ async def test_a_refused_refresh_marks_the_connection_and_says_to_reconnect(
         assert raised.value.message == ("Zoom no longer accepts your connection (it was revoked or has expired): "
                                         "reconnect Zoom on https://bridge.example.com/settings")
     assert zoom.refused_refresh_tokens == [answer["refresh_token"]], "once refused, Zoom is not asked again"
-    assert stored(ctx)["needs_reconnect"] is True
+    assert stored(ctx)["refused"] is True
     assert not await user_backend.is_connected(ctx)
     assert zoom.api_requests == []
 
