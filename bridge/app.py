@@ -32,7 +32,7 @@ from bridge.errors import BridgeError, PayloadTooLarge
 from bridge.logs import request_id_var
 from bridge.metrics import CONTENT_TYPE
 from bridge.pipedrive.tokens import run_upkeep
-from bridge.runtime import open_bridge
+from bridge.runtime import bridge_of, open_bridge
 from bridge.vendors.registry import PluginRegistry
 from bridge.web import install
 from bridge.web import settings as settings_page
@@ -50,7 +50,7 @@ def error_response(status: int, message: str) -> JSONResponse:
 async def _bridge_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BridgeError)
     if exc.status >= 500:
-        log.warning("request failed", extra={"status": exc.status, "error": exc.message})
+        log.warning("request failed", extra={"status": exc.status, "error": str(exc)})
     return error_response(exc.status, exc.message)
 
 
@@ -134,7 +134,7 @@ async def healthz(_request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     try:
-        await request.state.bridge.store.ping()
+        await bridge_of(request).store.ping()
     except Exception as exc:
         log.warning("not ready", extra={"error": exc.__class__.__name__})
         return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
@@ -142,12 +142,12 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(request.state.bridge.metrics.render(), media_type=CONTENT_TYPE)
+    return Response(bridge_of(request).metrics.render(), media_type=CONTENT_TYPE)
 
 
 async def manifest(request: Request) -> Response:
     """The manifest this deployment's config produces (what to upload to Pipedrive)."""
-    return JSONResponse(build_manifest(request.state.bridge.config))
+    return JSONResponse(build_manifest(bridge_of(request).config))
 
 
 async def openapi(_request: Request) -> Response:

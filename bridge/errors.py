@@ -9,7 +9,11 @@ from __future__ import annotations
 
 
 class BridgeError(Exception):
-    """An error with the HTTP status it should be answered with."""
+    """An error with the HTTP status it should be answered with.
+
+    ``message`` is for the person reading the answer; ``str(error)`` is what the log gets
+    (the same, unless a subclass keeps a detail that is for the operator only).
+    """
 
     status: int = 500
 
@@ -48,6 +52,16 @@ class ServiceUnavailable(BridgeError):
     """The bridge itself cannot serve right now (database down, backend not installed)."""
 
     status = 503
+
+
+class StorageUnavailable(ServiceUnavailable):
+    """The database or the vault failed. Every storage failure is one of these, so each surface answers
+    it as it answers any BridgeError (a 503 in JSON or on a page) without knowing the storage layer;
+    the detail (driver, host) goes to the log only."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.message = "the bridge's database is unavailable; please try again"
 
 
 class BackendError(BridgeError):

@@ -17,6 +17,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 import httpx
+from starlette.requests import Request
 
 from bridge.config import Config
 from bridge.errors import ConfigError, ServiceUnavailable
@@ -107,6 +108,11 @@ class Bridge:
     metrics: Metrics
     # one create at a time per request fingerprint, so a retry waits for its original
     create_locks: defaultdict[str, anyio.Lock] = field(default_factory=lambda: defaultdict(anyio.Lock))
+
+
+def bridge_of(request: Request) -> Bridge:
+    """The running bridge, as the app's lifespan handed it to every request."""
+    return request.state.bridge  # type: ignore[no-any-return]
 
 
 def open_store(config: Config) -> Store:

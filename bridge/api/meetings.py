@@ -34,8 +34,7 @@ from bridge.metrics import Observation
 from bridge.runtime import Bridge
 from bridge.storage.credentials import ScopedCredentials
 from bridge.storage.schema import LINK_ACTIVE, MEETING_ACTIVE, MEETING_DELETED, MEETING_DELETING, Link, Meeting, utcnow
-from bridge.storage.store import Repeated, StoredRoom, StoreError, backend_scope, new_meeting, shared_scope
-from bridge.storage.vault import VaultError
+from bridge.storage.store import Repeated, StoredRoom, backend_scope, new_meeting, shared_scope
 from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room, UserIdentity
 from bridge.vendors.invitation import render_invitation
 
@@ -89,9 +88,6 @@ async def _mapped_call(bridge: Bridge, backend: Backend, action: str, call: Call
                                  "please try again") from exc
     except httpx.HTTPStatusError as exc:
         raise BackendError(f"{title} refused the request (HTTP {exc.response.status_code})") from exc
-    except (StoreError, VaultError) as exc:
-        log.error("storage failed during a backend call", extra={"backend": backend.name, "error": str(exc)})
-        raise ServiceUnavailable("the bridge's database is unavailable; please try again") from exc
     except Exception as exc:
         log.exception("backend failed", extra={"backend": backend.name, "operation": action})
         raise BackendError(f"{title} failed to {action}") from exc
@@ -112,10 +108,10 @@ class MeetingService:
     # --- lookups --------------------------------------------------------------------
 
     async def link(self, link_id: str) -> Link:
-        return _usable(await _stored(self.store.get_link(link_id)))
+        return _usable(await self.store.get_link(link_id))
 
     async def link_and_meeting(self, link_id: str, meeting_id: str) -> tuple[Link, Meeting]:
-        link, meeting = await _stored(self.store.get_link_and_meeting(link_id, meeting_id))
+        link, meeting = await self.store.get_link_and_meeting(link_id, meeting_id)
         link = _usable(link)
         if meeting is None:
             raise NotFound("unknown meeting for this link")
@@ -144,7 +140,7 @@ class MeetingService:
         since = utcnow() - timedelta(seconds=window) if window else None
         async with self.bridge.create_locks[fingerprint]:
             try:
-                found, repeated = await _stored(self.store.get_link_and_repeat(link_id, fingerprint, since))
+                found, repeated = await self.store.get_link_and_repeat(link_id, fingerprint, since)
                 link = _usable(found)
                 name = self.backend_for(link)
                 if repeated is not None and repeated.meeting.backend == name:
@@ -201,7 +197,7 @@ class MeetingService:
 
     async def _same_room(self, meeting: Meeting, ctx: BackendContext, request: MeetingRequest) -> Room:
         """The stored room with an invitation for the new time, for a backend whose update returned None."""
-        stored = await _stored(self.store.get_room(meeting.id))
+        stored = await self.store.get_room(meeting.id)
         if stored is None:
             raise ServiceUnavailable("the meeting's stored room could not be read; please try again")
         invitation = render_invitation(request, stored.join_url, user=ctx.user, password=stored.password)
@@ -213,10 +209,10 @@ class MeetingService:
             return  # a repeated delete answers as the first did
         backend = self._backend(meeting.backend)
         ctx = backend_context(self.bridge, link, meeting.backend)
-        await _stored(self.store.set_meeting_state(meeting.id, MEETING_DELETING))
+        await self.store.set_meeting_state(meeting.id, MEETING_DELETING)
         await call_backend(self.bridge, backend, "delete the meeting",
                            lambda: backend.delete(ctx, meeting.vendor_meeting_id))
-        await _stored(self.store.set_meeting_state(meeting.id, MEETING_DELETED))
+        await self.store.set_meeting_state(meeting.id, MEETING_DELETED)
         log.info("meeting deleted", extra={"meeting_id": meeting.id, "backend": meeting.backend})
 
     # --- vendor calls ---------------------------------------------------------------
@@ -237,15 +233,6 @@ def _usable(link: Link | None) -> Link:
     if link.status != LINK_ACTIVE:
         raise Gone(f"this link is {link.status.replace('_', ' ')}: the user has to install the app again")
     return link
-
-
-async def _stored(awaitable: Awaitable[T]) -> T:
-    """Await a store call, answering 503 when the database is unavailable."""
-    try:
-        return await awaitable
-    except (StoreError, VaultError) as exc:
-        log.error("storage failed", extra={"error": str(exc)})
-        raise ServiceUnavailable("the bridge's database is unavailable; please try again") from exc
 
 
 def request_fingerprint(link_id: str, request: MeetingRequest) -> str:

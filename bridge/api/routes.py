@@ -26,7 +26,7 @@ from bridge.api.auth import check_basic_auth
 from bridge.api.meetings import MeetingService
 from bridge.api.validation import parse_meeting
 from bridge.errors import BadRequest, BridgeError, NotFound, UnsupportedMediaType
-from bridge.runtime import Bridge
+from bridge.runtime import bridge_of
 from bridge.vendors.interface import MeetingRequest
 
 PREFIX = "/api/v1/links"
@@ -37,12 +37,9 @@ ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"  # a linkId or meetingId; anything else is a
 _ID = re.compile(ID_PATTERN)
 
 
-def _bridge(request: Request) -> Bridge:
-    return request.state.bridge  # type: ignore[no-any-return]
-
 
 def _authenticate(request: Request) -> None:
-    pipedrive = _bridge(request).config.pipedrive
+    pipedrive = bridge_of(request).config.pipedrive
     check_basic_auth(request.headers.get("authorization"), pipedrive.client_id, pipedrive.client_secret)
 
 
@@ -75,7 +72,7 @@ def _operation(name: str) -> Callable[[Handler], Callable[[Request], Awaitable[R
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         @functools.wraps(handler)
         async def endpoint(request: Request) -> Response:
-            bridge = _bridge(request)
+            bridge = bridge_of(request)
             with bridge.metrics.observe(name) as seen:
                 _authenticate(request)
                 response = await handler(request, MeetingService(bridge, seen))

@@ -46,7 +46,7 @@ from sqlalchemy.orm import configure_mappers
 from sqlalchemy.pool import NullPool
 from sqlmodel import SQLModel, create_engine
 
-from bridge.errors import ServiceUnavailable
+from bridge.errors import ServiceUnavailable, StorageUnavailable
 from bridge.storage.schema import (
     LEASES,
     LINK_ACTIVE,
@@ -101,7 +101,7 @@ class LockedSecret:
         self.new_value = value
 
 
-class StoreError(Exception):
+class StoreError(StorageUnavailable):
     """The database could not be reached or refused the write."""
 
 

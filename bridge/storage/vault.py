@@ -23,13 +23,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from bridge.errors import StorageUnavailable
+
 log = logging.getLogger(__name__)
 
 _VERSION = "v1"
 _NONCE_BYTES = 12
 
 
-class VaultError(Exception):
+class VaultError(StorageUnavailable):
     """A key is missing, malformed or wrong, or a ciphertext was tampered with."""
 
 

@@ -27,9 +27,9 @@ from bridge.api.auth import check_basic_auth
 from bridge.errors import BadRequest
 from bridge.pipedrive.client import PipedriveError, PipedriveUser, TokenSet
 from bridge.pipedrive.tokens import dump_tokens
-from bridge.runtime import Bridge
+from bridge.runtime import Bridge, bridge_of
 from bridge.storage.schema import LINK_UNINSTALLED, Link
-from bridge.web.pages import page
+from bridge.web.pages import browser_page, page
 from bridge.web.sessions import STATE_COOKIE, STATE_SECONDS, check_state, new_state, set_cookie, start_session
 
 log = logging.getLogger(__name__)
@@ -39,16 +39,13 @@ LOGIN = "/oauth/login"
 CALLBACK = "/oauth/callback"
 
 
-def _bridge(request: Request) -> Bridge:
-    return request.state.bridge  # type: ignore[no-any-return]
-
 
 def redirect_uri(bridge: Bridge) -> str:
     return bridge.config.server.public_url + CALLBACK
 
 
 def _start(request: Request, purpose: str) -> Response:
-    bridge = _bridge(request)
+    bridge = bridge_of(request)
     state, nonce = new_state(bridge, purpose)
     response = RedirectResponse(bridge.pipedrive.authorize_url(redirect_uri(bridge), state), status_code=302)
     set_cookie(response, bridge, STATE_COOKIE, nonce, STATE_SECONDS)
@@ -72,7 +69,7 @@ async def callback(request: Request) -> Response:
 
 
 async def _callback(request: Request) -> Response:
-    bridge = _bridge(request)
+    bridge = bridge_of(request)
     params = request.query_params
     purpose = "install"
     if params.get("state") is not None or STATE_COOKIE in request.cookies:
@@ -159,7 +156,7 @@ def _safe_redirect(url: str | None, api_domain: str) -> str:
 
 async def uninstall(request: Request) -> Response:
     """Pipedrive's notice that a user uninstalled: withdraw the link, revoke, erase. Idempotent."""
-    bridge = _bridge(request)
+    bridge = bridge_of(request)
     check_basic_auth(request.headers.get("authorization"), bridge.config.pipedrive.client_id,
                      bridge.config.pipedrive.client_secret)
     body = _uninstall_body(await request.body())
@@ -205,8 +202,8 @@ def _uninstall_body(raw: bytes) -> dict[str, Any]:
 
 
 routes = [
-    Route(INSTALL, install_start, methods=["GET"]),
-    Route(LOGIN, login_start, methods=["GET"]),
-    Route(CALLBACK, callback, methods=["GET"]),
+    Route(INSTALL, browser_page(install_start), methods=["GET"]),
+    Route(LOGIN, browser_page(login_start), methods=["GET"]),
+    Route(CALLBACK, browser_page(callback), methods=["GET"]),
     Route(CALLBACK, uninstall, methods=["DELETE"]),
 ]

@@ -6,13 +6,21 @@ errors are pages with a hint of what to do, never the reverse API's JSON.
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.templating import Jinja2Templates
 
+from bridge.errors import BridgeError
 from bridge.logs import request_id_var
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
@@ -22,3 +30,38 @@ def page(request: Request, title: str, message: str, *, hint: str | None = None,
     context = {"title": title, "message": message, "hint": hint, "error": status >= 400,
                "request_id": request_id_var.get() if status >= 400 else None}
     return templates.TemplateResponse(request, "message.html", context, status_code=status)
+
+
+class Refuse(Exception):
+    """Stop a browser route's handler and answer with this response (a page or a redirect)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__()
+        self.response = response
+
+
+def browser_page(handler: Handler) -> Handler:
+    """The error path of every browser route: refusals and failures answered as pages (never the reverse
+    API's JSON, never a traceback), and every page kept out of caches and frames."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: Request) -> Response:
+        try:
+            response = await handler(request)
+        except Refuse as refusal:
+            response = refusal.response
+        except BridgeError as exc:
+            if exc.status >= 500:
+                log.warning("page failed", extra={"status": exc.status, "error": str(exc)})
+            response = page(request, "That did not work", sentence(exc.message),
+                            hint="Go back and try again in a minute.", status=exc.status)
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Frame-Options"] = "DENY"
+        return response
+
+    return wrapper
+
+
+def sentence(message: str) -> str:
+    """An error message (written to fit after a colon) as a sentence on its own."""
+    return message[:1].upper() + message[1:].rstrip(".") + "."

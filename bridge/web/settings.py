@@ -12,9 +12,7 @@ sees and changes their own. Every refusal is a plain page with a 4xx status.
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -26,13 +24,11 @@ from starlette.routing import Route
 
 from bridge.api.meetings import MeetingService, backend_context, call_backend
 from bridge.errors import BridgeError
-from bridge.runtime import Bridge
+from bridge.runtime import Bridge, bridge_of
 from bridge.storage.schema import LINK_ACTIVE, Link
-from bridge.storage.store import StoreError
-from bridge.storage.vault import VaultError
 from bridge.vendors.interface import Backend
 from bridge.web.install import LOGIN
-from bridge.web.pages import page, templates
+from bridge.web.pages import Refuse, browser_page, page, sentence, templates
 from bridge.web.sessions import Session, connect_state, connect_state_ok, csrf_ok, csrf_token, end_session, read_session
 
 log = logging.getLogger(__name__)
@@ -42,43 +38,6 @@ CONNECT = SETTINGS + "/connect/{backend}"
 CONNECT_CALLBACK = CONNECT + "/callback"
 LOGOUT = SETTINGS + "/logout"
 
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-class _Refuse(Exception):
-    """Stop a handler and answer with this response (a page or a redirect)."""
-
-    def __init__(self, response: Response) -> None:
-        super().__init__()
-        self.response = response
-
-
-def _browser_page(handler: Handler) -> Handler:
-    """Answer refusals and failures as pages, and keep the page out of caches and frames."""
-
-    @functools.wraps(handler)
-    async def wrapper(request: Request) -> Response:
-        try:
-            response = await handler(request)
-        except _Refuse as refusal:
-            response = refusal.response
-        except BridgeError as exc:
-            response = page(request, "That did not work", _sentence(exc.message),
-                            hint="Go back to the settings and try again.", status=exc.status)
-        except (StoreError, VaultError) as exc:
-            log.error("settings storage failed", extra={"error": str(exc)})
-            response = page(request, "The settings are unavailable", "The bridge's database is unavailable.",
-                            hint="Try again in a minute.", status=503)
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["X-Frame-Options"] = "DENY"
-        return response
-
-    return wrapper
-
-
-def _sentence(message: str) -> str:
-    """An error message (written to fit after a colon) as a sentence on its own."""
-    return message[:1].upper() + message[1:].rstrip(".") + "."
 
 
 @dataclass(frozen=True)
@@ -98,17 +57,14 @@ class BackendChoice:
 
 # --- who is asking ----------------------------------------------------------------------
 
-def _bridge(request: Request) -> Bridge:
-    return request.state.bridge  # type: ignore[no-any-return]
-
 
 def _session(request: Request, bridge: Bridge, *, form: bool = False) -> Session:
     """The signed-in session; without one a page view goes to sign-in and a form post is refused."""
     session = read_session(request, bridge)
     if session is None:
         if form:
-            raise _Refuse(_forbidden(request, "You are not signed in, or your sign-in has expired."))
-        raise _Refuse(RedirectResponse(LOGIN, status_code=303))
+            raise Refuse(_forbidden(request, "You are not signed in, or your sign-in has expired."))
+        raise Refuse(RedirectResponse(LOGIN, status_code=303))
     return session
 
 
@@ -121,7 +77,7 @@ async def _active_link(request: Request, bridge: Bridge, session: Session) -> Li
     link = await bridge.store.get_link(session.link_id)
     if link is None or link.status != LINK_ACTIVE or link.pipedrive_user_id != session.user_id \
             or link.company_id != session.company_id:
-        raise _Refuse(page(request, "The app is not connected for you any more", "Your Pipedrive user's video "
+        raise Refuse(page(request, "The app is not connected for you any more", "Your Pipedrive user's video "
                            "calling connection was removed or needs renewing.", hint="Install the app again "
                            "from Pipedrive's Marketplace, then open these settings again.", status=403))
     return link
@@ -131,11 +87,11 @@ async def _checked_form(request: Request, bridge: Bridge, session: Session) -> F
     try:
         form = await request.form(max_files=0, max_fields=20)
     except HTTPException:
-        raise _Refuse(page(request, "The form was refused", "The form could not be read.",
+        raise Refuse(page(request, "The form was refused", "The form could not be read.",
                            hint="Open the settings again and resubmit the form.", status=400)) from None
     token = form.get("csrf")
     if not csrf_ok(bridge, session, token if isinstance(token, str) else None):
-        raise _Refuse(_forbidden(request, "The form was out of date or did not come from this page."))
+        raise Refuse(_forbidden(request, "The form was out of date or did not come from this page."))
     return form
 
 
@@ -146,7 +102,7 @@ def _allowed_backend(request: Request, bridge: Bridge, name: object, *, status: 
     if isinstance(name, str) and name in bridge.config.meetings.allowed_backends:
         backend = bridge.backends.available.get(name)
     if backend is None:
-        raise _Refuse(page(request, "That video service cannot be chosen", "It is not one of the video services "
+        raise Refuse(page(request, "That video service cannot be chosen", "It is not one of the video services "
                            "your company allows, or it is not available right now.",
                            hint="Go back to the settings and pick one from the list.", status=status))
     return backend
@@ -155,7 +111,7 @@ def _allowed_backend(request: Request, bridge: Bridge, name: object, *, status: 
 def _connectable_backend(request: Request, bridge: Bridge) -> Backend:
     backend = _allowed_backend(request, bridge, request.path_params["backend"], status=404)
     if not backend.needs_user_account:
-        raise _Refuse(page(request, "Nothing to connect", f"{backend.title} needs no account of your own.",
+        raise Refuse(page(request, "Nothing to connect", f"{backend.title} needs no account of your own.",
                            hint="Go back to the settings.", status=404))
     return backend
 
@@ -189,15 +145,15 @@ def _callback_url(bridge: Bridge, backend: Backend) -> str:
 
 
 def _not_connected(request: Request, backend: Backend, message: str, *, status: int) -> Response:
-    return page(request, f"Your {backend.title} account is not connected", _sentence(message),
+    return page(request, f"Your {backend.title} account is not connected", sentence(message),
                 hint="Go back to the settings and connect it again.", status=status)
 
 
 # --- the routes -------------------------------------------------------------------------
 
-@_browser_page
+@browser_page
 async def show(request: Request) -> Response:
-    bridge = _bridge(request)
+    bridge = bridge_of(request)
     session = _session(request, bridge)
     link = await _active_link(request, bridge, session)
     choices = await _choices(bridge, link)
@@ -214,9 +170,9 @@ async def show(request: Request) -> Response:
         "default_backend": bridge.config.meetings.default_backend, "csrf": csrf_token(bridge, session)})
 
 
-@_browser_page
+@browser_page
 async def save(request: Request) -> Response:
-    bridge = _bridge(request)
+    bridge = bridge_of(request)
     session = _session(request, bridge, form=True)
     form = await _checked_form(request, bridge, session)
     link = await _active_link(request, bridge, session)
@@ -226,9 +182,9 @@ async def save(request: Request) -> Response:
     return RedirectResponse(SETTINGS + "?saved=1", status_code=303)
 
 
-@_browser_page
+@browser_page
 async def connect_start(request: Request) -> Response:
-    bridge = _bridge(request)
+    bridge = bridge_of(request)
     session = _session(request, bridge)
     link = await _active_link(request, bridge, session)
     backend = _connectable_backend(request, bridge)
@@ -246,9 +202,9 @@ async def connect_start(request: Request) -> Response:
     return RedirectResponse(url, status_code=303)
 
 
-@_browser_page
+@browser_page
 async def connect_callback(request: Request) -> Response:
-    bridge = _bridge(request)
+    bridge = bridge_of(request)
     session = _session(request, bridge)
     link = await _active_link(request, bridge, session)
     backend = _connectable_backend(request, bridge)
@@ -268,9 +224,9 @@ async def connect_callback(request: Request) -> Response:
     return RedirectResponse(f"{SETTINGS}?connected={backend.name}", status_code=303)
 
 
-@_browser_page
+@browser_page
 async def logout(request: Request) -> Response:
-    bridge = _bridge(request)
+    bridge = bridge_of(request)
     session = read_session(request, bridge)
     if session is not None:
         await _checked_form(request, bridge, session)
