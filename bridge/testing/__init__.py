@@ -45,6 +45,7 @@ from bridge.devtools.processes import (
 )
 from bridge.storage.schema import MEETING_ACTIVE
 from bridge.storage.store import Store, StoreError
+from bridge.storage.vault import generate_key
 from bridge.testing.kit import (
     InMemoryCredentials,
     bridge_client,
@@ -76,6 +77,7 @@ __all__ = [
     "config_sections",
     "create_app",
     "free_port",
+    "generate_key",
     "load_plugins",
     "make_config",
     "make_context",

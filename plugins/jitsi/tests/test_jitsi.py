@@ -461,7 +461,7 @@ async def test_end_to_end_refuses_wrong_credentials(tmp_path: Path) -> None:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
     """``serve`` in a subprocess on a free port: (base URL, config file, auth headers)."""
-    from bridge.storage.vault import generate_key
+    from bridge.testing import generate_key
 
     client_secret = "e2e-secret-" + generate_key()[:16]
     config_file = write_toml(tmp_path / "bridge.toml", {
