@@ -144,8 +144,8 @@ def cmd_links_list(config: Config, _args: argparse.Namespace) -> int:
 
 def cmd_plugins(_config: Config, args: argparse.Namespace) -> int:
     registry = load_plugins()
-    rows = [{"name": p.name, "version": p.version, "backends": p.backends, "error": p.error}
-            for p in registry.plugins]
+    rows: list[dict[str, Any]] = [{"name": p.name, "version": p.version, "backends": p.backends, "error": p.error}
+                                  for p in registry.plugins]
     if args.json:
         print(json.dumps(rows, indent=2))
     elif not rows:
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, handler: Callable[[Config, argparse.Namespace], int], help: str,
             parent: Any = sub) -> argparse.ArgumentParser:
-        command = parent.add_parser(name, help=help, description=help)
+        command: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
         command.set_defaults(handler=handler)
         return command
 

@@ -307,10 +307,10 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], source: Path | 
 
     for name, (section, key) in _ENV.items():
         if name in env:
-            value: Any = env[name]
+            given: Any = env[name]
             if key == "port":
-                value = int(value) if value.isdigit() else value
-            _take(section, key, value, values, problems, where=f"environment {name}")
+                given = int(given) if given.isdigit() else given
+            _take(section, key, given, values, problems, where=f"environment {name}")
 
     backends = _parse_backends(raw.get("backends", {}), env, problems)
     config = Config(

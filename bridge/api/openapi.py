@@ -136,7 +136,7 @@ def build_openapi() -> dict[str, Any]:
     link = _ref("parameters", "linkId")
     meeting = _ref("parameters", "meetingId")
     request_id = _ref("parameters", "requestId")
-    security = [{SECURITY_SCHEME: []}]
+    security: list[dict[str, list[str]]] = [{SECURITY_SCHEME: []}]
     error_responses = {
         f"Error{status}": {
             "description": description,

@@ -92,7 +92,7 @@ def _api_base(value: Any) -> str:
         raise ValueError(f"api_base: must be a URL such as {DEFAULT_API_BASE}, got {value!r}")
     if url.scheme == "http" and url.hostname not in _LOOPBACK:
         raise ValueError("api_base: must use https (plain http is accepted on loopback only)")
-    return value.strip().rstrip("/")
+    return str(value).strip().rstrip("/")
 
 
 def _whereby_time(moment: datetime) -> str:

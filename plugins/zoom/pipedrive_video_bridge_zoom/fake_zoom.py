@@ -25,7 +25,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -136,7 +136,7 @@ class FakeZoomState:
                 "api_url": self.base_url}
 
 
-def _zoom_error(status: int, code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _zoom_error(status: int, code: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
 
 
@@ -174,7 +174,7 @@ class _Faults:
         if state.delay:
             await anyio.sleep(state.delay)
         if busy is not False:
-            headers = {"X-RateLimit-Type": "QPS", **({"Retry-After": busy} if busy is not None else {})}
+            headers = {"X-RateLimit-Type": "QPS", **({"Retry-After": str(busy)} if busy is not None else {})}
             await _zoom_error(429, 429, PER_SECOND_MESSAGE, headers)(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -207,7 +207,7 @@ def create_fake_zoom(state: FakeZoomState) -> ASGIApp:
     def schedule_problem(body: Any, *, partial: bool) -> str | None:
         if not isinstance(body, dict):
             return "Request Body should be a valid JSON object."
-        checks = {
+        checks: dict[str, Callable[[Any], bool]] = {
             "topic": lambda v: isinstance(v, str) and 0 < len(v) <= 200,
             "type": lambda v: v == 2,
             "start_time": lambda v: isinstance(v, str) and _START_TIME.fullmatch(v) is not None,
