@@ -36,9 +36,12 @@ from sqlalchemy import text
 from bridge.api.auth import basic_auth
 from bridge.config import Config
 from bridge.devtools.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
+from bridge.errors import Gone
 from bridge.pipedrive.client import PipedriveClient
 from bridge.pipedrive.tokens import PipedriveTokens, dump_tokens, load_tokens
+from bridge.plugin import Token, TokenKeeper
 from bridge.runtime import open_store, prepare_database
+from bridge.storage.credentials import ScopedCredentials
 from bridge.storage.schema import LINK_UNINSTALLED
 from bridge.storage.store import PIPEDRIVE_TOKENS, Store, backend_scope, link_scope
 from bridge.storage.vault import generate_key, key_id
@@ -352,7 +355,7 @@ async def test_a_zoom_user_token_is_refreshed_once_across_processes(tmp_path: Pa
 @pytest.mark.parametrize("meanwhile", ["uninstall", "reinstall", "rotation"])
 async def test_a_write_during_a_refresh_is_not_overwritten_by_it(tmp_path: Path, database_url: str,
                                                                  meanwhile: str) -> None:
-    """One replica refreshes (holding the tokens' lock) while another erases, replaces or re-encrypts them.
+    """One replica refreshes (its token request in flight) while another erases, replaces or re-encrypts them.
 
     The refresh must not write its tokens over an uninstall (that would bring back a live refresh
     token the uninstall promised to erase) nor over a re-install's new tokens; a key rotation only
@@ -364,20 +367,36 @@ async def test_a_write_during_a_refresh_is_not_overwritten_by_it(tmp_path: Path,
     writer = open_store(config)
     refreshing, other = open_store(rotated), open_store(rotated if meanwhile == "rotation" else config)
     scope = link_scope("0b9f3c2e-5d7a-4e61-9a38-2f4c6d8e1a57")
+    before = Token("before the refresh", time.time() - 60, "refresh-1").dump()
+    reinstalled = Token("of the new install", time.time() + 3600, "refresh-new").dump()
+    after = Token("after the refresh", time.time() + 3600, "refresh-2")
     try:
         await prepare_database(writer, config)
-        await writer.put_secret(scope, PIPEDRIVE_TOKENS, "tokens before the refresh")
+        await writer.put_secret(scope, PIPEDRIVE_TOKENS, before)
         actions = {"uninstall": lambda: other.delete_scope(scope),
-                   "reinstall": lambda: other.put_secret(scope, PIPEDRIVE_TOKENS, "tokens of the new install"),
+                   "reinstall": lambda: other.put_secret(scope, PIPEDRIVE_TOKENS, reinstalled),
                    "rotation": lambda: other.rotate()}
-        async with anyio.create_task_group() as tasks:
-            async with refreshing.locked_secret(scope, PIPEDRIVE_TOKENS) as locked:
-                assert locked.value == "tokens before the refresh"
+        asked: list[Token | None] = []
+
+        async def refresh(current: Token | None) -> Token:
+            asked.append(current)
+            if current is None:
+                raise Gone("no tokens: install again")
+            async with anyio.create_task_group() as tasks:
                 tasks.start_soon(actions[meanwhile])
                 await anyio.sleep(0.3)  # Pipedrive answering the refresh
-                locked.replace("tokens after the refresh")
-        expected = {"uninstall": None, "reinstall": "tokens of the new install",
-                    "rotation": "tokens after the refresh"}[meanwhile]
+            return after
+
+        keeper = TokenKeeper(PIPEDRIVE_TOKENS)
+        if meanwhile == "uninstall":
+            with pytest.raises(Gone):
+                await keeper.token(ScopedCredentials(refreshing, scope), refresh)
+            assert len(asked) == 2 and asked[1] is None, "what is stored after the erase decides: nothing"
+        else:
+            token = await keeper.token(ScopedCredentials(refreshing, scope), refresh)
+            assert token.access_token == {"reinstall": "of the new install", "rotation": "after the refresh"}[meanwhile]
+            assert len(asked) == 1
+        expected = {"uninstall": None, "reinstall": reinstalled, "rotation": after.dump()}[meanwhile]
         assert await refreshing.get_secret(scope, PIPEDRIVE_TOKENS) == expected
         if meanwhile == "rotation":
             assert set(await refreshing.count_by_key()) == {key_id(new_key)}
