@@ -159,7 +159,7 @@ def test_broken_plugins_are_reported_and_the_others_load(tmp_path: Path, sites: 
 
     lookalike = rows["lookalike"]
     assert lookalike["backends"] == []
-    assert "LooksLikeABackend" in lookalike["error"] and "not a bridge.backends.Backend subclass" in lookalike["error"]
+    assert "LooksLikeABackend" in lookalike["error"] and "not a bridge.plugin.Backend subclass" in lookalike["error"]
 
 
 def test_plugins_text_output_shows_the_errors(tmp_path: Path, sites: dict[str, Path]) -> None:
@@ -278,9 +278,9 @@ def test_a_backend_missing_abstract_methods_is_rejected() -> None:
 @pytest.mark.parametrize(("registered", "says"), [
     (backend_class("Bad Name"), "no valid name"),
     (backend_class("untitled", title=None), "has no title"),
-    (dict, "not a bridge.backends.Backend subclass"),
-    ("jitsi", "not a bridge.backends.Backend subclass"),
-    (object(), "not a bridge.backends.Backend subclass"),
+    (dict, "not a bridge.plugin.Backend subclass"),
+    ("jitsi", "not a bridge.plugin.Backend subclass"),
+    (object(), "not a bridge.plugin.Backend subclass"),
 ])
 def test_invalid_registrations_are_rejected(registered: object, says: str) -> None:
     registry = registry_of(plugin("odd", registered), plugin("fine", backend_class("fine")))

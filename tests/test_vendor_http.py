@@ -1,4 +1,4 @@
-"""The core's vendor retry policy (``bridge.vendor_http``): RetryTransport and raise_for_vendor.
+"""The core's vendor retry policy (``bridge.vendors.http``): RetryTransport and raise_for_vendor.
 
 Unit tests put an ``httpx.MockTransport`` that plays a vendor's answers under the
 RetryTransport; the end-to-end tests run the app with a tiny backend that calls a

@@ -14,4 +14,4 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def register_backends(register: Callable[[type], None]) -> None:
-    """Call ``register(BackendClass)`` once for each ``bridge.backends.Backend`` subclass the plugin provides."""
+    """Call ``register(BackendClass)`` once for each ``bridge.plugin.Backend`` subclass the plugin provides."""

@@ -1,7 +1,7 @@
 """The backend interface: what a video vendor plugin implements.
 
 A plugin hands the core backend *classes* through the ``register_backends`` hook
-(see ``bridge.hookspecs``). At start-up the core builds each allowed backend once
+(see ``bridge.vendors.hookspecs``). At start-up the core builds each allowed backend once
 from its own TOML table with :meth:`Backend.from_config`; then, for every
 meeting, it calls ``create``, ``update`` or ``delete`` with a :class:`BackendContext`
 that carries everything the backend may use and nothing else.
@@ -13,7 +13,7 @@ it back to the bridge's callback, and :meth:`Backend.connect_finish` stores what
 it got with ``ctx.credentials``. The core signs and checks ``state``; the backend
 only passes it through.
 
-Errors: raise ``bridge.errors.BackendError`` (or ``BackendUnavailable`` /
+Errors: raise ``bridge.plugin.BackendError`` (or ``BackendUnavailable`` /
 ``BackendTimeout``) with a message for the person reading it. Network errors of
 the shared ``httpx.AsyncClient`` are mapped by the core; anything else a backend
 raises is answered as a 502 and logged.

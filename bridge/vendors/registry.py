@@ -103,7 +103,7 @@ def load_plugins(plugins: Iterable[object] = (), *, entry_points: bool = True) -
 
 def _backend_problem(cls: object, known: dict[str, type[Backend]]) -> str | None:
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
-        return f"registered {cls!r}, which is not a bridge.backends.Backend subclass"
+        return f"registered {cls!r}, which is not a bridge.plugin.Backend subclass"
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not BACKEND_NAME.match(name):
         return f"backend {cls.__name__} has no valid name (a-z, 0-9, -, _)"

@@ -1,10 +1,10 @@
 """One run of a piece of work per key at a time in this process; callers that arrive meanwhile share it.
 
-Token refreshes use it as the first of their two layers: when many requests
-find the same token due at once, one of them refreshes (under the store's
-cross-process lock) and the others wait for that refresh and take its answer,
-instead of each taking the cross-process lock in turn only to find the work
-done. Plugins refreshing their own vendor tokens can use it the same way.
+The token primitive (``bridge.vendors.tokens.TokenKeeper``) uses it as the first
+of its two layers: when many requests find the same token due at once, one of
+them refreshes (under the cross-replica lease) and the others wait for that
+refresh and take its answer, instead of each taking the lease in turn only to
+find the work done.
 """
 
 from __future__ import annotations
