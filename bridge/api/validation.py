@@ -16,7 +16,9 @@ from bridge.vendors.interface import MeetingRequest
 
 MAX_TOPIC_LENGTH = 1000
 MAX_DURATION_MINUTES = 31 * 24 * 60
-START_TIME_PATTERN = r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}"  # also the OpenAPI schema's (bridge.openapi)
+# also the OpenAPI schema's (bridge.api.openapi): months, days, hours and minutes in their ranges, so that
+# requests generated from the document are mostly valid; a day past its month's end is still refused below
+START_TIME_PATTERN = r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01]) ([01][0-9]|2[0-3]):[0-5][0-9]"
 _START_TIME = re.compile(START_TIME_PATTERN)
 
 
