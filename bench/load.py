@@ -18,19 +18,16 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from bench.harness import HOST, Server
 from bench.report import ms
 from bridge.api.auth import basic_auth
 from bridge.config import TRIAL_CLIENT_ID, TRIAL_CLIENT_SECRET
 
-if TYPE_CHECKING:
-    from bench.harness import Server
-
-HOST = "127.0.0.1"
 HEADERS = {**basic_auth(TRIAL_CLIENT_ID, TRIAL_CLIENT_SECRET), "Content-Type": "application/json"}
 START_TIME = "2026-12-01 14:00"
 CLIENTS = ("raw", "httpx")
