@@ -1,8 +1,8 @@
 """The server processes the benchmarks start (one per process, on loopback, under uvicorn).
 
-    python bench/servers.py bare   --port N                 a bare Starlette endpoint answering postMeeting's JSON
-    python bench/servers.py vendor --port N [--delay 0.1]   a fake video vendor that answers after ``delay`` seconds
-    python bench/servers.py bridge --config FILE --port N   the bridge exactly as ``pipedrive-video-bridge serve``
+    python -m bench.servers bare   --port N                 a bare Starlette endpoint answering postMeeting's JSON
+    python -m bench.servers vendor --port N [--delay 0.1]   a fake video vendor that answers after ``delay`` seconds
+    python -m bench.servers bridge --config FILE --port N   the bridge exactly as ``pipedrive-video-bridge serve``
                                                             runs it, plus the bench's slow-vendor plugin
 
 The bridge itself is usually started with ``python -m bridge.cli --config FILE serve --port N``;
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from starlette.routing import Route
 
 HOST = "127.0.0.1"
 # the settings bridge.cli.cmd_serve passes to uvicorn.run (host and port aside)
-UVICORN_SETTINGS: dict[str, Any] = dict(log_config=None, access_log=False, proxy_headers=True, server_header=False)
+UVICORN_SETTINGS: Mapping[str, Any] = dict(log_config=None, access_log=False, proxy_headers=True, server_header=False)
 
 # the shape of a postMeeting answer (a Jitsi room), so both sides send the same bytes
 BARE_ANSWER = {"success": True, "data": {
@@ -72,9 +73,7 @@ def vendor_app(delay: float) -> Starlette:
 
 def serve_bridge_with_plugin(config_path: Path, port: int) -> int:
     """``cmd_serve`` with the bench's slow-vendor plugin registered next to the installed ones."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import slow_backend  # noqa: PLC0415  (bench/slow_backend.py)
-
+    from bench import slow_backend
     from bridge.app import create_app
     from bridge.config import load_config
     from bridge.logs import configure_logging

@@ -3,7 +3,7 @@
 It is what a real vendor plugin does on postMeeting (``POST`` to the vendor's API
 with the shared ``ctx.http`` client, read the answer, build the invitation), so
 the benchmark measures the bridge's concurrency while the vendor takes its time.
-``[backends.slowvendor] url`` is the vendor's base URL (``bench/servers.py vendor``).
+``[backends.slowvendor] url`` is the vendor's base URL (``python -m bench.servers vendor``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One process of the token-upkeep benchmark: many concurrent token look-ups for one link.
 
-    python bench/token_worker.py --kind pipedrive|zoom --config FILE --link ID --calls N --burst B
+    python -m bench.token_worker --kind pipedrive|zoom --config FILE --link ID --calls N --burst B
                                  --t0 EPOCH --duration SECONDS
 
 The bridge is opened exactly as the service opens it (``open_bridge``: store,

@@ -6,7 +6,10 @@ one place that knows how.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -77,6 +80,15 @@ def write_config_toml(path: Path, config: Config, sections: Mapping[str, Mapping
     return write_toml(path, raw)
 
 
+def parent_death_signal() -> None:
+    """A ``preexec_fn``: the child gets SIGTERM when the thread that started it ends, so no server outlives it.
+
+    Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere it does nothing.
+    """
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def serve_args(config_path: Path, port: int | None = None) -> list[str]:
     """Arguments after ``python`` for ``pipedrive-video-bridge --config PATH serve [--port PORT]``."""
     return ["-m", "bridge.cli", "--config", str(config_path), "serve", *(["--port", str(port)] if port else [])]
@@ -86,18 +98,20 @@ class BridgeProcess:
     """A server in a subprocess (``python ARGS``) on ``port``, its output appended to ``log_path``.
 
     ``wait_ready`` polls a health path until it answers 200; ``stop`` terminates (then kills after a
-    timeout); ``kill`` is SIGKILL (kill -9). As a context manager it stops on exit.
+    timeout); ``kill`` is SIGKILL (kill -9). As a context manager it stops on exit. With
+    ``die_with_parent`` the process also gets SIGTERM if its starter dies (``parent_death_signal``).
     """
 
     def __init__(self, args: Sequence[str], log_path: Path, *, port: int, env: Mapping[str, str] | None = None,
-                 cwd: Path | None = None, name: str = "the bridge") -> None:
+                 cwd: Path | None = None, name: str = "the bridge", die_with_parent: bool = False) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self.name = name
         self._log = log_path.open("ab")
         self.process = subprocess.Popen([sys.executable, *args], stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=dict(env) if env is not None else None, cwd=cwd)
+                                        env=dict(env) if env is not None else None, cwd=cwd,
+                                        preexec_fn=parent_death_signal if die_with_parent else None)
 
     @classmethod
     def serve(cls, config_path: Path, log_path: Path, *, port: int | None = None, port_arg: bool = True,
