@@ -27,7 +27,8 @@ from starlette.routing import Route
 from bridge.api.meetings import MeetingService, backend_context, call_backend
 from bridge.errors import BridgeError
 from bridge.runtime import Bridge
-from bridge.storage.schema import LINK_ACTIVE, Link
+from bridge.storage.links import Link
+from bridge.storage.schema import LINK_ACTIVE
 from bridge.storage.store import StoreError
 from bridge.storage.vault import VaultError
 from bridge.vendors.interface import Backend
