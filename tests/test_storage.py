@@ -17,6 +17,7 @@ import json
 import re
 import stat
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from sqlalchemy import Column, Engine, Integer, MetaData, inspect, text
 from sqlmodel import SQLModel
 
 from bridge.config import Config, VaultConfig
+from bridge.errors import ServiceUnavailable
 from bridge.runtime import StartupError, open_store, prepare_database
 from bridge.storage import migrations
 from bridge.storage.links import PIPEDRIVE_TOKENS, Link
@@ -484,6 +486,95 @@ async def test_startup_with_a_fresh_database_accepts_any_key(config: Config) -> 
         assert await store.count_by_key() == {}
     finally:
         store.close()
+
+
+# --- leases and compare-and-swap ------------------------------------------------------
+
+async def test_take_lease_refuses_a_running_lease_of_another_holder(store: Store) -> None:
+    assert await store.take_lease("link:a/tokens", "holder-a", 30)
+    assert not await store.take_lease("link:a/tokens", "holder-b", 30)
+    assert await store.take_lease("link:a/tokens", "holder-a", 30)  # still its own
+    assert await store.take_lease("link:b/tokens", "holder-b", 30)  # another name does not contend
+
+
+async def test_take_lease_takes_over_an_expired_lease(store: Store) -> None:
+    assert await store.take_lease("link:a/tokens", "killed-holder", 0.05)
+    await anyio.sleep(0.1)
+    assert await store.take_lease("link:a/tokens", "holder-b", 30)
+    assert not await store.take_lease("link:a/tokens", "killed-holder", 30)
+
+
+async def test_release_lease_releases_only_the_holders_own(store: Store) -> None:
+    assert await store.take_lease("link:a/tokens", "holder-a", 30)
+    await store.release_lease("link:a/tokens", "holder-b")
+    assert not await store.take_lease("link:a/tokens", "holder-b", 30)
+    await store.release_lease("link:a/tokens", "holder-a")
+    assert await store.take_lease("link:a/tokens", "holder-b", 30)
+
+
+async def test_lease_waits_for_a_released_lease(store: Store) -> None:
+    assert await store.take_lease("link:a/tokens", "another-replica", 30)
+    released_at: list[float] = []
+    entered_at: list[float] = []
+
+    async def hold() -> None:
+        async with store.lease("link:a/tokens", 5):
+            entered_at.append(time.monotonic())
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(hold)
+            await anyio.sleep(0.3)
+            assert entered_at == []
+            released_at.append(time.monotonic())
+            await store.release_lease("link:a/tokens", "another-replica")
+    assert entered_at and entered_at[0] >= released_at[0]
+    assert await store.take_lease("link:a/tokens", "next", 30), "the block's end releases the lease"
+
+
+async def test_lease_held_past_its_seconds_is_service_unavailable(store: Store) -> None:
+    assert await store.take_lease("link:a/tokens", "another-replica", 60)
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable, match="try again"):
+        async with store.lease("link:a/tokens", 0.3):
+            pytest.fail("the lease of another holder was entered")
+    assert 0.3 <= time.monotonic() - started < 3
+    assert not await store.take_lease("link:a/tokens", "third", 30), "the other holder keeps its lease"
+
+
+async def test_swap_secret_writes_only_over_the_expected_value(store: Store) -> None:
+    assert not await store.swap_secret("link:a", "tokens", "not-there", "v1")
+    assert await store.get_secret("link:a", "tokens") is None
+    assert await store.swap_secret("link:a", "tokens", None, "v1")  # None: absent
+    assert await store.get_secret("link:a", "tokens") == "v1"
+    assert not await store.swap_secret("link:a", "tokens", None, "v2")
+    assert not await store.swap_secret("link:a", "tokens", "v0", "v2")
+    assert await store.get_secret("link:a", "tokens") == "v1"
+    assert await store.swap_secret("link:a", "tokens", "v1", "v2")
+    assert await store.get_secret("link:a", "tokens") == "v2"
+
+
+@pytest.mark.parametrize("expected", [None, "refresh-0"])
+async def test_concurrent_swaps_from_the_same_value_let_exactly_one_win(
+        store: Store, config: Config, database_url: str, expected: str | None) -> None:
+    if expected is not None:
+        await store.put_secret("link:a", "tokens", expected)
+    replica = new_store(database_url, [config_key(config)])  # a second process on the same database
+    wins: dict[str, bool] = {}
+
+    async def swap(n: int) -> None:
+        wins[f"refresh-{n + 1}"] = await (store if n % 2 else replica).swap_secret(
+            "link:a", "tokens", expected, f"refresh-{n + 1}")
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            for n in range(12):
+                tasks.start_soon(swap, n)
+    finally:
+        replica.close()
+    winners = [value for value, won in wins.items() if won]
+    assert len(wins) == 12 and len(winners) == 1
+    assert await store.get_secret("link:a", "tokens") == winners[0]
 
 
 # --- scopes and concurrency -----------------------------------------------------------
