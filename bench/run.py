@@ -753,76 +753,57 @@ class Seeder:
         self.created = datetime.now(UTC) - timedelta(days=1)  # older than any retry window
         self.start = datetime(2026, 12, 1, 14, 0, tzinfo=UTC)
 
-    def rows(self, index: int) -> tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]:
-        from bridge.storage.store import StoredRoom, _context, _room_text, meeting_scope
+    def rows(self, index: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        from bridge.storage.meetings import StoredRoom, room_text
+        from bridge.storage.secrets import meeting_scope, secret_context
 
         rng = self.rng
         link_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         meeting_id = base64.urlsafe_b64encode(rng.randbytes(18)).decode()
         room = base64.b32encode(rng.randbytes(16)).decode().rstrip("=").lower()
         url = f"https://meet.jit.si/{room}"
-        text = _room_text(StoredRoom(join_url=url, invitation=(
+        text = room_text(StoredRoom(join_url=url, invitation=(
             f"User {index} is inviting you to a video meeting.\n\nTopic: Seeded meeting {index}\n"
             f"Time: Tuesday, 01 December 2026, 14:00 UTC (30 minutes)\n\nJoin: {url}")))
         scope = meeting_scope(meeting_id)
-        kid, ciphertext = self.vault.encrypt(text, _context(scope, "room"))
+        kid, ciphertext = self.vault.encrypt(text, secret_context(scope, "room"))
         now = self.created
-        link = (link_id, 10_000_000 + index, 1 + index // 1000, f"User {index}", f"user{index}@example.com",
-                "active", now, now)
-        meeting = (meeting_id, link_id, "jitsi", room, self.start, 30, "active", now, now,
-                   rng.randbytes(32).hex())
-        secret = (scope, "room", kid, ciphertext, 1, now)
+        link = {"id": link_id, "pipedrive_user_id": 10_000_000 + index, "company_id": 1 + index // 1000,
+                "user_name": f"User {index}", "user_email": f"user{index}@example.com", "api_domain": None,
+                "backend": None, "status": "active", "tokens_refreshed_at": None, "created_at": now,
+                "updated_at": now}
+        meeting = {"id": meeting_id, "link_id": link_id, "backend": "jitsi", "vendor_meeting_id": room,
+                   "start_time": self.start, "duration": 30, "state": "active", "created_at": now,
+                   "updated_at": now, "request_hash": rng.randbytes(32).hex()}
+        secret = {"scope": scope, "name": "room", "key_id": kid, "ciphertext": ciphertext, "version": 1,
+                  "updated_at": now}
         return link, meeting, secret
 
 
-LINK_COLS = "id, pipedrive_user_id, company_id, user_name, user_email, status, created_at, updated_at"
-MEETING_COLS = ("id, link_id, backend, vendor_meeting_id, start_time, duration, state, created_at, updated_at, "
-                "request_hash")
-SECRET_COLS = "scope, name, key_id, ciphertext, version, updated_at"
-
-
-def _sqlite_time(value: Any) -> Any:
-    # the format SQLAlchemy writes into SQLite (naive, microseconds), so comparisons match the bridge's own rows
-    return value.strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(value, datetime) else value
-
-
 def seed(db_url: str, seeder: Seeder, first: int, count: int, want: set[int], chunk: int = 50_000) -> dict[int, str]:
-    """Insert links ``first .. first+count-1`` (one meeting and room each); returns the ids of indexes in ``want``."""
+    """Insert links ``first .. first+count-1`` (one meeting and room each); returns the ids of indexes in ``want``.
+
+    The rows go in through the storage layer's own tables (SQLAlchemy Core, many rows per statement)."""
+    from sqlalchemy import insert
+
+    from bridge.storage.schema import LINKS, MEETINGS, SECRETS
+    from bridge.storage.store import make_engine
+
     picked: dict[int, str] = {}
-    if db_url.startswith("sqlite"):
-        conn = sqlite3.connect(db_url.split(":///", 1)[1], isolation_level=None)
-        try:
-            conn.execute("PRAGMA synchronous=OFF")
-            conn.execute("PRAGMA cache_size=-1000000")
-            conn.execute("BEGIN")
+    engine = make_engine(db_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.begin() as conn:
             for lo in range(first, first + count, chunk):
                 batch = [seeder.rows(i) for i in range(lo, min(lo + chunk, first + count))]
-                picked.update({lo + j: rows[0][0] for j, rows in enumerate(batch) if lo + j in want})
-                conn.executemany(f"INSERT INTO link ({LINK_COLS}) VALUES (?,?,?,?,?,?,?,?)",
-                                 [tuple(map(_sqlite_time, r[0])) for r in batch])
-                conn.executemany(f"INSERT INTO meeting ({MEETING_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                                 [tuple(map(_sqlite_time, r[1])) for r in batch])
-                conn.executemany(f"INSERT INTO secret ({SECRET_COLS}) VALUES (?,?,?,?,?,?)",
-                                 [tuple(map(_sqlite_time, r[2])) for r in batch])
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
-        return picked
-    import psycopg
-
-    with psycopg.connect(db_url) as conn, conn.cursor() as cur:
-        for lo in range(first, first + count, chunk):
-            batch = [seeder.rows(i) for i in range(lo, min(lo + chunk, first + count))]
-            picked.update({lo + j: rows[0][0] for j, rows in enumerate(batch) if lo + j in want})
-            for position, (table_name, cols) in enumerate((("link", LINK_COLS), ("meeting", MEETING_COLS),
-                                                           ("secret", SECRET_COLS))):
-                with cur.copy(f"COPY {table_name} ({cols}) FROM STDIN") as copy:
-                    for rows in batch:
-                        copy.write_row(rows[position])
-        conn.commit()
-        conn.autocommit = True
-        for table_name in ("link", "meeting", "secret"):  # what autovacuum would soon do after a bulk load
-            cur.execute(f"VACUUM ANALYZE {table_name}")
+                picked.update({lo + j: rows[0]["id"] for j, rows in enumerate(batch) if lo + j in want})
+                for position, table in enumerate((LINKS, MEETINGS, SECRETS)):
+                    conn.execute(insert(table), [rows[position] for rows in batch])
+        if engine.dialect.name == "postgresql":
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                for table in (LINKS, MEETINGS, SECRETS):  # what autovacuum would soon do after a bulk load
+                    conn.exec_driver_sql(f"VACUUM ANALYZE {table.name}")
+    finally:
+        engine.dispose()
     return picked
 
 
