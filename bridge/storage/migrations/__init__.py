@@ -25,8 +25,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from alembic.migration import MigrationContext
-from alembic.runtime.migration import MigrationInfo
+from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import ScriptDirectory
 from sqlalchemy import NUMERIC, Connection, DateTime, Engine, inspect, text
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -60,7 +59,8 @@ def compare_type(context: MigrationContext, _inspected: Any, _model: Any, inspec
 def head() -> str:
     """The revision this release needs."""
     revision = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert revision is not None, "no revisions in bridge/storage/migrations/versions"
+    if revision is None:
+        raise RuntimeError("no revisions in bridge/storage/migrations/versions")
     return revision
 
 
@@ -69,13 +69,17 @@ def _lock(conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
 
 
-def _revision(conn: Connection) -> str | None:
-    """The database's revision: Alembic's record, else 0.1's (version N is revision 000N), else None."""
-    current = MigrationContext.configure(conn).get_current_revision()
-    if current is not None or not inspect(conn).has_table(_LEGACY_TABLE):
-        return current
+def _legacy_revision(conn: Connection) -> str | None:
+    """Release 0.1's record of its migrations, as a revision (version N is 000N); None if there is none."""
+    if not inspect(conn).has_table(_LEGACY_TABLE):
+        return None
     version = conn.execute(text(f"SELECT MAX(version) FROM {_LEGACY_TABLE}")).scalar()
     return None if version is None else f"{version:04d}"
+
+
+def _revision(conn: Connection) -> str | None:
+    """The database's revision: Alembic's record, else release 0.1's, else None (an empty database)."""
+    return MigrationContext.configure(conn).get_current_revision() or _legacy_revision(conn)
 
 
 def migrate(engine: Engine) -> list[str]:
@@ -90,9 +94,10 @@ def migrate(engine: Engine) -> list[str]:
         with conn.begin():
             _lock(conn)
             config = alembic_config(conn)
-            current = _revision(conn)
-            if current is not None and MigrationContext.configure(conn).get_current_revision() is None:
-                command.stamp(config, current)  # a database of release 0.1: where it stands
+            if MigrationContext.configure(conn).get_current_revision() is None:
+                legacy = _legacy_revision(conn)
+                if legacy is not None:
+                    command.stamp(config, legacy)  # a database of release 0.1: where it stands
             config.attributes["on_version_apply"] = record
             command.upgrade(config, "head")
     return applied
