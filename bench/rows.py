@@ -21,8 +21,10 @@ from typing import Any
 from sqlalchemy import Engine, event, insert
 
 from bridge.config import load_config
+from bridge.storage.meetings import StoredRoom, room_text
 from bridge.storage.schema import LINKS, MEETINGS, SECRETS
-from bridge.storage.store import Store, StoredRoom, _context, _room_text, make_engine, meeting_scope
+from bridge.storage.secrets import meeting_scope, secret_context
+from bridge.storage.store import Store, make_engine
 from bridge.storage.vault import Vault
 
 Row = dict[str, Any]
@@ -106,11 +108,11 @@ class Seeder:
         meeting_id = base64.urlsafe_b64encode(rng.randbytes(18)).decode()
         room = base64.b32encode(rng.randbytes(16)).decode().rstrip("=").lower()
         url = f"https://meet.jit.si/{room}"
-        text = _room_text(StoredRoom(join_url=url, invitation=(
+        text = room_text(StoredRoom(join_url=url, invitation=(
             f"User {index} is inviting you to a video meeting.\n\nTopic: Seeded meeting {index}\n"
             f"Time: Tuesday, 01 December 2026, 14:00 UTC (30 minutes)\n\nJoin: {url}")))
         scope = meeting_scope(meeting_id)
-        kid, ciphertext = self.vault.encrypt(text, _context(scope, "room"))
+        kid, ciphertext = self.vault.encrypt(text, secret_context(scope, "room"))
         now = self.created
         link = {"id": link_id, "pipedrive_user_id": 10_000_000 + index, "company_id": 1 + index // 1000,
                 "user_name": f"User {index}", "user_email": f"user{index}@example.com", "status": "active",

@@ -187,7 +187,7 @@ def cmd_migrate(config: Config, _args: argparse.Namespace) -> int:
         return _fail(f"migration failed: {exc.__class__.__name__}: {exc}")
     finally:
         store.close()
-    print(f"applied migrations {applied}" if applied else f"schema is up to date (version {migrations.LATEST})")
+    print(f"applied migrations {applied}" if applied else f"schema is up to date (revision {migrations.head()})")
     return 0
 
 

@@ -132,9 +132,9 @@ async def prepare_database(store: Store, config: Config) -> None:
                 log.info("database migrated", extra={"versions": applied})
         else:
             version = await anyio.to_thread.run_sync(migrations.current_version, store.engine)
-            if version != migrations.LATEST:
-                raise StartupError(f"the database schema is at version {version}, this release needs "
-                                   f"{migrations.LATEST}: run `pipedrive-video-bridge migrate`")
+            if version != migrations.head():
+                raise StartupError(f"the database schema is at revision {version or 'none (empty)'}, this "
+                                   f"release needs {migrations.head()}: run `pipedrive-video-bridge migrate`")
         unknown = await store.unknown_key_ids()
         if unknown:
             raise StartupError(f"vault: stored secrets use key id(s) {', '.join(unknown)}, which are not "

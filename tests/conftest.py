@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 
 from bridge.config import Config
 from bridge.errors import BackendError
-from bridge.storage.schema import Link
+from bridge.storage.links import Link
 from bridge.storage.store import Store
 from bridge.testing import bridge_client, make_config, prepared_store
 from bridge.vendors.hookspecs import hookimpl

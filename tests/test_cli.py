@@ -200,7 +200,7 @@ def test_keys_rotate_moves_rows_to_the_new_first_key(tmp_path: Path) -> None:
 def test_migrate_twice(tmp_path: Path, config_file: Path) -> None:
     first = cli("-c", str(config_file), "migrate", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.startswith("applied migrations [1")
+    assert first.stdout.startswith("applied migrations ['0001', ")
     second = cli("-c", str(config_file), "migrate", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert "schema is up to date" in second.stdout

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import anyio
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlmodel import Session, select
 
 import bridge.signing
@@ -30,8 +30,10 @@ from bridge.devtools.fake_pipedrive import FakePipedriveState, running_fake_pipe
 from bridge.pipedrive.client import PipedriveClient, PipedriveError, TokenSet
 from bridge.pipedrive.tokens import dump_tokens, load_tokens
 from bridge.runtime import open_store
-from bridge.storage.schema import LINK_ACTIVE, LINK_UNINSTALLED, Link, Secret
-from bridge.storage.store import PIPEDRIVE_TOKENS, Store, StoreError, backend_scope, link_scope
+from bridge.storage.links import PIPEDRIVE_TOKENS, Link
+from bridge.storage.schema import LINK_ACTIVE, LINK_UNINSTALLED, LINKS, SecretTable
+from bridge.storage.secrets import backend_scope, link_scope
+from bridge.storage.store import Store, StoreError
 from bridge.testing import basic_auth, bridge_client, make_config
 from bridge.web.sessions import SESSION_COOKIE, STATE_COOKIE, STATE_SECONDS
 
@@ -158,24 +160,24 @@ def dump_database(store: Store) -> str:
     """Every row of every table as text: what a database dump would show."""
     chunks = []
     with store.engine.connect() as conn:
-        for table in ("link", "meeting", "secret", "schema_migrations"):
+        for table in inspect(conn).get_table_names():
             for row in conn.execute(text(f"SELECT * FROM {table}")):
                 chunks.append(repr(tuple(row)))
     return "\n".join(chunks)
 
 
 def links(store: Store) -> list[Link]:
-    with Session(store.engine) as session:
-        return list(session.exec(select(Link)))
+    with store.engine.connect() as conn:
+        return [Link(**row._mapping) for row in conn.execute(select(LINKS))]
 
 
 def active_links(store: Store) -> list[Link]:
     return [link for link in links(store) if link.status == LINK_ACTIVE]
 
 
-def secret_rows(store: Store) -> list[Secret]:
+def secret_rows(store: Store) -> list[SecretTable]:
     with Session(store.engine) as session:
-        return list(session.exec(select(Secret)))
+        return list(session.exec(select(SecretTable)))
 
 
 async def stored_tokens(store: Store, link_id: str) -> TokenSet | None:

@@ -42,8 +42,10 @@ from bridge.pipedrive.tokens import PipedriveTokens, dump_tokens, load_tokens
 from bridge.plugin import Token, TokenKeeper
 from bridge.runtime import open_store, prepare_database
 from bridge.storage.credentials import ScopedCredentials
+from bridge.storage.links import PIPEDRIVE_TOKENS
 from bridge.storage.schema import LINK_UNINSTALLED
-from bridge.storage.store import PIPEDRIVE_TOKENS, Store, backend_scope, link_scope
+from bridge.storage.secrets import backend_scope, link_scope
+from bridge.storage.store import Store
 from bridge.storage.vault import generate_key, key_id
 from bridge.testing import BridgeProcess, free_port, make_config, run_ready_go_workers, write_config_toml
 
@@ -104,7 +106,7 @@ async def main():
         else:
             from bridge.vendors.interface import BackendContext, UserIdentity
             from bridge.storage.credentials import ScopedCredentials
-            from bridge.storage.store import backend_scope, shared_scope
+            from bridge.storage.secrets import backend_scope, shared_scope
             from pipedrive_video_bridge_zoom.oauth import UserTokens, ZoomOAuth
 
             table = config.backend_table("zoom")
@@ -340,7 +342,7 @@ async def test_a_zoom_user_token_is_refreshed_once_across_processes(tmp_path: Pa
             from pipedrive_video_bridge_zoom.oauth import UserTokens, ZoomOAuth
 
             from bridge.storage.credentials import ScopedCredentials
-            from bridge.storage.store import shared_scope
+            from bridge.storage.secrets import shared_scope
             from bridge.vendors.interface import BackendContext, UserIdentity
 
             ctx = BackendContext(user=UserIdentity(link_id=link.id, user_id=5, company_id=6), http=http,

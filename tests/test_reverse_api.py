@@ -21,7 +21,8 @@ from sqlmodel import Session, select
 import bridge.storage.store
 from bridge.config import Config
 from bridge.errors import BackendError
-from bridge.storage.schema import MEETING_ACTIVE, MEETING_DELETED, MEETING_DELETING, Link, Meeting, Secret
+from bridge.storage.links import Link
+from bridge.storage.schema import MEETING_ACTIVE, MEETING_DELETED, MEETING_DELETING, MeetingTable, SecretTable
 from bridge.storage.store import Store, StoreError
 from bridge.testing import bridge_client, make_config, prepared_store
 from bridge.vendors.hookspecs import hookimpl
@@ -66,12 +67,12 @@ async def create(client: httpx.AsyncClient, link_id: str, **overrides: Any) -> s
     return response.json()["data"]["meeting_id"]  # type: ignore[no-any-return]
 
 
-def _all_rows(store: Store) -> tuple[list[Meeting], list[Secret]]:
+def _all_rows(store: Store) -> tuple[list[MeetingTable], list[SecretTable]]:
     with Session(store.engine) as session:
-        return list(session.exec(select(Meeting))), list(session.exec(select(Secret)))
+        return list(session.exec(select(MeetingTable))), list(session.exec(select(SecretTable)))
 
 
-async def all_rows(store: Store) -> tuple[list[Meeting], list[Secret]]:
+async def all_rows(store: Store) -> tuple[list[MeetingTable], list[SecretTable]]:
     return await anyio.to_thread.run_sync(_all_rows, store)
 
 

@@ -24,7 +24,8 @@ import bridge.storage.store
 from bridge.api.meetings import MeetingService
 from bridge.config import Config
 from bridge.errors import BackendError, BackendTimeout, BackendUnavailable
-from bridge.storage.schema import MEETING_ACTIVE, MEETING_DELETING, Link, Meeting, Secret
+from bridge.storage.links import Link
+from bridge.storage.schema import MEETING_ACTIVE, MEETING_DELETING, LinkTable, MeetingTable, SecretTable
 from bridge.storage.store import Store, StoreError
 from bridge.testing import basic_auth, bridge_client, make_config
 
@@ -66,12 +67,12 @@ async def create(client: httpx.AsyncClient, link_id: str, **overrides: Any) -> s
     return response.json()["data"]["meeting_id"]  # type: ignore[no-any-return]
 
 
-def _all_rows(store: Store) -> tuple[list[Meeting], list[Secret]]:
+def _all_rows(store: Store) -> tuple[list[MeetingTable], list[SecretTable]]:
     with Session(store.engine) as session:
-        return list(session.exec(select(Meeting))), list(session.exec(select(Secret)))
+        return list(session.exec(select(MeetingTable))), list(session.exec(select(SecretTable)))
 
 
-async def all_rows(store: Store) -> tuple[list[Meeting], list[Secret]]:
+async def all_rows(store: Store) -> tuple[list[MeetingTable], list[SecretTable]]:
     return await anyio.to_thread.run_sync(_all_rows, store)
 
 
@@ -388,7 +389,7 @@ async def test_ids_of_64_characters_are_looked_up(client, store, vendor):
 
     def insert_link() -> None:
         with Session(store.engine) as session:
-            session.add(Link(id=link_id, pipedrive_user_id=909, company_id=808))
+            session.add(LinkTable(id=link_id, pipedrive_user_id=909, company_id=808))
             session.commit()
 
     await anyio.to_thread.run_sync(insert_link)
@@ -403,7 +404,7 @@ async def test_ids_of_64_characters_are_looked_up(client, store, vendor):
 async def test_an_uninstalled_link_is_410(client, link, vendor, store):
     def uninstall() -> None:
         with Session(store.engine) as session:
-            session.exec(update(Link).where(Link.id == link.id).values(status="uninstalled"))  # type: ignore
+            session.exec(update(LinkTable).where(LinkTable.id == link.id).values(status="uninstalled"))  # type: ignore
             session.commit()
 
     await anyio.to_thread.run_sync(uninstall)

@@ -30,7 +30,8 @@ from sqlalchemy import text
 from bridge.config import Config
 from bridge.runtime import open_store, prepare_database
 from bridge.storage.schema import MEETING_ACTIVE
-from bridge.storage.store import Store, backend_scope
+from bridge.storage.secrets import backend_scope
+from bridge.storage.store import Store
 from bridge.storage.vault import generate_key, key_id
 from bridge.testing import bridge_client, make_config, write_config_toml
 

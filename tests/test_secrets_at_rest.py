@@ -42,7 +42,8 @@ from bridge.logs import configure_logging
 from bridge.pipedrive.client import PipedriveClient
 from bridge.pipedrive.tokens import PipedriveTokens, dump_tokens, load_tokens
 from bridge.runtime import open_store, prepare_database
-from bridge.storage.store import PIPEDRIVE_TOKENS, link_scope
+from bridge.storage.links import PIPEDRIVE_TOKENS
+from bridge.storage.secrets import link_scope
 from bridge.storage.vault import generate_key, key_id
 from bridge.testing import bridge_client, make_config, write_config_toml
 

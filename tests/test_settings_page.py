@@ -30,8 +30,10 @@ from bridge.devtools.fake_pipedrive import FakePipedriveState, FakeUser, running
 from bridge.devtools.loopback import serve_on_loopback
 from bridge.errors import BackendError
 from bridge.signing import Signer
-from bridge.storage.schema import Link, Secret
-from bridge.storage.store import Store, backend_scope
+from bridge.storage.links import Link
+from bridge.storage.schema import SecretTable
+from bridge.storage.secrets import backend_scope
+from bridge.storage.store import Store
 from bridge.testing import basic_auth, make_config
 from bridge.vendors.hookspecs import hookimpl
 from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room
@@ -489,7 +491,7 @@ async def test_connecting_an_account_stores_it_encrypted_for_that_link_and_backe
     assert await store.get_secret(backend_scope(link.id, "acct"), "access_token") == token
     assert await store.get_secret(backend_scope(link.id, "fake"), "access_token") is None
     with Session(store.engine) as session:
-        rows = list(session.exec(select(Secret).where(Secret.scope == backend_scope(link.id, "acct"))))
+        rows = list(session.exec(select(SecretTable).where(SecretTable.scope == backend_scope(link.id, "acct"))))
     assert [row.name for row in rows] == ["access_token"]
     assert token not in rows[0].ciphertext, "the vendor token is stored encrypted"
 

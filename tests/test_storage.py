@@ -1,49 +1,53 @@
 """The store, its migrations and the vault, on SQLite and on PostgreSQL.
 
-Covers: migrations applied once (also by replicas starting together), schema drift
-between the migrations and the SQLModel tables, secrets at rest (round trip,
-nothing readable in a dump, ciphertexts bound to their row), key rotation (also
-while secrets are being written), start-up with a wrong key, scope deletion,
-concurrency, an unreachable database, and the vault's own unit behaviour.
+Covers: Alembic revisions applied once (also by replicas starting together), no
+drift between the migrated database and the SQLModel tables (Alembic's own
+comparison), a database of release 0.1 upgraded in place, secrets at rest (round
+trip, nothing readable in a dump, ciphertexts bound to their row), key rotation
+(also while secrets are being written), start-up with a wrong key, scope deletion,
+leases and compare-and-swap, concurrency, an unreachable database, and the vault's
+own unit behaviour.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import re
 import stat
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import Engine, inspect, text
-from sqlalchemy.dialects import postgresql
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Column, Engine, Integer, MetaData, inspect, text
 from sqlmodel import SQLModel
 
 from bridge.config import Config, VaultConfig
+from bridge.errors import ServiceUnavailable
 from bridge.runtime import StartupError, open_store, prepare_database
 from bridge.storage import migrations
-from bridge.storage.schema import Link, Meeting
-from bridge.storage.store import (
-    Store,
-    StoredRoom,
-    StoreError,
-    backend_scope,
-    link_scope,
-    make_engine,
-    meeting_scope,
-    new_meeting_id,
-)
+from bridge.storage.links import PIPEDRIVE_TOKENS, Link
+from bridge.storage.meetings import Meeting, StoredRoom, new_meeting, new_meeting_id
+from bridge.storage.schema import LINK_ACTIVE, MEETING_ACTIVE
+from bridge.storage.secrets import backend_scope, link_scope, meeting_scope, shared_scope
+from bridge.storage.store import Store, StoreError, make_engine
 from bridge.storage.vault import Vault, VaultError, generate_key, key_id, load_or_create_key_file
 
 pytestmark = pytest.mark.anyio
 
-MODEL_TABLES = ("link", "meeting", "secret")
+RELEASE_0_1_SCHEMA = Path(__file__).parent / "data" / "release_0_1_schema.sql"
+REVISIONS = [script.revision for script in
+             reversed(list(ScriptDirectory.from_config(migrations.alembic_config()).walk_revisions()))]
 
 
 def new_store(url: str, keys: list[str]) -> Store:
@@ -53,6 +57,12 @@ def new_store(url: str, keys: list[str]) -> Store:
 
 def config_key(config: Config) -> str:
     return config.vault.keys[0]
+
+
+def a_meeting(link: Link, vendor_meeting_id: str = "v", **fields: Any) -> Meeting:
+    return new_meeting(link_id=link.id, backend=fields.pop("backend", "fake"), vendor_meeting_id=vendor_meeting_id,
+                       start_time=fields.pop("start_time", datetime(2031, 1, 1, tzinfo=UTC)),
+                       duration=fields.pop("duration", 30), **fields)
 
 
 @pytest.fixture
@@ -68,20 +78,21 @@ async def engine(database_url: str) -> AsyncIterator[Engine]:
 # --- migrations -----------------------------------------------------------------------
 
 async def test_migrations_apply_once_and_are_idempotent(engine: Engine) -> None:
-    assert migrations.current_version(engine) == 0
-    assert migrations.migrate(engine) == [m.version for m in migrations.MIGRATIONS]
-    assert migrations.current_version(engine) == migrations.LATEST
+    assert REVISIONS[:4] == ["0001", "0002", "0003", "0004"]  # release 0.1's migrations 1-4
+    assert migrations.current_version(engine) is None
+    assert migrations.migrate(engine) == REVISIONS
+    assert migrations.current_version(engine) == migrations.head() == REVISIONS[-1]
     assert migrations.migrate(engine) == []
     assert migrations.migrate(engine) == []
-    assert migrations.current_version(engine) == migrations.LATEST
+    assert migrations.current_version(engine) == migrations.head()
     with engine.connect() as conn:
-        versions = [row[0] for row in conn.execute(text("SELECT version FROM schema_migrations ORDER BY version"))]
-    assert versions == [m.version for m in migrations.MIGRATIONS]
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [REVISIONS[-1]]
+        assert not inspect(conn).has_table("schema_migrations")
 
 
 async def test_replicas_starting_together_migrate_exactly_once(database_url: str) -> None:
     engines = [make_engine(database_url) for _ in range(4)]
-    results: list[list[int]] = []
+    results: list[list[str]] = []
     errors: list[BaseException] = []
     barrier = threading.Barrier(len(engines))
 
@@ -99,57 +110,122 @@ async def test_replicas_starting_together_migrate_exactly_once(database_url: str
         thread.join(timeout=30)
     try:
         assert errors == []
-        assert sorted(v for applied in results for v in applied) == [m.version for m in migrations.MIGRATIONS]
-        assert migrations.current_version(engines[0]) == migrations.LATEST
+        assert len(results) == len(engines)
+        assert sorted(v for applied in results for v in applied) == REVISIONS
+        assert migrations.current_version(engines[0]) == migrations.head()
     finally:
         for engine in engines:
             engine.dispose()
 
 
-def _type_name(type_text: str) -> str:
-    """Normalise a column type: VARCHAR without a length is TEXT on both databases."""
-    type_text = re.sub(r"\s+", " ", type_text.upper()).strip()
-    return "TEXT" if type_text == "VARCHAR" else type_text
-
-
-def _declared_types(engine: Engine, table: str) -> dict[str, str]:
-    """Column types as the database holds them (SQLite: as declared in CREATE TABLE)."""
-    if engine.dialect.name == "sqlite":
-        with engine.connect() as conn:
-            return {row[1]: _type_name(row[2]) for row in conn.execute(text(f"PRAGMA table_info({table})"))}
-    return {column["name"]: _type_name(str(column["type"].compile(dialect=engine.dialect)))
-            for column in inspect(engine).get_columns(table)}
+def _schema_diff(engine: Engine, metadata: MetaData) -> list[Any]:
+    """What Alembic's autogenerate would change to make the database match ``metadata``."""
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": migrations.compare_type})
+        return list(compare_metadata(context, metadata))
 
 
 async def test_migrated_schema_matches_the_sqlmodel_tables(engine: Engine) -> None:
     migrations.migrate(engine)
-    inspector = inspect(engine)
-    assert set(inspector.get_table_names()) == set(SQLModel.metadata.tables), \
-        "the migrations and bridge.store define different tables"
-    for name in MODEL_TABLES:
-        model = SQLModel.metadata.tables[name]
-        reflected = {column["name"]: column for column in inspector.get_columns(name)}
-        assert set(reflected) == {c.name for c in model.columns}, f"{name}: the columns differ"
-        for column in model.columns:
-            assert reflected[column.name]["nullable"] == column.nullable, f"{name}.{column.name}: nullability"
-        assert inspector.get_pk_constraint(name)["constrained_columns"] == [c.name for c in model.primary_key]
-        declared = _declared_types(engine, name)
-        expected = {c.name: _type_name(str(c.type.compile(dialect=postgresql.dialect()))) for c in model.columns}
-        assert declared == expected, f"{name}: column types differ"
-        indexes = {ix["name"]: ix["column_names"] for ix in inspector.get_indexes(name)}
-        for index in model.indexes:  # the database may hold more (e.g. partial unique indexes)
-            assert indexes.get(index.name) == [c.name for c in index.columns], f"{name}: index {index.name}"
-        foreign_keys = {(tuple(fk["constrained_columns"]), fk["referred_table"], tuple(fk["referred_columns"]))
-                        for fk in inspector.get_foreign_keys(name)}
-        assert foreign_keys == {((fk.parent.name,), fk.column.table.name, (fk.column.name,))
-                                for fk in model.foreign_keys}, f"{name}: foreign keys"
+    assert _schema_diff(engine, SQLModel.metadata) == []
+
+
+async def test_the_schema_comparison_sees_a_column_the_migrations_lack(engine: Engine) -> None:
+    migrations.migrate(engine)
+    changed = MetaData()
+    for table in SQLModel.metadata.tables.values():
+        table.to_metadata(changed)
+    changed.tables["meeting"].append_column(Column("attendees", Integer, nullable=True))
+    diff = _schema_diff(engine, changed)
+    assert [(op[0], op[2], op[3].name) for op in diff] == [("add_column", "meeting", "attendees")]
+
+
+def _release_0_1_database(url: str) -> None:
+    """A database exactly as release 0.1 leaves it after its migrations 1-4."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            for statement in RELEASE_0_1_SCHEMA.read_text().split("\n;\n"):
+                lines = [line for line in statement.splitlines() if not line.startswith("--")]
+                if "".join(lines).strip():
+                    conn.exec_driver_sql("\n".join(lines))
+    finally:
+        engine.dispose()
+
+
+def _as_stored(engine: Engine, value: datetime) -> Any:
+    """A datetime as release 0.1 wrote it: SQLite got naive UTC text, PostgreSQL a timestamptz."""
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f") if engine.dialect.name == "sqlite" else value
+
+
+async def test_a_release_0_1_database_is_upgraded_in_place(config: Config, database_url: str) -> None:
+    _release_0_1_database(database_url)
+    created = datetime(2026, 3, 1, 8, 0, 0, 123456, tzinfo=UTC)
+    refreshed = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    start = datetime(2026, 4, 1, 14, 30, tzinfo=UTC)
+    link = Link(id="0b9f3c2e-5d7a-4e61-9a38-2f4c6d8e1a57", pipedrive_user_id=12_000_000_001, company_id=77,
+                user_name="Grace Hopper", user_email="grace@example.com", api_domain="https://acme.pipedrive.com",
+                backend="jitsi", status=LINK_ACTIVE, tokens_refreshed_at=refreshed, created_at=created,
+                updated_at=refreshed)
+    meeting = Meeting(id="AbCdEfGhIjKlMnOpQrStUvWx", link_id=link.id, backend="jitsi", vendor_meeting_id="room-42",
+                      start_time=start, duration=45, state=MEETING_ACTIVE, request_hash="f" * 64,
+                      created_at=created, updated_at=created)
+    room = {"join_url": "https://meet.example/room-42?jwt=secret-jwt", "invitation": "Join: room-42",
+            "password": "pw-42"}
+    secrets = {(link_scope(link.id), PIPEDRIVE_TOKENS): '{"access_token": "a-1", "refresh_token": "r-1"}',
+               (backend_scope(link.id, "zoom"), "access_token"): "zoom-user-token",
+               (shared_scope("zoom"), "account_token"): "zoom-account-token",
+               (meeting_scope(meeting.id), "room"): json.dumps(room)}
+    vault = Vault(list(config.vault.keys))
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:  # the rows as release 0.1 wrote them, column by column
+            conn.execute(text(
+                "INSERT INTO link (id, pipedrive_user_id, company_id, user_name, user_email, api_domain, backend, "
+                "status, created_at, updated_at, tokens_refreshed_at) VALUES (:id, :uid, :cid, :name, :email, "
+                ":domain, :backend, :status, :created, :updated, :refreshed)"),
+                {"id": link.id, "uid": link.pipedrive_user_id, "cid": link.company_id, "name": link.user_name,
+                 "email": link.user_email, "domain": link.api_domain, "backend": link.backend,
+                 "status": link.status, "created": _as_stored(engine, created),
+                 "updated": _as_stored(engine, refreshed), "refreshed": _as_stored(engine, refreshed)})
+            conn.execute(text(
+                "INSERT INTO meeting (id, link_id, backend, vendor_meeting_id, start_time, duration, state, "
+                "created_at, updated_at, request_hash) VALUES (:id, :link, :backend, :vendor, :start, :duration, "
+                ":state, :created, :updated, :hash)"),
+                {"id": meeting.id, "link": link.id, "backend": meeting.backend, "vendor": meeting.vendor_meeting_id,
+                 "start": _as_stored(engine, start), "duration": meeting.duration, "state": meeting.state,
+                 "created": _as_stored(engine, created), "updated": _as_stored(engine, created),
+                 "hash": meeting.request_hash})
+            for (scope, name), value in secrets.items():
+                kid, ciphertext = vault.encrypt(value, f"secret/{scope}/{name}")  # 0.1's context for a row
+                conn.execute(text("INSERT INTO secret (scope, name, key_id, ciphertext, version, updated_at) "
+                                  "VALUES (:scope, :name, :kid, :ciphertext, 1, :updated)"),
+                             {"scope": scope, "name": name, "kid": kid, "ciphertext": ciphertext,
+                              "updated": _as_stored(engine, created)})
+        assert migrations.current_version(engine) == "0004"  # recognised before anything is written
+    finally:
+        engine.dispose()
+
+    store = open_store(config)  # auto_migrate is on by default
+    try:
+        await prepare_database(store, config)
+        assert migrations.current_version(store.engine) == migrations.head()
+        assert await store.get_link(link.id) == link
+        assert await store.get_meeting(link.id, meeting.id) == meeting
+        assert await store.get_room(meeting.id) == StoredRoom(**room)
+        for (scope, name), value in secrets.items():
+            assert await store.get_secret(scope, name) == value
+        assert _schema_diff(store.engine, SQLModel.metadata) == []
+        await prepare_database(store, config)  # a second start
+        assert await anyio.to_thread.run_sync(migrations.migrate, store.engine) == []
+    finally:
+        store.close()
 
 
 async def test_migrated_schema_takes_the_models_rows(store: Store, link: Link) -> None:
-    """The ORM writes and reads back every column of the migrated tables (aware datetimes included)."""
+    """The store writes and reads back every column of the migrated tables (aware datetimes included)."""
     start = datetime(2031, 5, 14, 9, 30, tzinfo=UTC)
-    meeting = Meeting(id=new_meeting_id(), link_id=link.id, backend="fake", vendor_meeting_id="v-1",
-                      start_time=start, duration=45)
+    meeting = a_meeting(link, "v-1", start_time=start, duration=45)
     await store.add_meeting(meeting, StoredRoom(join_url="https://v.example.com/r", invitation="join"))
     stored = await store.get_meeting(link.id, meeting.id)
     assert stored is not None
@@ -202,8 +278,7 @@ async def test_a_dump_shows_no_secret(store: Store, link: Link, config: Config) 
         await store.put_secret(backend_scope(link.id, "fake"), f"name{i}", value)
     jwt_value = f"eyJhbGciOi.{uuid.uuid4().hex}"
     room_password = f"room-pass-{uuid.uuid4().hex[:8]}"
-    meeting = Meeting(id=new_meeting_id(), link_id=link.id, backend="fake", vendor_meeting_id="vendor-1",
-                      start_time=datetime(2031, 1, 1, tzinfo=UTC), duration=30)
+    meeting = a_meeting(link, "vendor-1")
     await store.add_meeting(meeting, StoredRoom(join_url=f"https://video.example.com/r?jwt={jwt_value}",
                                                 invitation=f"Join: https://video.example.com/r?jwt={jwt_value}",
                                                 password=room_password))
@@ -250,8 +325,7 @@ async def test_a_ciphertext_moved_to_another_row_does_not_decrypt(store: Store) 
 async def test_a_room_moved_to_another_meeting_does_not_decrypt(store: Store, link: Link) -> None:
     ids = []
     for n in range(2):
-        meeting = Meeting(id=new_meeting_id(), link_id=link.id, backend="fake", vendor_meeting_id=f"v{n}",
-                          start_time=datetime(2031, 1, 1, tzinfo=UTC), duration=30)
+        meeting = a_meeting(link, f"v{n}")
         await store.add_meeting(meeting, StoredRoom(join_url=f"https://v.example.com/{n}", invitation=f"i{n}"))
         ids.append(meeting.id)
     await _set_ciphertext(store, meeting_scope(ids[1]), "room", await _ciphertext(store, meeting_scope(ids[0]), "room"))
@@ -298,8 +372,7 @@ async def test_key_rotation_moves_every_row_to_the_new_key(store: Store, config:
     values = {(f"link:{n}:backend:fake", f"name{m}"): f"value-{n}-{m}" for n in range(7) for m in range(3)}
     for (scope, name), value in values.items():
         await store.put_secret(scope, name, value)
-    meeting = Meeting(id=new_meeting_id(), link_id=link.id, backend="fake", vendor_meeting_id="v",
-                      start_time=datetime(2031, 1, 1, tzinfo=UTC), duration=30)
+    meeting = a_meeting(link, "v")
     room = StoredRoom(join_url="https://v.example.com/r", invitation="join", password="pw")
     await store.add_meeting(meeting, room)
     assert await store.count_by_key() == {key_id(key_a): len(values) + 1}
@@ -415,6 +488,95 @@ async def test_startup_with_a_fresh_database_accepts_any_key(config: Config) -> 
         store.close()
 
 
+# --- leases and compare-and-swap ------------------------------------------------------
+
+async def test_take_lease_refuses_a_running_lease_of_another_holder(store: Store) -> None:
+    assert await store.take_lease("link:a/tokens", "holder-a", 30)
+    assert not await store.take_lease("link:a/tokens", "holder-b", 30)
+    assert await store.take_lease("link:a/tokens", "holder-a", 30)  # still its own
+    assert await store.take_lease("link:b/tokens", "holder-b", 30)  # another name does not contend
+
+
+async def test_take_lease_takes_over_an_expired_lease(store: Store) -> None:
+    assert await store.take_lease("link:a/tokens", "killed-holder", 0.05)
+    await anyio.sleep(0.1)
+    assert await store.take_lease("link:a/tokens", "holder-b", 30)
+    assert not await store.take_lease("link:a/tokens", "killed-holder", 30)
+
+
+async def test_release_lease_releases_only_the_holders_own(store: Store) -> None:
+    assert await store.take_lease("link:a/tokens", "holder-a", 30)
+    await store.release_lease("link:a/tokens", "holder-b")
+    assert not await store.take_lease("link:a/tokens", "holder-b", 30)
+    await store.release_lease("link:a/tokens", "holder-a")
+    assert await store.take_lease("link:a/tokens", "holder-b", 30)
+
+
+async def test_lease_waits_for_a_released_lease(store: Store) -> None:
+    assert await store.take_lease("link:a/tokens", "another-replica", 30)
+    released_at: list[float] = []
+    entered_at: list[float] = []
+
+    async def hold() -> None:
+        async with store.lease("link:a/tokens", 5):
+            entered_at.append(time.monotonic())
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(hold)
+            await anyio.sleep(0.3)
+            assert entered_at == []
+            released_at.append(time.monotonic())
+            await store.release_lease("link:a/tokens", "another-replica")
+    assert entered_at and entered_at[0] >= released_at[0]
+    assert await store.take_lease("link:a/tokens", "next", 30), "the block's end releases the lease"
+
+
+async def test_lease_held_past_its_seconds_is_service_unavailable(store: Store) -> None:
+    assert await store.take_lease("link:a/tokens", "another-replica", 60)
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable, match="try again"):
+        async with store.lease("link:a/tokens", 0.3):
+            pytest.fail("the lease of another holder was entered")
+    assert 0.3 <= time.monotonic() - started < 3
+    assert not await store.take_lease("link:a/tokens", "third", 30), "the other holder keeps its lease"
+
+
+async def test_swap_secret_writes_only_over_the_expected_value(store: Store) -> None:
+    assert not await store.swap_secret("link:a", "tokens", "not-there", "v1")
+    assert await store.get_secret("link:a", "tokens") is None
+    assert await store.swap_secret("link:a", "tokens", None, "v1")  # None: absent
+    assert await store.get_secret("link:a", "tokens") == "v1"
+    assert not await store.swap_secret("link:a", "tokens", None, "v2")
+    assert not await store.swap_secret("link:a", "tokens", "v0", "v2")
+    assert await store.get_secret("link:a", "tokens") == "v1"
+    assert await store.swap_secret("link:a", "tokens", "v1", "v2")
+    assert await store.get_secret("link:a", "tokens") == "v2"
+
+
+@pytest.mark.parametrize("expected", [None, "refresh-0"])
+async def test_concurrent_swaps_from_the_same_value_let_exactly_one_win(
+        store: Store, config: Config, database_url: str, expected: str | None) -> None:
+    if expected is not None:
+        await store.put_secret("link:a", "tokens", expected)
+    replica = new_store(database_url, [config_key(config)])  # a second process on the same database
+    wins: dict[str, bool] = {}
+
+    async def swap(n: int) -> None:
+        wins[f"refresh-{n + 1}"] = await (store if n % 2 else replica).swap_secret(
+            "link:a", "tokens", expected, f"refresh-{n + 1}")
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            for n in range(12):
+                tasks.start_soon(swap, n)
+    finally:
+        replica.close()
+    winners = [value for value, won in wins.items() if won]
+    assert len(wins) == 12 and len(winners) == 1
+    assert await store.get_secret("link:a", "tokens") == winners[0]
+
+
 # --- scopes and concurrency -----------------------------------------------------------
 
 async def test_delete_scope_erases_the_link_and_its_backends_only(store: Store) -> None:
@@ -471,9 +633,9 @@ async def test_concurrent_meeting_writes_all_land(store: Store, link: Link) -> N
     ids = [new_meeting_id() for _ in range(80)]
 
     async def one(meeting_id: str) -> None:
-        await store.add_meeting(Meeting(id=meeting_id, link_id=link.id, backend="jitsi", vendor_meeting_id=meeting_id,
-                                        start_time=datetime(2026, 12, 1, tzinfo=UTC), duration=30),
-                                StoredRoom(join_url=f"https://rooms.example/{meeting_id}", invitation="hi"))
+        meeting = dataclasses.replace(a_meeting(link, backend="jitsi", start_time=datetime(2026, 12, 1, tzinfo=UTC)),
+                                      id=meeting_id, vendor_meeting_id=meeting_id)
+        await store.add_meeting(meeting, StoredRoom(join_url=f"https://rooms.example/{meeting_id}", invitation="hi"))
         assert await store.get_meeting(link.id, meeting_id) is not None
 
     async with anyio.create_task_group() as tg:
@@ -510,8 +672,9 @@ async def test_connections_killed_by_the_server_are_replaced_without_an_error(po
         assert (await store.get_link(link.id)) is not None
         await store.put_secret(link_scope(link.id), "token", "after")
         assert await store.get_secret(link_scope(link.id), "token") == "after"
-        async with store.locked_secret(link_scope(link.id), "token") as locked:
-            assert locked.value == "after"
+        assert await store.swap_secret(link_scope(link.id), "token", "after", "swapped")
+        async with store.lease(f"{link_scope(link.id)}/token", 5):
+            assert await store.get_secret(link_scope(link.id), "token") == "swapped"
     finally:
         store.close()
 
@@ -615,28 +778,31 @@ def test_an_empty_key_file_is_refused(tmp_path: Path) -> None:
     assert str(path) in str(excinfo.value)
 
 
-async def test_writes_queued_behind_a_held_secret_lock_do_not_starve_its_commit(store: Store) -> None:
-    """A refresh holds a secret's lock (on SQLite, the database's write lock) across a vendor call.
+async def test_writes_go_on_while_a_refresh_holds_its_lease(store: Store) -> None:
+    """A refresh holds a token's lease across a vendor call; on SQLite no database lock is held meanwhile.
 
-    More writes than the store has threads queue up behind it meanwhile; the refresh's commit must
-    still get a thread, rather than wait for them (which wait for it) until SQLite's busy timeout
-    fails them all.
+    More writes than the store has threads, for other secrets, all land while the lease is still held,
+    and the refresh's own compare-and-swap lands after them.
     """
     await store.put_secret("link:held", "tokens", "before")
     failed: list[BaseException] = []
+    landed: list[int] = []
 
     async def write(n: int) -> None:
         try:
             await store.put_secret("link:other", f"secret-{n}", "value")
+            landed.append(n)
         except Exception as exc:
             failed.append(exc)
 
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tasks, store.locked_secret("link:held", "tokens") as locked:
+        async with anyio.create_task_group() as tasks, store.lease("link:held/tokens", 10):
             for n in range(40):
                 tasks.start_soon(write, n)
-            await anyio.sleep(0.3)  # the vendor answering the refresh
-            locked.replace("after")
-    assert failed == []
+            with anyio.fail_after(5):
+                while len(landed) + len(failed) < 40:  # the vendor is still answering the refresh
+                    await anyio.sleep(0.01)
+            assert await store.swap_secret("link:held", "tokens", "before", "after")
+    assert failed == [] and sorted(landed) == list(range(40))
     assert await store.get_secret("link:held", "tokens") == "after"
     assert await store.get_secret("link:other", "secret-39") == "value"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -26,8 +25,10 @@ from bridge.devtools.fake_pipedrive import FakePipedriveState, running_fake_pipe
 from bridge.errors import Gone, ServiceUnavailable
 from bridge.pipedrive.client import PipedriveClient, TokenSet
 from bridge.pipedrive.tokens import PipedriveTokens, dump_tokens, load_tokens
-from bridge.storage.schema import LINK_ACTIVE, LINK_NEEDS_REINSTALL, LINK_UNINSTALLED, Link, utcnow
-from bridge.storage.store import PIPEDRIVE_TOKENS, Store, link_scope
+from bridge.storage.links import PIPEDRIVE_TOKENS, new_link
+from bridge.storage.schema import LINK_ACTIVE, LINK_NEEDS_REINSTALL, LINK_UNINSTALLED, LinkTable, utcnow
+from bridge.storage.secrets import link_scope
+from bridge.storage.store import Store
 from bridge.testing import make_config, run_ready_go_workers, write_config_toml
 
 pytestmark = pytest.mark.anyio
@@ -75,8 +76,8 @@ async def installed(store: Store, pipedrive: FakePipedriveState, *, expires_in: 
                     user_id: int = 1001) -> tuple[str, TokenSet]:
     """A link as an install leaves it, with tokens that expire in ``expires_in`` seconds."""
     tokens = issue(pipedrive, expires_in=expires_in)
-    link = Link(id=str(uuid.uuid4()), pipedrive_user_id=user_id, company_id=pipedrive.user.company_id,
-                user_name="Sam", user_email="sam@example.com", api_domain=tokens.api_domain)
+    link = new_link(pipedrive_user_id=user_id, company_id=pipedrive.user.company_id,
+                    user_name="Sam", user_email="sam@example.com", api_domain=tokens.api_domain)
     await store.save_install(link, dump_tokens(tokens))
     return link.id, tokens
 
@@ -93,7 +94,7 @@ def refreshes(pipedrive: FakePipedriveState) -> int:
 
 def set_refreshed_at(store: Store, link_id: str, days_ago: float) -> None:
     with Session(store.engine) as session:
-        session.exec(update(Link).where(Link.id == link_id)  # type: ignore[call-overload]
+        session.exec(update(LinkTable).where(LinkTable.id == link_id)  # type: ignore[call-overload]
                      .values(tokens_refreshed_at=utcnow() - timedelta(days=days_ago)))
         session.commit()
 

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from bridge.config import Config
 from bridge.devtools.loopback import serve_on_loopback
 from bridge.errors import BackendError, BackendUnavailable
-from bridge.storage.schema import Link
+from bridge.storage.links import Link
 from bridge.testing import bridge_client, make_config
 from bridge.vendors.hookspecs import hookimpl
 from bridge.vendors.http import RETRY_EXTENSION, RetryPolicy, RetryTransport, raise_for_vendor, retry_after_seconds

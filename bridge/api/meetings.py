@@ -33,8 +33,10 @@ from bridge.errors import (
 from bridge.metrics import Observation
 from bridge.runtime import Bridge
 from bridge.storage.credentials import ScopedCredentials
-from bridge.storage.schema import LINK_ACTIVE, MEETING_ACTIVE, MEETING_DELETED, MEETING_DELETING, Link, Meeting, utcnow
-from bridge.storage.store import Repeated, StoredRoom, backend_scope, new_meeting, shared_scope
+from bridge.storage.links import Link
+from bridge.storage.meetings import Meeting, Repeated, StoredRoom, new_meeting
+from bridge.storage.schema import LINK_ACTIVE, MEETING_ACTIVE, MEETING_DELETED, MEETING_DELETING, utcnow
+from bridge.storage.secrets import backend_scope, shared_scope
 from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room, UserIdentity
 from bridge.vendors.invitation import render_invitation
 

@@ -21,8 +21,10 @@ from bridge.errors import Gone, ServiceUnavailable
 from bridge.metrics import Metrics
 from bridge.pipedrive.client import InvalidGrant, PipedriveClient, PipedriveError, TokenSet
 from bridge.storage.credentials import ScopedCredentials
+from bridge.storage.links import PIPEDRIVE_TOKENS
 from bridge.storage.schema import LINK_NEEDS_REINSTALL, utcnow
-from bridge.storage.store import PIPEDRIVE_TOKENS, Store, link_scope
+from bridge.storage.secrets import link_scope
+from bridge.storage.store import Store
 from bridge.vendors.tokens import Token, TokenKeeper, TokenRefused
 
 log = logging.getLogger(__name__)

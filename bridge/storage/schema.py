@@ -1,10 +1,15 @@
-"""The schema, declared once: SQLModel table models, and the Core tables the store's statements use."""
+"""The schema, declared once: SQLModel table models, the Core tables the store's statements use, status values.
+
+These classes describe the tables (Alembic's revisions are checked against them by a
+test); the store never loads them as ORM objects. What a read returns is a frozen
+record (``bridge.storage.links.Link``, ``bridge.storage.meetings.Meeting``).
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, Column, Index, Table
+from sqlalchemy import BigInteger, Column, Index, Table, Text, text
 from sqlmodel import Field, SQLModel
 
 LINK_ACTIVE = "active"
@@ -19,10 +24,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Link(SQLModel, table=True):
+class LinkTable(SQLModel, table=True):
     """One Pipedrive user's connection; its id is the ``linkId`` in every reverse-API URL."""
 
-    __table_args__ = (Index("ix_link_company_user", "company_id", "pipedrive_user_id"),)
+    __tablename__ = "link"
+    __table_args__ = (
+        Index("ix_link_company_user", "company_id", "pipedrive_user_id"),
+        # one live link per Pipedrive user: a second install of the same user re-activates the first
+        Index("ux_link_active_user", "company_id", "pipedrive_user_id", unique=True,
+              sqlite_where=text("status = 'active'"), postgresql_where=text("status = 'active'")),
+    )
 
     id: str = Field(primary_key=True, max_length=64)
     pipedrive_user_id: int = Field(sa_column=Column(BigInteger, nullable=False))
@@ -37,8 +48,11 @@ class Link(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
-class Meeting(SQLModel, table=True):
+class MeetingTable(SQLModel, table=True):
     """The bridge's own meeting id, mapped to the backend and vendor id that made the room."""
+
+    __tablename__ = "meeting"
+    __table_args__ = (Index("ix_meeting_link_request", "link_id", "request_hash"),)
 
     id: str = Field(primary_key=True, max_length=64)
     link_id: str = Field(foreign_key="link.id", index=True, max_length=64)
@@ -52,37 +66,33 @@ class Meeting(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
-class Secret(SQLModel, table=True):
+class SecretTable(SQLModel, table=True):
     """An encrypted value; (scope, name) is both its key and its authenticated context."""
+
+    __tablename__ = "secret"
 
     scope: str = Field(primary_key=True, max_length=200)
     name: str = Field(primary_key=True, max_length=100)
     key_id: str = Field(index=True, max_length=16)
-    ciphertext: str
+    ciphertext: str = Field(sa_type=Text)
     version: int = 1
     updated_at: datetime = Field(default_factory=utcnow)
 
 
-class Lease(SQLModel, table=True):
+class LeaseTable(SQLModel, table=True):
     """A short claim on a name (a token being refreshed) by one holder, across replicas, until it expires.
 
     ``expires_at`` is epoch seconds: a holder that was killed loses it by itself.
     """
+
+    __tablename__ = "lease"
 
     name: str = Field(primary_key=True, max_length=320)
     holder: str = Field(max_length=64)
     expires_at: float
 
 
-class SchemaMigration(SQLModel, table=True):
-    __tablename__ = "schema_migrations"
-
-    version: int = Field(primary_key=True)
-    description: str
-    applied_at: datetime = Field(default_factory=utcnow)
-
-
-LINKS: Table = Link.__table__  # type: ignore[attr-defined]
-MEETINGS: Table = Meeting.__table__  # type: ignore[attr-defined]
-SECRETS: Table = Secret.__table__  # type: ignore[attr-defined]
-LEASES: Table = Lease.__table__  # type: ignore[attr-defined]
+LINKS: Table = LinkTable.__table__  # type: ignore[attr-defined]
+MEETINGS: Table = MeetingTable.__table__  # type: ignore[attr-defined]
+SECRETS: Table = SecretTable.__table__  # type: ignore[attr-defined]
+LEASES: Table = LeaseTable.__table__  # type: ignore[attr-defined]

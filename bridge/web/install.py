@@ -28,7 +28,8 @@ from bridge.errors import BadRequest
 from bridge.pipedrive.client import PipedriveError, PipedriveUser, TokenSet
 from bridge.pipedrive.tokens import dump_tokens
 from bridge.runtime import Bridge, bridge_of
-from bridge.storage.schema import LINK_UNINSTALLED, Link
+from bridge.storage.links import Link, new_link
+from bridge.storage.schema import LINK_UNINSTALLED
 from bridge.web.pages import browser_page, page
 from bridge.web.sessions import STATE_COOKIE, STATE_SECONDS, check_state, new_state, set_cookie, start_session
 
@@ -141,8 +142,8 @@ async def _install(request: Request, bridge: Bridge, tokens: TokenSet, user: Pip
 
 
 def _link_row(link_id: str, user: PipedriveUser, tokens: TokenSet) -> Link:
-    return Link(id=link_id, pipedrive_user_id=user.id, company_id=user.company_id, user_name=user.name[:255],
-                user_email=user.email[:320], api_domain=tokens.api_domain)
+    return new_link(link_id=link_id, pipedrive_user_id=user.id, company_id=user.company_id,
+                    user_name=user.name[:255], user_email=user.email[:320], api_domain=tokens.api_domain)
 
 
 def _safe_redirect(url: str | None, api_domain: str) -> str:

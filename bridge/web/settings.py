@@ -25,7 +25,8 @@ from starlette.routing import Route
 from bridge.api.meetings import MeetingService, backend_context, call_backend
 from bridge.errors import BridgeError
 from bridge.runtime import Bridge, bridge_of
-from bridge.storage.schema import LINK_ACTIVE, Link
+from bridge.storage.links import Link
+from bridge.storage.schema import LINK_ACTIVE
 from bridge.vendors.interface import Backend
 from bridge.web.install import LOGIN
 from bridge.web.pages import Refuse, browser_page, page, sentence, templates
