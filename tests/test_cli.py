@@ -105,7 +105,7 @@ def test_manifest_to_a_file(tmp_path: Path, config_file: Path) -> None:
     assert manifest["clientId"] == "cli-test-client"
     endpoints = manifest["endpoints"]
     assert set(endpoints) == {"postMeeting", "patchUpdateMeeting", "deleteMeeting"}
-    for name, url in endpoints.items():
+    for url in endpoints.values():
         assert url.startswith("https://bridge.example.com/"), url
         assert ":linkId" in url
     for name in ("patchUpdateMeeting", "deleteMeeting"):

@@ -205,9 +205,10 @@ def test_coverage_cases(api: Any, target: Target, authenticated: bool) -> None:
         operation = api[path][method]
         config = api.config.generation_for(operation=operation)
         for case in api.iter_coverage_cases(operation, generation_modes=MODES, generation_config=config):
-            if authenticated and case.path_parameters and case.method.upper() == method:
-                if zlib.crc32(json.dumps(case.path_parameters, sort_keys=True, default=str).encode()) % 2:
-                    case.path_parameters = {**case.path_parameters, **target.existing(method, path)}
+            same_operation = authenticated and case.path_parameters and case.method.upper() == method
+            if same_operation and zlib.crc32(json.dumps(case.path_parameters, sort_keys=True,
+                                                         default=str).encode()) % 2:
+                case.path_parameters = {**case.path_parameters, **target.existing(method, path)}
             send(case, target, method, authenticated=authenticated)
             sent += 1
     assert sent >= 100, target.statuses

@@ -748,7 +748,7 @@ async def test_uninstall_unregisters_revokes_and_erases(
 async def test_a_repeated_uninstall_changes_nothing(
         client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
         fake_http: httpx.AsyncClient, config: Config) -> None:
-    link, _ = await installed_with_meeting(client, store, pipedrive, pipedrive_url, fake_http)
+    _link, _ = await installed_with_meeting(client, store, pipedrive, pipedrive_url, fake_http)
     assert (await client.request("DELETE", CALLBACK, json=uninstall_body(config, pipedrive))).status_code == 200
     seen = (list(pipedrive.removed_links), list(pipedrive.revoked), dict(pipedrive.token_requests))
     before = [(row.id, row.status, row.updated_at) for row in links(store)]

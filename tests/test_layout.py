@@ -120,7 +120,8 @@ def test_the_test_kit_imports_without_pytest() -> None:
     """A production install has no pytest: ``bridge.testing`` still imports; only the conformance kit needs it."""
     script = ("import sys; sys.modules['pytest'] = None\n"
               "import bridge.testing\n"
-              "try:\n    bridge.testing.BackendConformance\nexcept ImportError:\n    print('conformance needs pytest')\n")
+              "try:\n    bridge.testing.BackendConformance\n"
+              "except ImportError:\n    print('conformance needs pytest')\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "conformance needs pytest"

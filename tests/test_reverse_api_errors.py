@@ -208,7 +208,7 @@ async def test_a_bad_duration_is_400(client, target):
 
 async def test_a_non_finite_duration_is_400(client, target):
     for literal in ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"]:
-        raw = '{"topic": "Demo", "start_time": "2030-01-01 10:00", "duration": %s}' % literal
+        raw = f'{{"topic": "Demo", "start_time": "2030-01-01 10:00", "duration": {literal}}}'
         response = await send_json_text(client, target, raw)
         assert_error(response, 400, "duration", case=literal)
     target.assert_vendor_untouched()
@@ -368,7 +368,7 @@ BAD_IDS = ["bad$id", "a.b", "a b", "a%20b", "caf%C3%A9", "x" * 65, "a+b", "a~b",
 
 
 async def test_a_link_id_with_bad_characters_or_too_long_is_404(client, link, vendor):
-    for bad in BAD_IDS + [link.id + "x" * (65 - len(link.id)), link.id + "$"]:
+    for bad in [*BAD_IDS, link.id + "x" * (65 - len(link.id)), link.id + "$"]:
         assert_error(await client.post(meetings_url(bad), json=BODY), 404, "unknown link", case=bad)
         assert_error(await client.patch(meeting_url(bad, "abc"), json=BODY), 404, "unknown link", case=bad)
         assert_error(await client.delete(meeting_url(bad, "abc")), 404, "unknown link", case=bad)
@@ -378,7 +378,7 @@ async def test_a_link_id_with_bad_characters_or_too_long_is_404(client, link, ve
 async def test_a_meeting_id_with_bad_characters_or_too_long_is_404(client, link, vendor):
     meeting_id = await create(client, link.id)
 
-    for bad in BAD_IDS + [meeting_id + "x" * (65 - len(meeting_id)), meeting_id + ".", meeting_id + "%20"]:
+    for bad in [*BAD_IDS, meeting_id + "x" * (65 - len(meeting_id)), meeting_id + ".", meeting_id + "%20"]:
         assert_error(await client.patch(meeting_url(link.id, bad), json=MOVED), 404, "unknown meeting", case=bad)
         assert_error(await client.delete(meeting_url(link.id, bad)), 404, "unknown meeting", case=bad)
     assert vendor.calls == [("fake", "create", "fake-1")]
