@@ -45,23 +45,35 @@ from bench.load import CLIENTS
 from bench.report import Report, heading, machine
 from bridge.storage.vault import generate_key
 
-BENCHMARKS: dict[str, Callable[[Run], None]] = {"overhead": overhead.run, "slow_vendor": slow_vendor.run,
-                                                "scale": scale.run, "tokens": tokens.run}
+BENCHMARKS: dict[str, Callable[[Run], None]] = {
+    "overhead": overhead.run,
+    "slow_vendor": slow_vendor.run,
+    "scale": scale.run,
+    "tokens": tokens.run,
+}
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer requests; 100,000 rows for the scale run")
-    parser.add_argument("--only", action="append", choices=list(BENCHMARKS),
-                        help="run only this benchmark (repeatable)")
-    parser.add_argument("--postgres-url", default=os.environ.get("PVB_BENCH_POSTGRES_URL", DEFAULT_PG),
-                        help="an admin URL; the bench creates and drops its own databases (default: %(default)s)")
+    parser.add_argument(
+        "--only", action="append", choices=list(BENCHMARKS), help="run only this benchmark (repeatable)"
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("PVB_BENCH_POSTGRES_URL", DEFAULT_PG),
+        help="an admin URL; the bench creates and drops its own databases (default: %(default)s)",
+    )
     parser.add_argument("--json", type=Path, help="also write every figure as JSON to this file")
-    parser.add_argument("--client", choices=CLIENTS, default="raw",
-                        help="load generator: a minimal keep-alive HTTP/1.1 client (default) or one shared "
-                        "httpx.AsyncClient")
+    parser.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="raw",
+        help="load generator: a minimal keep-alive HTTP/1.1 client (default) or one shared httpx.AsyncClient",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs (printed path)")
     return parser.parse_args(argv)
 
@@ -82,10 +94,18 @@ def main(argv: list[str] | None = None) -> int:
     heading("machine")
     for k, v in info.items():
         print(f"{k:>18}: {v}")
-    print(f"{'mode':>18}: {'--quick' if args.quick else 'full'}; benchmarks: {', '.join(chosen)}; "
-          f"load generator: {args.client}")
-    run = Run(quick=args.quick, client=args.client, key=generate_key(),
-              tmp=Path(tempfile.mkdtemp(prefix="pvb-bench-")), report=report, pg=pg)
+    print(
+        f"{'mode':>18}: {'--quick' if args.quick else 'full'}; benchmarks: {', '.join(chosen)}; "
+        f"load generator: {args.client}"
+    )
+    run = Run(
+        quick=args.quick,
+        client=args.client,
+        key=generate_key(),
+        tmp=Path(tempfile.mkdtemp(prefix="pvb-bench-")),
+        report=report,
+        pg=pg,
+    )
     failed = False
     try:
         for name in chosen:

@@ -106,8 +106,9 @@ def postgres_or_none(url: str, report: Report) -> Postgres | None:
     try:
         return Postgres(url)
     except Exception as exc:
-        report.note(f"PostgreSQL at {urlsplit(url).netloc} is unreachable ({exc.__class__.__name__}): "
-                    "its runs are skipped")
+        report.note(
+            f"PostgreSQL at {urlsplit(url).netloc} is unreachable ({exc.__class__.__name__}): its runs are skipped"
+        )
         return None
 
 
@@ -126,11 +127,13 @@ class Run:
     def n(self, full: int, quick: int) -> int:
         return quick if self.quick else full
 
-    def start(self, bench: str, name: str, args: list[str], port: int, health: str = "/healthz",
-              seconds: float = 120) -> Server:
+    def start(
+        self, bench: str, name: str, args: list[str], port: int, health: str = "/healthz", seconds: float = 120
+    ) -> Server:
         """``python ARGS`` (from the checkout), once it answers 200 at ``health``; it is stopped if it does not."""
-        process = BridgeProcess(args, self.tmp / f"{bench}-{name}-{port}.log", port=port, cwd=ROOT, name=name,
-                                die_with_parent=True)
+        process = BridgeProcess(
+            args, self.tmp / f"{bench}-{name}-{port}.log", port=port, cwd=ROOT, name=name, die_with_parent=True
+        )
         server = Server(bench, name, process)
         self.servers.append(server)
         try:

@@ -63,8 +63,15 @@ def merge(loads: list[Load]) -> Load:
     statuses: Counter[str] = Counter()
     for one in loads:
         statuses.update(one.statuses)
-    return Load(loads[0].concurrency, sum(x.sent for x in loads), sum(x.ok for x in loads), statuses,
-                sum(x.elapsed for x in loads), [t for x in loads for t in x.latencies], any(x.capped for x in loads))
+    return Load(
+        loads[0].concurrency,
+        sum(x.sent for x in loads),
+        sum(x.ok for x in loads),
+        statuses,
+        sum(x.elapsed for x in loads),
+        [t for x in loads for t in x.latencies],
+        any(x.capped for x in loads),
+    )
 
 
 def statuses(load: Load, expect: int = 201) -> str:
@@ -92,8 +99,7 @@ class RawConnection:
         if self.writer is None or self.reader is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         try:
-            self.writer.write(f"POST {path} HTTP/1.1\r\n{self.head}Content-Length: {len(body)}\r\n\r\n".encode()
-                              + body)
+            self.writer.write(f"POST {path} HTTP/1.1\r\n{self.head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
             head = await self.reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
             status = int(lines[0].split(" ", 2)[1])
@@ -121,8 +127,17 @@ class RawConnection:
                 await writer.wait_closed()
 
 
-async def _load(base_url: str, request: Request, concurrency: int, total: int, time_cap: float, warmup: int,
-                expect: int, client: str, measure_starts: Callable[[], None] | None) -> Load:
+async def _load(
+    base_url: str,
+    request: Request,
+    concurrency: int,
+    total: int,
+    time_cap: float,
+    warmup: int,
+    expect: int,
+    client: str,
+    measure_starts: Callable[[], None] | None,
+) -> Load:
     """``concurrency`` workers, each on its own keep-alive connection, share one request counter."""
     parts = urlsplit(base_url)
     stack = contextlib.AsyncExitStack()
@@ -130,23 +145,24 @@ async def _load(base_url: str, request: Request, concurrency: int, total: int, t
         posts: list[Post]
         if client == "httpx":
             limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-            shared = await stack.enter_async_context(httpx.AsyncClient(
-                base_url=base_url, headers=HEADERS, limits=limits, timeout=httpx.Timeout(30.0)))
+            shared = await stack.enter_async_context(
+                httpx.AsyncClient(base_url=base_url, headers=HEADERS, limits=limits, timeout=httpx.Timeout(30.0))
+            )
 
             async def httpx_post(path: str, body: bytes) -> int:
                 return (await shared.post(path, content=body)).status_code
 
             posts = [httpx_post] * concurrency
         else:
-            connections = [RawConnection(parts.hostname or HOST, parts.port or 80, HEADERS)
-                           for _ in range(concurrency)]
+            connections = [RawConnection(parts.hostname or HOST, parts.port or 80, HEADERS) for _ in range(concurrency)]
             for connection in connections:
                 stack.push_async_callback(connection.close)
             posts = [connection.post for connection in connections]
         counter = 0
 
-        async def worker(post: Post, limit: int, deadline: float, latencies: list[float] | None,
-                         statuses: Counter[str]) -> None:
+        async def worker(
+            post: Post, limit: int, deadline: float, latencies: list[float] | None, statuses: Counter[str]
+        ) -> None:
             nonlocal counter
             while counter < limit and time.perf_counter() < deadline:
                 i = counter
@@ -180,8 +196,18 @@ async def _load(base_url: str, request: Request, concurrency: int, total: int, t
     return Load(concurrency, sent, len(latencies), statuses, elapsed, latencies, capped=sent < total)
 
 
-def load(base_url: str, request: Request, concurrency: int, total: int, time_cap: float, *, client: str,
-         warmup: int | None = None, expect: int = 201, measure_starts: Callable[[], None] | None = None) -> Load:
+def load(
+    base_url: str,
+    request: Request,
+    concurrency: int,
+    total: int,
+    time_cap: float,
+    *,
+    client: str,
+    warmup: int | None = None,
+    expect: int = 201,
+    measure_starts: Callable[[], None] | None = None,
+) -> Load:
     """One bounded run: a warm-up (not measured), then ``total`` requests or ``time_cap`` seconds."""
     warm = warmup if warmup is not None else max(4 * concurrency, 50)
     return asyncio.run(_load(base_url, request, concurrency, total, time_cap, warm, expect, client, measure_starts))
@@ -198,6 +224,7 @@ def meeting_requests(links: list[str], tag: str) -> Request:
 
 
 # --- what the server saw ---------------------------------------------------------------
+
 
 @dataclass
 class Scrape:
@@ -271,9 +298,18 @@ class Measured:
     also: Any = None
 
 
-def measured_load(server: Server, backend: str | None, request: Request, concurrency: int, total: int,
-                  time_cap: float, *, client: str, also: Callable[[], Any] | None = None,
-                  warmup: int | None = None) -> Measured:
+def measured_load(
+    server: Server,
+    backend: str | None,
+    request: Request,
+    concurrency: int,
+    total: int,
+    time_cap: float,
+    *,
+    client: str,
+    also: Callable[[], Any] | None = None,
+    warmup: int | None = None,
+) -> Measured:
     """``load`` with /metrics (of ``backend``, if any), the server's CPU time and ``also()`` read as it starts."""
     url, pid = server.url, server.pid
     before: Scrape | None = None

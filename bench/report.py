@@ -43,31 +43,53 @@ class Report:
     def summary(self, seconds: float, quick: bool) -> None:
         """Every figure with its goal and verdict, every process's peak RSS, then the notes again."""
         heading("summary")
-        print(table(["benchmark", "figure", "value", "goal", ""],
-                    [[f.bench, f.what, f.value, f.goal, f.verdict] for f in self.figures]))
+        print(
+            table(
+                ["benchmark", "figure", "value", "goal", ""],
+                [[f.bench, f.what, f.value, f.goal, f.verdict] for f in self.figures],
+            )
+        )
         print("\npeak RSS (VmHWM) of each process started:")
-        print(table(["benchmark", "process", "peak RSS MB"],
-                    [[b, n, "n/a" if mb is None else f"{mb:.0f}"] for b, n, mb in self.rss]))
+        print(
+            table(
+                ["benchmark", "process", "peak RSS MB"],
+                [[b, n, "n/a" if mb is None else f"{mb:.0f}"] for b, n, mb in self.rss],
+            )
+        )
         missed = [f for f in self.figures if f.passed is False]
         passed = [f for f in self.figures if f.passed]
-        print(f"\n{len(passed)} goal(s) met, {len(missed)} missed; {'--quick' if quick else 'full'} run took "
-              f"{seconds:.0f} s")
+        print(
+            f"\n{len(passed)} goal(s) met, {len(missed)} missed; {'--quick' if quick else 'full'} run took "
+            f"{seconds:.0f} s"
+        )
         for note in self.notes:
             print(f"note: {note}")
 
     def write_json(self, path: Path, machine: dict[str, str], quick: bool) -> None:
-        path.write_text(json.dumps({"machine": machine, "quick": quick,
-                                    "figures": [f.__dict__ | {"verdict": f.verdict} for f in self.figures],
-                                    "rss": self.rss, "notes": self.notes, "raw": self.raw},
-                                   indent=2, default=str))
+        path.write_text(
+            json.dumps(
+                {
+                    "machine": machine,
+                    "quick": quick,
+                    "figures": [f.__dict__ | {"verdict": f.verdict} for f in self.figures],
+                    "rss": self.rss,
+                    "notes": self.notes,
+                    "raw": self.raw,
+                },
+                indent=2,
+                default=str,
+            )
+        )
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     """A plain-text table: the first column left-aligned, the others right-aligned."""
     cells = [[str(h) for h in headers]] + [[("" if c is None else str(c)) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-             for r in cells]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -83,15 +105,29 @@ def ms(value: float) -> str:
 
 def machine() -> dict[str, str]:
     """What the figures were measured on: cores, CPU, memory, Python, SQLite, the libraries, uvicorn's loop."""
-    mem = next((line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                if line.startswith("MemTotal:")), "0")
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "?")
-    versions = {name: importlib.metadata.version(name) for name in ("uvicorn", "starlette", "httpx", "SQLAlchemy",
-                                                                    "psycopg")}
+    mem = next(
+        (line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal:")),
+        "0",
+    )
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "?",
+    )
+    versions = {
+        name: importlib.metadata.version(name) for name in ("uvicorn", "starlette", "httpx", "SQLAlchemy", "psycopg")
+    }
     extras = [name for name in ("uvloop", "httptools") if importlib.util.find_spec(name)]
-    return {"cores": str(os.cpu_count()), "cpu": cpu, "memory": f"{int(mem) / 1024 / 1024:.1f} GiB",
-            "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
-            "os": f"{platform.system()} {platform.release()}",
-            "libraries": ", ".join(f"{k} {v}" for k, v in versions.items()),
-            "uvicorn loop/http": ("asyncio/h11" if not extras else "+".join(extras))}
+    return {
+        "cores": str(os.cpu_count()),
+        "cpu": cpu,
+        "memory": f"{int(mem) / 1024 / 1024:.1f} GiB",
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "os": f"{platform.system()} {platform.release()}",
+        "libraries": ", ".join(f"{k} {v}" for k, v in versions.items()),
+        "uvicorn loop/http": ("asyncio/h11" if not extras else "+".join(extras)),
+    }

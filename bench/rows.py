@@ -65,8 +65,17 @@ def create_links(config_path: Path, count: int) -> list[str]:
     async def create() -> list[str]:
         async with opened_store(config_path) as store:
             base = random.randrange(10**9)
-            return [(await store.create_link(pipedrive_user_id=base + i, company_id=1, user_name=f"Bench user {i}",
-                                             user_email=f"bench{i}@example.com")).id for i in range(count)]
+            return [
+                (
+                    await store.create_link(
+                        pipedrive_user_id=base + i,
+                        company_id=1,
+                        user_name=f"Bench user {i}",
+                        user_email=f"bench{i}@example.com",
+                    )
+                ).id
+                for i in range(count)
+            ]
 
     return asyncio.run(create())
 
@@ -108,20 +117,48 @@ class Seeder:
         meeting_id = base64.urlsafe_b64encode(rng.randbytes(18)).decode()
         room = base64.b32encode(rng.randbytes(16)).decode().rstrip("=").lower()
         url = f"https://meet.jit.si/{room}"
-        text = room_text(StoredRoom(join_url=url, invitation=(
-            f"User {index} is inviting you to a video meeting.\n\nTopic: Seeded meeting {index}\n"
-            f"Time: Tuesday, 01 December 2026, 14:00 UTC (30 minutes)\n\nJoin: {url}")))
+        text = room_text(
+            StoredRoom(
+                join_url=url,
+                invitation=(
+                    f"User {index} is inviting you to a video meeting.\n\nTopic: Seeded meeting {index}\n"
+                    f"Time: Tuesday, 01 December 2026, 14:00 UTC (30 minutes)\n\nJoin: {url}"
+                ),
+            )
+        )
         scope = meeting_scope(meeting_id)
         kid, ciphertext = self.vault.encrypt(text, secret_context(scope, "room"))
         now = self.created
-        link = {"id": link_id, "pipedrive_user_id": 10_000_000 + index, "company_id": 1 + index // 1000,
-                "user_name": f"User {index}", "user_email": f"user{index}@example.com", "status": "active",
-                "created_at": now, "updated_at": now}
-        meeting = {"id": meeting_id, "link_id": link_id, "backend": "jitsi", "vendor_meeting_id": room,
-                   "start_time": self.start, "duration": 30, "state": "active", "created_at": now, "updated_at": now,
-                   "request_hash": rng.randbytes(32).hex()}
-        secret = {"scope": scope, "name": "room", "key_id": kid, "ciphertext": ciphertext, "version": 1,
-                  "updated_at": now}
+        link = {
+            "id": link_id,
+            "pipedrive_user_id": 10_000_000 + index,
+            "company_id": 1 + index // 1000,
+            "user_name": f"User {index}",
+            "user_email": f"user{index}@example.com",
+            "status": "active",
+            "created_at": now,
+            "updated_at": now,
+        }
+        meeting = {
+            "id": meeting_id,
+            "link_id": link_id,
+            "backend": "jitsi",
+            "vendor_meeting_id": room,
+            "start_time": self.start,
+            "duration": 30,
+            "state": "active",
+            "created_at": now,
+            "updated_at": now,
+            "request_hash": rng.randbytes(32).hex(),
+        }
+        secret = {
+            "scope": scope,
+            "name": "room",
+            "key_id": kid,
+            "ciphertext": ciphertext,
+            "version": 1,
+            "updated_at": now,
+        }
         return link, meeting, secret
 
 

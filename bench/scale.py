@@ -37,10 +37,18 @@ def run(r: Run) -> None:
             samples[size] = list(seed(url, Seeder(r.key, seed=size), 0, size, want).values())
             rng.shuffle(samples[size])
             took = time.perf_counter() - started
-            db_size = (Path(url.split(":///", 1)[1]).stat().st_size / 1e6 if db == "sqlite"
-                       else r.pg.size_mb(url) if r.pg else 0.0)
-            print(f"{db}: seeded {size:,} links, meetings and encrypted rooms in {took:.1f} s "
-                  f"(database {db_size:,.0f} MB)", flush=True)
+            db_size = (
+                Path(url.split(":///", 1)[1]).stat().st_size / 1e6
+                if db == "sqlite"
+                else r.pg.size_mb(url)
+                if r.pg
+                else 0.0
+            )
+            print(
+                f"{db}: seeded {size:,} links, meetings and encrypted rooms in {took:.1f} s "
+                f"(database {db_size:,.0f} MB)",
+                flush=True,
+            )
             raw.append({"db": db, "rows": size, "seed_seconds": took, "db_mb": db_size})
         servers: dict[int, Server] = {}
         results: dict[int, dict[int, Load]] = {small: {}, big: {}}
@@ -51,29 +59,69 @@ def run(r: Run) -> None:
                 parts: dict[int, list[Measured]] = {small: [], big: []}
                 for n in range(rounds):
                     for size in (small, big):
-                        parts[size].append(measured_load(
-                            servers[size], "jitsi",
-                            meeting_requests(samples[size], f"scale-{db}-{c}-{n}-{time.time_ns()}"),
-                            c, counts[c] // rounds, cap / rounds, client=r.client))
+                        parts[size].append(
+                            measured_load(
+                                servers[size],
+                                "jitsi",
+                                meeting_requests(samples[size], f"scale-{db}-{c}-{n}-{time.time_ns()}"),
+                                c,
+                                counts[c] // rounds,
+                                cap / rounds,
+                                client=r.client,
+                            )
+                        )
                 for size in (small, big):
                     one = results[size][c] = merge([m.run for m in parts[size]])
                     cpu = sum(m.cpu_ms * m.run.sent for m in parts[size]) / max(1, one.sent)
                     counted = sum(m.seen.count for m in parts[size] if m.seen)
-                    rows.append([f"bridge {db}", f"{size:,}", c, one.sent, statuses(one) or "ok", f"{one.rps:.0f}",
-                                 ms(one.pct(0.5)), ms(one.pct(0.99)), f"{cpu:.2f}",
-                                 "=" if counted == one.ok else f"!= {counted}"])
-                    raw.append({"db": db, "size": size, "c": c, "rps": one.rps, "p50": one.pct(0.5),
-                                "p99": one.pct(0.99), "cpu_ms": cpu, "server_count": counted, "client_ok": one.ok})
+                    rows.append(
+                        [
+                            f"bridge {db}",
+                            f"{size:,}",
+                            c,
+                            one.sent,
+                            statuses(one) or "ok",
+                            f"{one.rps:.0f}",
+                            ms(one.pct(0.5)),
+                            ms(one.pct(0.99)),
+                            f"{cpu:.2f}",
+                            "=" if counted == one.ok else f"!= {counted}",
+                        ]
+                    )
+                    raw.append(
+                        {
+                            "db": db,
+                            "size": size,
+                            "c": c,
+                            "rps": one.rps,
+                            "p50": one.pct(0.5),
+                            "p99": one.pct(0.99),
+                            "cpu_ms": cpu,
+                            "server_count": counted,
+                            "client_ok": one.ok,
+                        }
+                    )
         finally:
             for server in servers.values():
                 r.stop(server)
         for c in (1, 16):
             ratio = results[big][c].pct(0.5) / results[small][c].pct(0.5)
-            r.report.add("scale", f"{db}: p50 {big:,} / {small:,} rows, {c} conn",
-                         f"{ratio:.2f} ({results[big][c].pct(0.5):.1f} / {results[small][c].pct(0.5):.1f} ms)",
-                         "<= 1.2" if c == 1 else "", ratio <= 1.2 if c == 1 else None)
-    print(table(["server", "rows", "conn", "requests", "status", "req/s", "p50 ms", "p99 ms", "CPU ms/req",
-                 "server 201s"], rows), flush=True)
-    print(f"(each row: {rounds} alternating rounds merged; requests go to 1,000 links picked at random among all; "
-          "'=': /metrics counted exactly the client's 201s)")
+            r.report.add(
+                "scale",
+                f"{db}: p50 {big:,} / {small:,} rows, {c} conn",
+                f"{ratio:.2f} ({results[big][c].pct(0.5):.1f} / {results[small][c].pct(0.5):.1f} ms)",
+                "<= 1.2" if c == 1 else "",
+                ratio <= 1.2 if c == 1 else None,
+            )
+    print(
+        table(
+            ["server", "rows", "conn", "requests", "status", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "server 201s"],
+            rows,
+        ),
+        flush=True,
+    )
+    print(
+        f"(each row: {rounds} alternating rounds merged; requests go to 1,000 links picked at random among all; "
+        "'=': /metrics counted exactly the client's 201s)"
+    )
     r.report.raw["scale"] = raw

@@ -30,10 +30,15 @@ HOST = "127.0.0.1"
 UVICORN_SETTINGS: Mapping[str, Any] = dict(log_config=None, access_log=False, proxy_headers=True, server_header=False)
 
 # the shape of a postMeeting answer (a Jitsi room), so both sides send the same bytes
-BARE_ANSWER = {"success": True, "data": {
-    "meeting_id": "x" * 24, "join_url": "https://meet.jit.si/" + "a" * 26,
-    "invitation": "Ada is inviting you to a video meeting.\n\nTopic: Bench 1\nTime: Tuesday, 01 December 2026, "
-                  "14:00 UTC (30 minutes)\n\nJoin: https://meet.jit.si/" + "a" * 26}}
+BARE_ANSWER = {
+    "success": True,
+    "data": {
+        "meeting_id": "x" * 24,
+        "join_url": "https://meet.jit.si/" + "a" * 26,
+        "invitation": "Ada is inviting you to a video meeting.\n\nTopic: Bench 1\nTime: Tuesday, 01 December 2026, "
+        "14:00 UTC (30 minutes)\n\nJoin: https://meet.jit.si/" + "a" * 26,
+    },
+}
 
 
 def bare_app() -> Starlette:
@@ -43,8 +48,12 @@ def bare_app() -> Starlette:
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    return Starlette(routes=[Route("/api/v1/links/{link_id}/meetings", post_meeting, methods=["POST"]),
-                             Route("/healthz", healthz, methods=["GET"])])
+    return Starlette(
+        routes=[
+            Route("/api/v1/links/{link_id}/meetings", post_meeting, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ]
+    )
 
 
 def vendor_app(delay: float) -> Starlette:
@@ -58,8 +67,10 @@ def vendor_app(delay: float) -> Starlette:
             stats["connections"].add((request.client.host, request.client.port))
         await asyncio.sleep(delay)
         n = stats["requests"]
-        return JSONResponse({"id": f"room-{n}", "url": f"https://video.example.test/room-{n}",
-                             "title": body.get("title", "")}, status_code=201)
+        return JSONResponse(
+            {"id": f"room-{n}", "url": f"https://video.example.test/room-{n}", "title": body.get("title", "")},
+            status_code=201,
+        )
 
     async def stats_view(_request: Request) -> Response:
         return JSONResponse({"requests": stats["requests"], "connections": len(stats["connections"])})
@@ -67,8 +78,13 @@ def vendor_app(delay: float) -> Starlette:
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    return Starlette(routes=[Route("/rooms", rooms, methods=["POST"]), Route("/stats", stats_view, methods=["GET"]),
-                             Route("/healthz", healthz, methods=["GET"])])
+    return Starlette(
+        routes=[
+            Route("/rooms", rooms, methods=["POST"]),
+            Route("/stats", stats_view, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ]
+    )
 
 
 def serve_bridge_with_plugin(config_path: Path, port: int) -> int:

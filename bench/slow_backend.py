@@ -32,13 +32,15 @@ class SlowVendorBackend(Backend):
         return cls(url)
 
     async def create(self, ctx: BackendContext, meeting: MeetingRequest) -> Room:
-        response = await ctx.http.post(f"{self.url}/rooms", json={"title": meeting.topic,
-                                                                  "minutes": meeting.duration})
+        response = await ctx.http.post(f"{self.url}/rooms", json={"title": meeting.topic, "minutes": meeting.duration})
         if response.status_code != 201:
             raise BackendError(f"{self.title} refused the room (HTTP {response.status_code})")
         room = response.json()
-        return Room(vendor_meeting_id=room["id"], join_url=room["url"],
-                    invitation=render_invitation(meeting, room["url"], user=ctx.user))
+        return Room(
+            vendor_meeting_id=room["id"],
+            join_url=room["url"],
+            invitation=render_invitation(meeting, room["url"], user=ctx.user),
+        )
 
     async def update(self, ctx: BackendContext, vendor_meeting_id: str, meeting: MeetingRequest) -> Room | None:
         return None

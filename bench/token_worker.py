@@ -46,6 +46,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     async with open_bridge(config) as bridge:
         if args.kind == "pipedrive":
+
             async def get_token() -> str:
                 return (await bridge.tokens.fresh_tokens(args.link)).access_token
         else:
@@ -81,10 +82,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     def pct(q: float) -> float:
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")
 
-    return {"calls": len(moments), "ok": len(latencies), "errors": dict(errors), "refreshes": refreshes,
-            "tokens": {t: {"calls": n, "first_seen": first_seen[t]} for t, n in tokens.items()},
-            "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": pct(1.0), "last_end": last_end,
-            "peak_rss_kb": _peak_rss_kb()}
+    return {
+        "calls": len(moments),
+        "ok": len(latencies),
+        "errors": dict(errors),
+        "refreshes": refreshes,
+        "tokens": {t: {"calls": n, "first_seen": first_seen[t]} for t, n in tokens.items()},
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+        "max_ms": pct(1.0),
+        "last_end": last_end,
+        "peak_rss_kb": _peak_rss_kb(),
+    }
 
 
 def _peak_rss_kb() -> int | None:

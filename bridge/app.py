@@ -93,8 +93,11 @@ class RequestMiddleware:
         try:
             length = headers.get(b"content-length", b"")
             if length and (not length.isdigit() or int(length) > self.max_body_bytes):
-                response = _too_large(self.max_body_bytes) if length.isdigit() else \
-                    error_response(400, "invalid Content-Length")
+                response = (
+                    _too_large(self.max_body_bytes)
+                    if length.isdigit()
+                    else error_response(400, "invalid Content-Length")
+                )
                 await response(scope, receive, send_with_id)
             else:
                 await self.app(scope, self._limited(receive), send_with_id)
@@ -102,10 +105,18 @@ class RequestMiddleware:
             log.exception("unhandled error")
             if not response_started:
                 await error_response(500, "internal error; the request id is in X-Request-ID")(
-                    scope, receive, send_with_id)
+                    scope, receive, send_with_id
+                )
         finally:
-            log.info("request", extra={"method": scope["method"], "path": scope["path"], "status": status,
-                                       "ms": round((time.perf_counter() - started) * 1000, 2)})
+            log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                },
+            )
             request_id_var.reset(token)
 
     def _limited(self, receive: Receive) -> Receive:
@@ -155,17 +166,22 @@ async def openapi(_request: Request) -> Response:
     return JSONResponse(build_openapi())
 
 
-def create_app(config: Config, registry: PluginRegistry | None = None,
-               transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
+def create_app(
+    config: Config, registry: PluginRegistry | None = None, transport: httpx.AsyncBaseTransport | None = None
+) -> Starlette:
     """The bridge as an ASGI app. ``registry`` and ``transport`` let tests choose plugins and fake vendors."""
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with open_bridge(config, registry, transport=transport) as bridge, \
-                anyio.create_task_group() as tasks:
+        async with open_bridge(config, registry, transport=transport) as bridge, anyio.create_task_group() as tasks:
             tasks.start_soon(run_upkeep, bridge.tokens, config.pipedrive.refresh_idle_days)
-            log.info("bridge ready", extra={"backends": sorted(bridge.backends.available),
-                                            "default_backend": config.meetings.default_backend})
+            log.info(
+                "bridge ready",
+                extra={
+                    "backends": sorted(bridge.backends.available),
+                    "default_backend": config.meetings.default_backend,
+                },
+            )
             yield {"bridge": bridge}
             tasks.cancel_scope.cancel()
 

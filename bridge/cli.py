@@ -47,10 +47,20 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port or config.server.port
     if config.pipedrive.trial:
-        print("local trial: the reverse API accepts the built-in trial credentials (see README); "
-              "set [pipedrive] client_id and client_secret before connecting Pipedrive", file=sys.stderr)
-    uvicorn.run(create_app(config), host=host, port=port, log_config=None, access_log=False,
-                proxy_headers=True, server_header=False)
+        print(
+            "local trial: the reverse API accepts the built-in trial credentials (see README); "
+            "set [pipedrive] client_id and client_secret before connecting Pipedrive",
+            file=sys.stderr,
+        )
+    uvicorn.run(
+        create_app(config),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        server_header=False,
+    )
     return 0
 
 
@@ -63,8 +73,11 @@ def cmd_check(config: Config, _args: argparse.Namespace) -> int:
     registry = load_plugins()
     _backends, problems = build_backends(registry, config)
     problems += registry.problems()
-    problems += [f"[meetings] allowed_backends: no installed plugin provides {name!r}"
-                 for name in config.meetings.allowed_backends if name not in registry.backends]
+    problems += [
+        f"[meetings] allowed_backends: no installed plugin provides {name!r}"
+        for name in config.meetings.allowed_backends
+        if name not in registry.backends
+    ]
     problems += [f"manifest {p}" for p in manifest_problems(build_manifest(config))]
     where = config.source or "built-in defaults"
     if problems:
@@ -72,8 +85,7 @@ def cmd_check(config: Config, _args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"  - {problem}", file=sys.stderr)
         return 1
-    print(f"{where}: OK (backends: {', '.join(sorted(registry.backends))}; "
-          f"default: {config.meetings.default_backend})")
+    print(f"{where}: OK (backends: {', '.join(sorted(registry.backends))}; default: {config.meetings.default_backend})")
     return 0
 
 
@@ -113,11 +125,16 @@ def cmd_links_create(config: Config, args: argparse.Namespace) -> int:
         async with open_bridge(config) as bridge:
             existing = await bridge.store.find_active_link(args.company_id, args.user_id)
             if existing is not None:
-                raise StartupError(f"user {args.user_id} of company {args.company_id} already has the "
-                                   f"active link {existing.id}")
-            link = await bridge.store.create_link(pipedrive_user_id=args.user_id, company_id=args.company_id,
-                                                  user_name=args.name, user_email=args.email,
-                                                  backend=args.backend)
+                raise StartupError(
+                    f"user {args.user_id} of company {args.company_id} already has the active link {existing.id}"
+                )
+            link = await bridge.store.create_link(
+                pipedrive_user_id=args.user_id,
+                company_id=args.company_id,
+                user_name=args.name,
+                user_email=args.email,
+                backend=args.backend,
+            )
             return link.id
 
     try:
@@ -137,15 +154,18 @@ def cmd_links_list(config: Config, _args: argparse.Namespace) -> int:
     except StartupError as exc:
         return _fail(str(exc))
     for link in links:
-        print(f"{link.id}  user={link.pipedrive_user_id} company={link.company_id} "
-              f"backend={link.backend or '(default)'} status={link.status}")
+        print(
+            f"{link.id}  user={link.pipedrive_user_id} company={link.company_id} "
+            f"backend={link.backend or '(default)'} status={link.status}"
+        )
     return 0
 
 
 def cmd_plugins(_config: Config, args: argparse.Namespace) -> int:
     registry = load_plugins()
-    rows: list[dict[str, Any]] = [{"name": p.name, "version": p.version, "backends": p.backends, "error": p.error}
-                                  for p in registry.plugins]
+    rows: list[dict[str, Any]] = [
+        {"name": p.name, "version": p.version, "backends": p.backends, "error": p.error} for p in registry.plugins
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
     elif not rows:
@@ -199,29 +219,34 @@ def cmd_simulate(config: Config, args: argparse.Namespace) -> int:
         try:
             stack.enter_context(running_fake_pipedrive(pipedrive, args.pipedrive_host, args.pipedrive_port))
         except (OSError, RuntimeError) as exc:
-            return _fail(f"the Pipedrive simulator cannot listen on {args.pipedrive_host}:{args.pipedrive_port}: "
-                         f"{exc}")
+            return _fail(f"the Pipedrive simulator cannot listen on {args.pipedrive_host}:{args.pipedrive_port}: {exc}")
         try:
             simulator = Simulator(args.bridge_url, client_id, client_secret, pipedrive)
         except ValueError as exc:
             return _fail(str(exc))
-        print(f"Pipedrive simulator on {pipedrive.api_domain}: the bridge under test needs [pipedrive] "
-              f'oauth_base = "{pipedrive.api_domain}" and api_base = "{pipedrive.api_domain}"', flush=True)
+        print(
+            f"Pipedrive simulator on {pipedrive.api_domain}: the bridge under test needs [pipedrive] "
+            f'oauth_base = "{pipedrive.api_domain}" and api_base = "{pipedrive.api_domain}"',
+            flush=True,
+        )
         ok = asyncio.run(simulator.run())
     print("all steps passed" if ok else "some steps failed")
     return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pipedrive-video-bridge",
-                                     description="Pipedrive's video calling app extension on your own vendor.")
+    parser = argparse.ArgumentParser(
+        prog="pipedrive-video-bridge", description="Pipedrive's video calling app extension on your own vendor."
+    )
     parser.add_argument("--version", action="version", version=__version__)
-    parser.add_argument("-c", "--config", type=Path, help="TOML config file (default: $PVB_CONFIG, "
-                        "else built-in local-trial defaults)")
+    parser.add_argument(
+        "-c", "--config", type=Path, help="TOML config file (default: $PVB_CONFIG, else built-in local-trial defaults)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, handler: Callable[[Config, argparse.Namespace], int], help: str,
-            parent: Any = sub) -> argparse.ArgumentParser:
+    def add(
+        name: str, handler: Callable[[Config, argparse.Namespace], int], help: str, parent: Any = sub
+    ) -> argparse.ArgumentParser:
         command: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
         command.set_defaults(handler=handler)
         return command
@@ -235,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     openapi = add("openapi", cmd_openapi, "write the OpenAPI document of the reverse API")
     openapi.add_argument("-o", "--output", default="openapi.json", help="file to write, or - for stdout")
     links = sub.add_parser("links", help="manage links (Pipedrive user connections)").add_subparsers(
-        dest="links_command", required=True)
+        dest="links_command", required=True
+    )
     create = add("create", cmd_links_create, "create a link for a Pipedrive user and print its linkId", links)
     create.add_argument("--user-id", type=int, required=True)
     create.add_argument("--company-id", type=int, required=True)
@@ -249,17 +275,29 @@ def build_parser() -> argparse.ArgumentParser:
     add("generate", cmd_keys_generate, "print a new random vault key", keys)
     add("rotate", cmd_keys_rotate, "re-encrypt every stored secret with the first configured key", keys)
     add("migrate", cmd_migrate, "apply pending database migrations")
-    simulate = add("simulate", cmd_simulate, "play Pipedrive against a running bridge: install, the reverse API, "
-                   "uninstall; one PASS/FAIL line per step")
-    simulate.epilog = (f"The bridge under test must use the simulator as Pipedrive: [pipedrive] oauth_base and "
-                       f"api_base = \"http://HOST:PORT\" of --pipedrive-host/--pipedrive-port (default "
-                       f"http://{SIMULATOR_HOST}:{SIMULATOR_PORT}), and the same client id and secret. Exit "
-                       "status 0 when every step passes, 1 when one fails.")
+    simulate = add(
+        "simulate",
+        cmd_simulate,
+        "play Pipedrive against a running bridge: install, the reverse API, uninstall; one PASS/FAIL line per step",
+    )
+    simulate.epilog = (
+        f"The bridge under test must use the simulator as Pipedrive: [pipedrive] oauth_base and "
+        f'api_base = "http://HOST:PORT" of --pipedrive-host/--pipedrive-port (default '
+        f"http://{SIMULATOR_HOST}:{SIMULATOR_PORT}), and the same client id and secret. Exit "
+        "status 0 when every step passes, 1 when one fails."
+    )
     simulate.add_argument("--bridge-url", required=True, help="the bridge's base URL, e.g. http://127.0.0.1:8000")
-    simulate.add_argument("--pipedrive-host", default=SIMULATOR_HOST,
-                          help="address the simulated Pipedrive listens on (default: %(default)s)")
-    simulate.add_argument("--pipedrive-port", type=int, default=SIMULATOR_PORT,
-                          help="port the simulated Pipedrive listens on (default: %(default)s)")
+    simulate.add_argument(
+        "--pipedrive-host",
+        default=SIMULATOR_HOST,
+        help="address the simulated Pipedrive listens on (default: %(default)s)",
+    )
+    simulate.add_argument(
+        "--pipedrive-port",
+        type=int,
+        default=SIMULATOR_PORT,
+        help="port the simulated Pipedrive listens on (default: %(default)s)",
+    )
     simulate.add_argument("--client-id", help="the app's client id (default: the config's)")
     simulate.add_argument("--client-secret", help="the app's client secret (default: the config's)")
     return parser

@@ -122,6 +122,7 @@ def _looks_secret(key: str) -> bool:
 
 # --- parsing -------------------------------------------------------------------------
 
+
 class _Problems(list[str]):
     def add(self, where: str, what: str) -> None:
         self.append(f"{where}: {what}")
@@ -189,7 +190,7 @@ def _check_db_url(value: Any) -> str | None:
         return value
     for prefix in ("postgresql://", "postgres://", "postgresql+psycopg://"):
         if value.startswith(prefix):
-            return "postgresql+psycopg://" + value[len(prefix):]
+            return "postgresql+psycopg://" + value[len(prefix) :]
     return None
 
 
@@ -245,7 +246,7 @@ _SCHEMA: dict[str, dict[str, tuple[_Checker, str]]] = {
         "format": (_check_format, '"json" or "text"'),
     },
     "meetings": {
-        "default_backend": (_check_backend_name, "a backend name such as \"jitsi\""),
+        "default_backend": (_check_backend_name, 'a backend name such as "jitsi"'),
         "allowed_backends": (_check_backend_names, "a non-empty list of backend names"),
         "retry_window_seconds": (_check_non_negative_int, "a whole number of seconds (0 turns it off)"),
     },
@@ -329,8 +330,9 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], source: Path | 
     return config
 
 
-def _take(section: str, key: str, value: Any, values: dict[str, dict[str, Any]],
-          problems: _Problems, where: str | None = None) -> None:
+def _take(
+    section: str, key: str, value: Any, values: dict[str, dict[str, Any]], problems: _Problems, where: str | None = None
+) -> None:
     where = where or f"[{section}] {key}"
     if key not in _SCHEMA[section]:
         problems.add(where, f"unknown setting (known: {', '.join(_SCHEMA[section])})")
@@ -375,11 +377,11 @@ def _parse_backends(raw: Any, env: Mapping[str, str], problems: _Problems) -> di
     for var, value in env.items():
         if not var.startswith(prefix):
             continue
-        rest = var[len(prefix):].lower()
+        rest = var[len(prefix) :].lower()
         for name in sorted(backends, key=len, reverse=True):
             token = name.replace("-", "_") + "_"
             if rest.startswith(token) and len(rest) > len(token):
-                backends[name][rest[len(token):]] = value
+                backends[name][rest[len(token) :]] = value
                 break
         else:
             name = rest.split("_", 1)[0]
@@ -393,22 +395,32 @@ def _parse_backends(raw: Any, env: Mapping[str, str], problems: _Problems) -> di
 def _cross_checks(config: Config, problems: _Problems) -> None:
     meetings = config.meetings
     if meetings.default_backend not in meetings.allowed_backends:
-        problems.add("[meetings] default_backend",
-                     f"{meetings.default_backend!r} is not in allowed_backends {list(meetings.allowed_backends)}")
+        problems.add(
+            "[meetings] default_backend",
+            f"{meetings.default_backend!r} is not in allowed_backends {list(meetings.allowed_backends)}",
+        )
     if config.pipedrive.trial and config.pipedrive.client_id != TRIAL_CLIENT_ID:
-        problems.add("[pipedrive] client_secret",
-                     "is required once client_id is set (or set PVB_PIPEDRIVE_CLIENT_SECRET)")
+        problems.add(
+            "[pipedrive] client_secret", "is required once client_id is set (or set PVB_PIPEDRIVE_CLIENT_SECRET)"
+        )
     if not config.database.is_sqlite and not config.vault.keys and config.vault.key_file is None:
-        problems.add("[vault] keys", "are required with PostgreSQL: every replica must share them "
-                     "(set PVB_VAULT_KEYS; make one with `pipedrive-video-bridge keys generate`)")
+        problems.add(
+            "[vault] keys",
+            "are required with PostgreSQL: every replica must share them "
+            "(set PVB_VAULT_KEYS; make one with `pipedrive-video-bridge keys generate`)",
+        )
     if ":" in config.pipedrive.client_id:
         problems.add("[pipedrive] client_id", "must not contain ':' (HTTP Basic auth splits on it)")
     if config.pipedrive.refresh_idle_days >= 60:
-        problems.add("[pipedrive] refresh_idle_days", "must be below 60: Pipedrive refresh tokens lapse "
-                     "after 60 days unused")
+        problems.add(
+            "[pipedrive] refresh_idle_days", "must be below 60: Pipedrive refresh tokens lapse after 60 days unused"
+        )
     if config.pipedrive.trial and not is_loopback(config.server.host):
-        problems.add("[server] host", f"{config.server.host!r} is not a loopback address, but the app still uses "
-                     "the local-trial credentials; set [pipedrive] client_id and client_secret first")
+        problems.add(
+            "[server] host",
+            f"{config.server.host!r} is not a loopback address, but the app still uses "
+            "the local-trial credentials; set [pipedrive] client_id and client_secret first",
+        )
 
 
 def is_loopback(host: str) -> bool:

@@ -23,8 +23,13 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color
 _PATTERNS = [  # (pattern, replacement): the credential goes, what names it stays
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 ***"),
     (re.compile(r"(?i)([?&](?:jwt|token|access_token|code|state)=)[^&\s\"']+"), r"\1***"),
-    (re.compile(r"(?i)(\"?(?:access_token|refresh_token|client_secret|password|app_secret|api_key)\"?\s*[:=]\s*\"?)"
-                r"[^\"',\s}]+"), r"\1***"),
+    (
+        re.compile(
+            r"(?i)(\"?(?:access_token|refresh_token|client_secret|password|app_secret|api_key)\"?\s*[:=]\s*\"?)"
+            r"[^\"',\s}]+"
+        ),
+        r"\1***",
+    ),
 ]
 
 
@@ -76,8 +81,9 @@ class _Formatter(logging.Formatter):
         return self.redact(line)
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json", secrets: Iterable[str] = (),
-                      stream: Any = None) -> Redactor:
+def configure_logging(
+    level: str = "INFO", fmt: str = "json", secrets: Iterable[str] = (), stream: Any = None
+) -> Redactor:
     """Send every log line (ours, uvicorn's, httpx's) through one redacting formatter."""
     redactor = Redactor(secrets)
     handler = logging.StreamHandler(stream or sys.stderr)

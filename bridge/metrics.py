@@ -31,16 +31,34 @@ class Observation:
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("pvb_reverse_api_requests", "Reverse-API requests by operation, backend and status",
-                                ["operation", "backend", "status"], registry=self.registry)
-        self.latency = Histogram("pvb_reverse_api_request_seconds", "Reverse-API request latency",
-                                 ["operation", "backend"], buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.vendor_calls = Counter("pvb_vendor_calls", "Backend operations by outcome",
-                                    ["backend", "operation", "outcome"], registry=self.registry)
-        self.vendor_retries = Counter("pvb_vendor_retries", "Vendor HTTP calls retried, by host and reason",
-                                      ["host", "reason"], registry=self.registry)
-        self.token_refreshes = Counter("pvb_token_refreshes", "Token refreshes made by this process",
-                                       ["kind", "outcome"], registry=self.registry)
+        self.requests = Counter(
+            "pvb_reverse_api_requests",
+            "Reverse-API requests by operation, backend and status",
+            ["operation", "backend", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "pvb_reverse_api_request_seconds",
+            "Reverse-API request latency",
+            ["operation", "backend"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.vendor_calls = Counter(
+            "pvb_vendor_calls",
+            "Backend operations by outcome",
+            ["backend", "operation", "outcome"],
+            registry=self.registry,
+        )
+        self.vendor_retries = Counter(
+            "pvb_vendor_retries",
+            "Vendor HTTP calls retried, by host and reason",
+            ["host", "reason"],
+            registry=self.registry,
+        )
+        self.token_refreshes = Counter(
+            "pvb_token_refreshes", "Token refreshes made by this process", ["kind", "outcome"], registry=self.registry
+        )
 
     @contextmanager
     def observe(self, operation: str) -> Iterator[Observation]:

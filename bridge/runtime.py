@@ -89,8 +89,10 @@ def vault_keys(config: Config) -> list[str]:
     if path is None:
         db_path = config.database.sqlite_path
         if db_path is None:
-            raise VaultError("no vault key is configured: set [vault] keys or PVB_VAULT_KEYS "
-                             "(make one with `pipedrive-video-bridge keys generate`)")
+            raise VaultError(
+                "no vault key is configured: set [vault] keys or PVB_VAULT_KEYS "
+                "(make one with `pipedrive-video-bridge keys generate`)"
+            )
         path = db_path.parent / "bridge.key"
     return load_or_create_key_file(Path(path))
 
@@ -133,26 +135,33 @@ async def prepare_database(store: Store, config: Config) -> None:
         else:
             version = await anyio.to_thread.run_sync(migrations.current_version, store.engine)
             if version != migrations.head():
-                raise StartupError(f"the database schema is at revision {version or 'none (empty)'}, this "
-                                   f"release needs {migrations.head()}: run `pipedrive-video-bridge migrate`")
+                raise StartupError(
+                    f"the database schema is at revision {version or 'none (empty)'}, this "
+                    f"release needs {migrations.head()}: run `pipedrive-video-bridge migrate`"
+                )
         unknown = await store.unknown_key_ids()
         if unknown:
-            raise StartupError(f"vault: stored secrets use key id(s) {', '.join(unknown)}, which are not "
-                               "configured; put the old key back in [vault] keys (the first key encrypts, "
-                               "every key decrypts)")
+            raise StartupError(
+                f"vault: stored secrets use key id(s) {', '.join(unknown)}, which are not "
+                "configured; put the old key back in [vault] keys (the first key encrypts, "
+                "every key decrypts)"
+            )
         await store.verify_one_secret()
     except VaultError as exc:
         raise StartupError(f"vault: {exc}") from exc
     except StartupError:
         raise
     except Exception as exc:
-        raise StartupError(f"database: cannot open {store.engine.url.render_as_string(hide_password=True)}: "
-                           f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        raise StartupError(
+            f"database: cannot open {store.engine.url.render_as_string(hide_password=True)}: "
+            f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
 
 
 @asynccontextmanager
-async def open_bridge(config: Config, registry: PluginRegistry | None = None,
-                      transport: httpx.AsyncBaseTransport | None = None) -> AsyncIterator[Bridge]:
+async def open_bridge(
+    config: Config, registry: PluginRegistry | None = None, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[Bridge]:
     registry = registry if registry is not None else load_plugins()
     backends, problems = build_backends(registry, config)
     if problems:
@@ -162,20 +171,28 @@ async def open_bridge(config: Config, registry: PluginRegistry | None = None,
         await prepare_database(store, config)
         timeout = httpx.Timeout(config.server.backend_timeout_seconds, connect=5.0)
         inner = transport or PooledTransport(max_connections=200)
-        policy = RetryPolicy(attempts=config.server.vendor_attempts,
-                             max_retry_after=config.server.vendor_max_retry_after_seconds)
+        policy = RetryPolicy(
+            attempts=config.server.vendor_attempts, max_retry_after=config.server.vendor_max_retry_after_seconds
+        )
         metrics = Metrics()
-        async with httpx.AsyncClient(timeout=timeout,
-                                     transport=RetryTransport(inner, policy, on_retry=metrics.retried)) as http:
+        async with httpx.AsyncClient(
+            timeout=timeout, transport=RetryTransport(inner, policy, on_retry=metrics.retried)
+        ) as http:
             for name, reason in backends.missing.items():
                 if name in config.meetings.allowed_backends:  # an installed, unused plugin is no news
                     log.warning("backend unavailable", extra={"backend": name, "reason": reason})
             pipedrive = PipedriveClient(config.pipedrive, http)
             assert store.vault is not None
-            yield Bridge(config=config, store=store, registry=registry, backends=backends, http=http,
-                         pipedrive=pipedrive,
-                         tokens=PipedriveTokens(store, pipedrive, config.pipedrive.token_refresh_margin_seconds,
-                                            metrics),
-                         signer=Signer(store.vault.derive("signing")), metrics=metrics)
+            yield Bridge(
+                config=config,
+                store=store,
+                registry=registry,
+                backends=backends,
+                http=http,
+                pipedrive=pipedrive,
+                tokens=PipedriveTokens(store, pipedrive, config.pipedrive.token_refresh_margin_seconds, metrics),
+                signer=Signer(store.vault.derive("signing")),
+                metrics=metrics,
+            )
     finally:
         store.close()

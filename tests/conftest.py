@@ -77,11 +77,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def config(tmp_path: Path, database_url: str) -> Config:
-    return make_config(tmp_path, database_url, meetings={"default_backend": "fake",
-                                                         "allowed_backends": ["fake", "other"]})
+    return make_config(
+        tmp_path, database_url, meetings={"default_backend": "fake", "allowed_backends": ["fake", "other"]}
+    )
 
 
 # --- a fake vendor -------------------------------------------------------------------
+
 
 @dataclass
 class FakeVendor:
@@ -137,8 +139,12 @@ def make_fake_plugin(vendor: FakeVendor) -> Any:
 
         def _room(self, ctx: BackendContext, room_id: str, meeting: MeetingRequest) -> Room:
             url = f"https://video.example.com/{room_id}"
-            return Room(vendor_meeting_id=room_id, join_url=url, password="s3cret-pass",
-                        invitation=render_invitation(meeting, url, user=ctx.user, password="s3cret-pass"))
+            return Room(
+                vendor_meeting_id=room_id,
+                join_url=url,
+                password="s3cret-pass",
+                invitation=render_invitation(meeting, url, user=ctx.user, password="s3cret-pass"),
+            )
 
     class OtherBackend(FakeBackend):
         name = "other"
@@ -181,5 +187,6 @@ async def client(config: Config, fake_plugin: Any, store: Store) -> AsyncIterato
 
 @pytest.fixture
 async def link(store: Store) -> Link:
-    return await store.create_link(pipedrive_user_id=101, company_id=202, user_name="Ada Lovelace",
-                                   user_email="ada@example.com")
+    return await store.create_link(
+        pipedrive_user_id=101, company_id=202, user_name="Ada Lovelace", user_email="ada@example.com"
+    )

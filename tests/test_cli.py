@@ -34,8 +34,14 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bridge.cli", *args], cwd=cwd, env=env or clean_env(),
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    return subprocess.run(
+        [sys.executable, "-m", "bridge.cli", *args],
+        cwd=cwd,
+        env=env or clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
 
 
 def base_config(tmp_path: Path, keys: list[str] | None = None, **sections: dict[str, Any]) -> dict[str, Any]:
@@ -57,6 +63,7 @@ def config_file(tmp_path: Path) -> Path:
 
 # --- check ----------------------------------------------------------------------------
 
+
 def test_check_ok(tmp_path: Path, config_file: Path) -> None:
     result = cli("-c", str(config_file), "check", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -65,8 +72,12 @@ def test_check_ok(tmp_path: Path, config_file: Path) -> None:
 
 
 def test_check_lists_every_config_problem_with_where(tmp_path: Path) -> None:
-    raw = base_config(tmp_path, server={"port": "eighty", "public_url": "ftp://bridge.example.com"},
-                      logging={"level": "LOUD"}, bogus={"x": 1})
+    raw = base_config(
+        tmp_path,
+        server={"port": "eighty", "public_url": "ftp://bridge.example.com"},
+        logging={"level": "LOUD"},
+        bogus={"x": 1},
+    )
     path = write_toml(tmp_path / "bridge.toml", raw)
     result = cli("-c", str(path), "check", cwd=tmp_path)
     assert result.returncode != 0
@@ -94,6 +105,7 @@ def test_a_missing_config_file_is_an_error(tmp_path: Path) -> None:
 
 # --- manifest -------------------------------------------------------------------------
 
+
 def test_manifest_to_a_file(tmp_path: Path, config_file: Path) -> None:
     out = tmp_path / "out" / "manifest.json"
     out.parent.mkdir()
@@ -114,7 +126,9 @@ def test_manifest_to_a_file(tmp_path: Path, config_file: Path) -> None:
 
 
 def test_manifest_with_a_non_http_public_url_fails_at_config(tmp_path: Path) -> None:
-    path = write_toml(tmp_path / "bridge.toml", base_config(tmp_path, server={"public_url": "ftp://bridge.example.com"}))
+    path = write_toml(
+        tmp_path / "bridge.toml", base_config(tmp_path, server={"public_url": "ftp://bridge.example.com"})
+    )
     result = cli("-c", str(path), "manifest", "-o", str(tmp_path / "m.json"), cwd=tmp_path)
     assert result.returncode != 0
     assert "[server] public_url: " in result.stderr
@@ -127,12 +141,14 @@ def test_checked_in_manifest_matches_the_example_config(tmp_path: Path) -> None:
         pytest.skip("manifest.json or config.example.toml is not written yet")
     result = cli("-c", str(example), "manifest", "-o", "-", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == checked_in.read_text(encoding="utf-8"), \
+    assert result.stdout == checked_in.read_text(encoding="utf-8"), (
         "manifest.json is stale: regenerate it with `pipedrive-video-bridge -c config.example.toml manifest`"
+    )
     assert manifest_problems(json.loads(result.stdout)) == []
 
 
 # --- links, keys, migrate ---------------------------------------------------------------
+
 
 def test_links_create_and_list(tmp_path: Path, config_file: Path) -> None:
     created = cli("-c", str(config_file), "links", "create", "--user-id", "1", "--company-id", "2", cwd=tmp_path)
@@ -208,6 +224,7 @@ def test_migrate_twice(tmp_path: Path, config_file: Path) -> None:
 
 # --- plugins --------------------------------------------------------------------------
 
+
 def test_plugins_lists_jitsi(tmp_path: Path) -> None:
     result = cli("plugins", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -226,6 +243,7 @@ def test_plugins_json(tmp_path: Path) -> None:
 
 
 # --- the local trial and its key --------------------------------------------------------
+
 
 def test_a_trial_on_sqlite_creates_its_key_beside_the_database(tmp_path: Path) -> None:
     first = cli("links", "create", "--user-id", "7", "--company-id", "8", cwd=tmp_path)

@@ -36,14 +36,17 @@ def only_problem(raw: dict[str, Any], env: dict[str, str] | None = None) -> str:
 
 def production(**sections: dict[str, Any]) -> dict[str, Any]:
     """A valid non-trial config to start from."""
-    raw: dict[str, Any] = {"pipedrive": {"client_id": "abc123", "client_secret": "s3cr3t-value"},
-                           "server": {"host": "0.0.0.0", "public_url": "https://bridge.example.com"}}
+    raw: dict[str, Any] = {
+        "pipedrive": {"client_id": "abc123", "client_secret": "s3cr3t-value"},
+        "server": {"host": "0.0.0.0", "public_url": "https://bridge.example.com"},
+    }
     for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values}
     return raw
 
 
 # --- defaults and files ---------------------------------------------------------------
+
 
 def test_defaults_without_a_file_are_a_local_trial() -> None:
     for config in (parse_config({}, {}), load_config(None, env={})):
@@ -64,11 +67,16 @@ def test_defaults_without_a_file_are_a_local_trial() -> None:
 
 def test_a_production_config_parses() -> None:
     key = generate_key()
-    config = parse_config(production(database={"url": POSTGRES}, vault={"keys": [key]},
-                                     logging={"level": "debug", "format": "text"},
-                                     meetings={"default_backend": "zoom", "allowed_backends": ["jitsi", "zoom"]},
-                                     backends={"jitsi": {"mode": "token", "app_secret": "jitsi-app-secret"},
-                                               "zoom": {}}), {})
+    config = parse_config(
+        production(
+            database={"url": POSTGRES},
+            vault={"keys": [key]},
+            logging={"level": "debug", "format": "text"},
+            meetings={"default_backend": "zoom", "allowed_backends": ["jitsi", "zoom"]},
+            backends={"jitsi": {"mode": "token", "app_secret": "jitsi-app-secret"}, "zoom": {}},
+        ),
+        {},
+    )
     assert not config.pipedrive.trial
     assert config.server.host == "0.0.0.0"
     assert config.database.url == "postgresql+psycopg://bridge:pw-in-url@db.internal:5432/bridge"
@@ -82,8 +90,10 @@ def test_a_production_config_parses() -> None:
 
 
 def test_public_url_loses_its_trailing_slash() -> None:
-    assert parse_config({"server": {"public_url": "https://b.example.com/bridge/"}}, {}).server.public_url \
+    assert (
+        parse_config({"server": {"public_url": "https://b.example.com/bridge/"}}, {}).server.public_url
         == "https://b.example.com/bridge"
+    )
 
 
 def test_the_example_config_loads_cleanly() -> None:
@@ -129,41 +139,45 @@ def test_a_missing_file_names_the_file(tmp_path: Path) -> None:
 
 # --- errors ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("raw", "where", "says"), [
-    ({"bogus": {"x": 1}}, "[bogus]", "unknown section"),
-    ({"server": {"bogus": 1}}, "[server] bogus", "unknown setting"),
-    ({"server": {"port": "8000"}}, "[server] port", "integer between 1 and 65535"),
-    ({"server": {"port": 0}}, "[server] port", "integer between 1 and 65535"),
-    ({"server": {"port": 70000}}, "[server] port", "integer between 1 and 65535"),
-    ({"server": {"port": True}}, "[server] port", "integer between 1 and 65535"),
-    ({"server": {"host": "bad host!"}}, "[server] host", "host name or IP address"),
-    ({"server": {"public_url": "ftp://bridge.example.com"}}, "[server] public_url", "http(s) URL"),
-    ({"server": {"public_url": "bridge.example.com"}}, "[server] public_url", "http(s) URL"),
-    ({"server": {"public_url": "https://b.example.com/?x=1"}}, "[server] public_url", "http(s) URL"),
-    ({"server": {"public_url": 42}}, "[server] public_url", "http(s) URL"),
-    ({"server": {"max_body_bytes": -1}}, "[server] max_body_bytes", "positive integer"),
-    ({"server": {"max_body_bytes": "64k"}}, "[server] max_body_bytes", "positive integer"),
-    ({"server": {"backend_timeout_seconds": 0}}, "[server] backend_timeout_seconds", "positive number"),
-    ({"logging": {"level": "LOUD"}}, "[logging] level", "DEBUG, INFO, WARNING, ERROR"),
-    ({"logging": {"level": 10}}, "[logging] level", "DEBUG, INFO, WARNING, ERROR"),
-    ({"logging": {"format": "xml"}}, "[logging] format", '"json" or "text"'),
-    ({"database": {"url": "mysql://u@h/db"}}, "[database] url", "sqlite:///PATH or postgresql://"),
-    ({"database": {"url": 5}}, "[database] url", "sqlite:///PATH or postgresql://"),
-    ({"database": {"auto_migrate": "yes"}}, "[database] auto_migrate", "true or false"),
-    ({"vault": {"keys": []}}, "[vault] keys", "list of keys"),
-    ({"vault": {"keys": [1]}}, "[vault] keys", "list of keys"),
-    ({"meetings": {"default_backend": "zoom"}}, "[meetings] default_backend", "not in allowed_backends"),
-    ({"meetings": {"default_backend": "Zoom!"}}, "[meetings] default_backend", "backend name"),
-    ({"meetings": {"allowed_backends": []}}, "[meetings] allowed_backends", "non-empty list"),
-    ({"meetings": {"allowed_backends": "jitsi"}}, "[meetings] allowed_backends", "non-empty list"),
-    ({"pipedrive": {"client_id": "abc123"}}, "[pipedrive] client_secret", "required once client_id is set"),
-    ({"pipedrive": {"client_id": ""}}, "[pipedrive] client_id", "non-empty string"),
-    ({"database": {"url": "postgresql://u@h/db"}}, "[vault] keys", "required with PostgreSQL"),
-    ({"server": {"host": "0.0.0.0"}}, "[server] host", "not a loopback address"),
-    ({"backends": {"Bad Name": {}}}, "[backends.Bad Name]", "a-z, 0-9"),
-    ({"backends": {"jitsi": "meet.jit.si"}}, "[backends.jitsi]", "must be a table"),
-    ({"backends": []}, "[backends]", "table of tables"),
-])
+
+@pytest.mark.parametrize(
+    ("raw", "where", "says"),
+    [
+        ({"bogus": {"x": 1}}, "[bogus]", "unknown section"),
+        ({"server": {"bogus": 1}}, "[server] bogus", "unknown setting"),
+        ({"server": {"port": "8000"}}, "[server] port", "integer between 1 and 65535"),
+        ({"server": {"port": 0}}, "[server] port", "integer between 1 and 65535"),
+        ({"server": {"port": 70000}}, "[server] port", "integer between 1 and 65535"),
+        ({"server": {"port": True}}, "[server] port", "integer between 1 and 65535"),
+        ({"server": {"host": "bad host!"}}, "[server] host", "host name or IP address"),
+        ({"server": {"public_url": "ftp://bridge.example.com"}}, "[server] public_url", "http(s) URL"),
+        ({"server": {"public_url": "bridge.example.com"}}, "[server] public_url", "http(s) URL"),
+        ({"server": {"public_url": "https://b.example.com/?x=1"}}, "[server] public_url", "http(s) URL"),
+        ({"server": {"public_url": 42}}, "[server] public_url", "http(s) URL"),
+        ({"server": {"max_body_bytes": -1}}, "[server] max_body_bytes", "positive integer"),
+        ({"server": {"max_body_bytes": "64k"}}, "[server] max_body_bytes", "positive integer"),
+        ({"server": {"backend_timeout_seconds": 0}}, "[server] backend_timeout_seconds", "positive number"),
+        ({"logging": {"level": "LOUD"}}, "[logging] level", "DEBUG, INFO, WARNING, ERROR"),
+        ({"logging": {"level": 10}}, "[logging] level", "DEBUG, INFO, WARNING, ERROR"),
+        ({"logging": {"format": "xml"}}, "[logging] format", '"json" or "text"'),
+        ({"database": {"url": "mysql://u@h/db"}}, "[database] url", "sqlite:///PATH or postgresql://"),
+        ({"database": {"url": 5}}, "[database] url", "sqlite:///PATH or postgresql://"),
+        ({"database": {"auto_migrate": "yes"}}, "[database] auto_migrate", "true or false"),
+        ({"vault": {"keys": []}}, "[vault] keys", "list of keys"),
+        ({"vault": {"keys": [1]}}, "[vault] keys", "list of keys"),
+        ({"meetings": {"default_backend": "zoom"}}, "[meetings] default_backend", "not in allowed_backends"),
+        ({"meetings": {"default_backend": "Zoom!"}}, "[meetings] default_backend", "backend name"),
+        ({"meetings": {"allowed_backends": []}}, "[meetings] allowed_backends", "non-empty list"),
+        ({"meetings": {"allowed_backends": "jitsi"}}, "[meetings] allowed_backends", "non-empty list"),
+        ({"pipedrive": {"client_id": "abc123"}}, "[pipedrive] client_secret", "required once client_id is set"),
+        ({"pipedrive": {"client_id": ""}}, "[pipedrive] client_id", "non-empty string"),
+        ({"database": {"url": "postgresql://u@h/db"}}, "[vault] keys", "required with PostgreSQL"),
+        ({"server": {"host": "0.0.0.0"}}, "[server] host", "not a loopback address"),
+        ({"backends": {"Bad Name": {}}}, "[backends.Bad Name]", "a-z, 0-9"),
+        ({"backends": {"jitsi": "meet.jit.si"}}, "[backends.jitsi]", "must be a table"),
+        ({"backends": []}, "[backends]", "table of tables"),
+    ],
+)
 def test_each_problem_says_where_and_what(raw: dict[str, Any], where: str, says: str) -> None:
     problem = only_problem(raw)
     assert problem.startswith(f"{where}: "), problem
@@ -183,8 +197,7 @@ def test_a_section_that_is_not_a_table_is_reported() -> None:
 def test_every_problem_is_reported_at_once() -> None:
     raw = {
         "bogus": {},
-        "server": {"port": "eighty", "public_url": "ftp://x", "max_body_bytes": 0, "host": "0.0.0.0",
-                   "colour": "blue"},
+        "server": {"port": "eighty", "public_url": "ftp://x", "max_body_bytes": 0, "host": "0.0.0.0", "colour": "blue"},
         "pipedrive": {"client_id": "abc123"},
         "logging": {"level": "LOUD"},
         "database": {"url": "mysql://root@db/bridge"},
@@ -192,9 +205,18 @@ def test_every_problem_is_reported_at_once() -> None:
     }
     problems = problems_of(raw)
     wheres = [p.partition(": ")[0] for p in problems]
-    expected = ["[bogus]", "[server] port", "[server] public_url", "[server] max_body_bytes", "[server] colour",
-                "[logging] level", "[database] url", "[meetings] default_backend",
-                "[pipedrive] client_secret", "[server] host"]
+    expected = [
+        "[bogus]",
+        "[server] port",
+        "[server] public_url",
+        "[server] max_body_bytes",
+        "[server] colour",
+        "[logging] level",
+        "[database] url",
+        "[meetings] default_backend",
+        "[pipedrive] client_secret",
+        "[server] host",
+    ]
     for where in expected:
         assert where in wheres, f"{where} missing from {problems}"
     assert len(problems) == len(expected), problems
@@ -206,18 +228,20 @@ def test_postgresql_url_without_keys_is_reported_with_other_problems() -> None:
 
 
 def test_a_key_file_is_enough_for_postgresql(tmp_path: Path) -> None:
-    config = parse_config({"database": {"url": "postgresql://u@h/db"},
-                           "vault": {"key_file": str(tmp_path / "k")}}, {})
+    config = parse_config({"database": {"url": "postgresql://u@h/db"}, "vault": {"key_file": str(tmp_path / "k")}}, {})
     assert config.vault.key_file == tmp_path / "k"
 
 
-@pytest.mark.parametrize(("raw", "env", "secret"), [
-    ({"pipedrive": {"client_id": "abc", "client_secret": 1234567890}}, {}, "1234567890"),
-    ({"pipedrive": {"client_id": "abc", "client_secret": ["hidden-in-a-list"]}}, {}, "hidden-in-a-list"),
-    ({"database": {"url": "mysql://root:hunter2-pw@db/bridge"}}, {}, "hunter2-pw"),
-    ({}, {"PVB_DATABASE_URL": "mysql://root:hunter2-pw@db/bridge"}, "hunter2-pw"),
-    ({"vault": {"keys": [12345678901]}}, {}, "12345678901"),
-])
+@pytest.mark.parametrize(
+    ("raw", "env", "secret"),
+    [
+        ({"pipedrive": {"client_id": "abc", "client_secret": 1234567890}}, {}, "1234567890"),
+        ({"pipedrive": {"client_id": "abc", "client_secret": ["hidden-in-a-list"]}}, {}, "hidden-in-a-list"),
+        ({"database": {"url": "mysql://root:hunter2-pw@db/bridge"}}, {}, "hunter2-pw"),
+        ({}, {"PVB_DATABASE_URL": "mysql://root:hunter2-pw@db/bridge"}, "hunter2-pw"),
+        ({"vault": {"keys": [12345678901]}}, {}, "12345678901"),
+    ],
+)
 def test_problems_never_echo_secret_values(raw: dict[str, Any], env: dict[str, str], secret: str) -> None:
     problems = problems_of(raw, env)
     assert problems
@@ -231,6 +255,7 @@ def test_non_secret_values_are_echoed_to_help() -> None:
 
 
 # --- the environment ------------------------------------------------------------------
+
 
 def test_environment_overrides() -> None:
     key_a, key_b = generate_key(), generate_key()
@@ -262,12 +287,15 @@ def test_environment_reaches_load_config(tmp_path: Path) -> None:
     assert config.pipedrive.client_secret == "from-the-env"
 
 
-@pytest.mark.parametrize(("url", "expected"), [
-    ("postgres://u@h:5432/db", "postgresql+psycopg://u@h:5432/db"),
-    ("postgresql://u@h/db", "postgresql+psycopg://u@h/db"),
-    ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
-    ("sqlite:////var/lib/bridge/bridge.sqlite3", "sqlite:////var/lib/bridge/bridge.sqlite3"),
-])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgres://u@h:5432/db", "postgresql+psycopg://u@h:5432/db"),
+        ("postgresql://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("sqlite:////var/lib/bridge/bridge.sqlite3", "sqlite:////var/lib/bridge/bridge.sqlite3"),
+    ],
+)
 def test_database_urls_are_normalised(url: str, expected: str) -> None:
     config = parse_config({"vault": {"keys": [generate_key()]}}, {"PVB_DATABASE_URL": url})
     assert config.database.url == expected
@@ -295,17 +323,40 @@ def test_a_bad_environment_value_names_the_variable() -> None:
 
 # --- secrets --------------------------------------------------------------------------
 
+
 def test_secret_values_lists_every_configured_secret() -> None:
     key_a, key_b = generate_key(), generate_key()
-    raw = production(vault={"keys": [key_a, key_b]},
-                     backends={"jitsi": {"mode": "token", "app_id": "bridge-app", "domain": "meet.example.com",
-                                         "app_secret": "jitsi-app-secret"},
-                               "zoom": {"client_secret": "zoom-client-secret", "api_key": "zoom-api-key",
-                                        "token": "zoom-token-1", "password": "zoom-password", "short": "abc",
-                                        "port": 443}})
+    raw = production(
+        vault={"keys": [key_a, key_b]},
+        backends={
+            "jitsi": {
+                "mode": "token",
+                "app_id": "bridge-app",
+                "domain": "meet.example.com",
+                "app_secret": "jitsi-app-secret",
+            },
+            "zoom": {
+                "client_secret": "zoom-client-secret",
+                "api_key": "zoom-api-key",
+                "token": "zoom-token-1",
+                "password": "zoom-password",
+                "short": "abc",
+                "port": 443,
+            },
+        },
+    )
     values = parse_config(raw, {"PVB_BACKENDS_OTHER_ACCESS_TOKEN": "other-access-token"}).secret_values()
-    for secret in ["s3cr3t-value", key_a, key_b, "jitsi-app-secret", "zoom-client-secret", "zoom-api-key",
-                   "zoom-token-1", "zoom-password", "other-access-token"]:
+    for secret in [
+        "s3cr3t-value",
+        key_a,
+        key_b,
+        "jitsi-app-secret",
+        "zoom-client-secret",
+        "zoom-api-key",
+        "zoom-token-1",
+        "zoom-password",
+        "other-access-token",
+    ]:
         assert secret in values
     for not_secret in ["bridge-app", "meet.example.com", "token", "abc123"]:
         assert not_secret not in values
@@ -313,8 +364,12 @@ def test_secret_values_lists_every_configured_secret() -> None:
 
 def test_config_repr_shows_no_secret() -> None:
     key = generate_key()
-    config = parse_config(production(database={"url": POSTGRES}, vault={"keys": [key]},
-                                     backends={"jitsi": {"app_secret": "jitsi-app-secret"}}), {})
+    config = parse_config(
+        production(
+            database={"url": POSTGRES}, vault={"keys": [key]}, backends={"jitsi": {"app_secret": "jitsi-app-secret"}}
+        ),
+        {},
+    )
     text = repr(config)
     for secret in ["s3cr3t-value", key, "pw-in-url", "jitsi-app-secret"]:
         assert secret not in text

@@ -98,13 +98,17 @@ def create_fake_vendor(records: VendorRecords) -> Starlette:
             records.rooms.pop(request.path_params["room"], None)
         return Response(status_code=204)
 
-    return Starlette(routes=[Route("/rooms", create, methods=["POST"]),
-                             Route("/rooms/{room}", update, methods=["PATCH"]),
-                             Route("/rooms/{room}", delete, methods=["DELETE"])])
+    return Starlette(
+        routes=[
+            Route("/rooms", create, methods=["POST"]),
+            Route("/rooms/{room}", update, methods=["PATCH"]),
+            Route("/rooms/{room}", delete, methods=["DELETE"]),
+        ]
+    )
 
 
 # the plugin the bridge process loads: a backend that keeps its rooms at the fake vendor
-PLUGIN = r'''
+PLUGIN = r"""
 from bridge.vendors.interface import Backend, Room
 from bridge.errors import BackendError
 from bridge.vendors.hookspecs import hookimpl
@@ -150,9 +154,9 @@ class VendorBackend(Backend):
 @hookimpl
 def register_backends(register):
     register(VendorBackend)
-'''
+"""
 
-RUNNER = r'''
+RUNNER = r"""
 import importlib.util
 import sys
 from pathlib import Path
@@ -172,7 +176,7 @@ config = load_config(config_path, env={})
 configure_logging(config.logging.level, config.logging.format, config.secret_values())
 app = create_app(config, load_plugins([plugin], entry_points=False))
 uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
-'''
+"""
 
 
 # --- the bridge process ------------------------------------------------------------------
@@ -180,10 +184,12 @@ uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
 
 def vendor_sections(vendor_url: str) -> dict[str, dict[str, Any]]:
     """The config file's sections besides the shared ones: a bridge on the fake vendor's backend."""
-    return {"server": {"public_url": "http://127.0.0.1", "backend_timeout_seconds": 10},
-            "logging": {"level": "WARNING"},
-            "meetings": {"default_backend": "vendor", "allowed_backends": ["vendor"]},
-            "backends.vendor": {"url": vendor_url}}
+    return {
+        "server": {"public_url": "http://127.0.0.1", "backend_timeout_seconds": 10},
+        "logging": {"level": "WARNING"},
+        "meetings": {"default_backend": "vendor", "allowed_backends": ["vendor"]},
+        "backends.vendor": {"url": vendor_url},
+    }
 
 
 def start_bridge(config_path: Path, plugin_path: Path, log_path: Path) -> BridgeProcess:
@@ -204,8 +210,9 @@ class Setup:
 
     @contextmanager
     def bridge(self) -> Iterator[BridgeProcess]:
-        with running(start_bridge(self.config_path, self.plugin_path, self.log_path), "/readyz",
-                     START_SECONDS) as process:
+        with running(
+            start_bridge(self.config_path, self.plugin_path, self.log_path), "/readyz", START_SECONDS
+        ) as process:
             yield process
 
 
@@ -226,8 +233,15 @@ def setup(tmp_path: Path, database_url: str) -> Iterator[Setup]:
             finally:
                 store.close()
 
-        yield Setup(config, config_path, plugin_path, tmp_path / "bridge.log", records, anyio.run(make_link),
-                    basic_auth(config.pipedrive.client_id, config.pipedrive.client_secret))
+        yield Setup(
+            config,
+            config_path,
+            plugin_path,
+            tmp_path / "bridge.log",
+            records,
+            anyio.run(make_link),
+            basic_auth(config.pipedrive.client_id, config.pipedrive.client_secret),
+        )
 
 
 def meeting_rows(config: Config) -> list[Any]:
@@ -285,8 +299,10 @@ async def load_then_kill(setup: Setup, bridge: BridgeProcess, cycle: int) -> Loa
                 killed.set()
 
     limits = httpx.Limits(max_connections=CONCURRENCY)
-    async with httpx.AsyncClient(base_url=bridge.url, headers=setup.auth, limits=limits,
-                                 timeout=httpx.Timeout(20)) as http, anyio.create_task_group() as tasks:
+    async with (
+        httpx.AsyncClient(base_url=bridge.url, headers=setup.auth, limits=limits, timeout=httpx.Timeout(20)) as http,
+        anyio.create_task_group() as tasks,
+    ):
         for _ in range(CONCURRENCY):
             tasks.start_soon(worker, http)
     assert killed.is_set(), "the load finished before the kill"
@@ -322,8 +338,10 @@ async def check_after_restart(setup: Setup, bridge: BridgeProcess, loads: list[L
     topic_of = {room: topic for topic, room in rooms.items()}
     untold = {topic_of[row.vendor_meeting_id] for row in rows if row.id not in told}
     assert untold <= in_flight, (untold - in_flight, in_flight)
-    print(f"answered {len(answered)}, in flight at the kill(s) {len(in_flight)}, orphan rooms {len(orphans)}, "
-          f"stored but unanswered {len(untold)}")
+    print(
+        f"answered {len(answered)}, in flight at the kill(s) {len(in_flight)}, orphan rooms {len(orphans)}, "
+        f"stored but unanswered {len(untold)}"
+    )
 
     # the restarted bridge serves every answered meeting: read back (a move) and deleted
     async with httpx.AsyncClient(base_url=bridge.url, headers=setup.auth, timeout=20) as http:

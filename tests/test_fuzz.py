@@ -62,18 +62,31 @@ SCALE = 10 if os.environ.get("PVB_SOAK") == "1" else 1
 EXAMPLES = {True: 200 * SCALE, False: 50 * SCALE}  # authenticated or not
 REVERSE_API = [("POST", POST_MEETING), ("PATCH", MEETING), ("DELETE", MEETING)]
 MODES = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
-CONFORMANCE = [status_code_conformance, content_type_conformance, response_schema_conformance,
-               response_headers_conformance]
+CONFORMANCE = [
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
 
 
 def fuzz_settings(max_examples: int) -> settings:
     # one app for all examples of a run is the point (it keeps its state), hence the fixture health check
-    return settings(max_examples=max_examples, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                           HealthCheck.filter_too_much, HealthCheck.data_too_large])
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.filter_too_much,
+            HealthCheck.data_too_large,
+        ],
+    )
 
 
 # --- the app under fire -----------------------------------------------------------------
+
 
 @dataclass
 class Target:
@@ -101,8 +114,11 @@ class Target:
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     # a small body limit, so generated bodies hit the 413 path too
-    return make_config(tmp_path, server={"max_body_bytes": 4096},
-                       meetings={"default_backend": "fake", "allowed_backends": ["fake", "other"]})
+    return make_config(
+        tmp_path,
+        server={"max_body_bytes": 4096},
+        meetings={"default_backend": "fake", "allowed_backends": ["fake", "other"]},
+    )
 
 
 @pytest.fixture
@@ -118,8 +134,10 @@ def target(config: Config, fake_plugin: Any) -> Iterator[Target]:
         meetings = []
         async with bridge_client(config, [fake_plugin]) as client:
             for topic in ("moved by the fuzzer", "deleted by the fuzzer"):
-                answer = await client.post(f"/api/v1/links/{link_id}/meetings",
-                                           json={"topic": topic, "start_time": "2031-01-01 10:00", "duration": 30})
+                answer = await client.post(
+                    f"/api/v1/links/{link_id}/meetings",
+                    json={"topic": topic, "start_time": "2031-01-01 10:00", "duration": 30},
+                )
                 assert answer.status_code == 201, answer.text
                 meetings.append(answer.json()["data"]["meeting_id"])
         return link_id, meetings
@@ -157,8 +175,10 @@ def assert_answer(response: Any, *, authenticated: bool, other_method: bool, pat
     elif path_parameters:
         routable = all(isinstance(v, str) and re.fullmatch(ID_PATTERN, v) for v in path_parameters.values())
         # routing answers first: an id no route takes is 404, another method 405; the rest needs credentials
-        assert status == 401 or (not routable and status in (404, 405)) or (other_method and status == 405), \
-            (status, response.text)
+        assert status == 401 or (not routable and status in (404, 405)) or (other_method and status == 405), (
+            status,
+            response.text,
+        )
 
 
 def send(case: Any, target: Target, method: str, *, authenticated: bool) -> None:
@@ -169,21 +189,28 @@ def send(case: Any, target: Target, method: str, *, authenticated: bool) -> None
     target.statuses[response.status_code] += 1
     # the answer is one the document promises: a listed status, its media type and schema
     case.validate_response(response, checks=CONFORMANCE)
-    assert_answer(response, authenticated=authenticated, other_method=case.method.upper() != method,
-                  path_parameters=dict(case.path_parameters or {}))
+    assert_answer(
+        response,
+        authenticated=authenticated,
+        other_method=case.method.upper() != method,
+        path_parameters=dict(case.path_parameters or {}),
+    )
 
 
 # --- generated requests -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("authenticated", [True, False], ids=["authenticated", "unauthenticated"])
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
 @pytest.mark.parametrize(("method", "path"), REVERSE_API, ids=[m for m, _ in REVERSE_API])
-def test_generated_requests(api: Any, target: Target, method: str, path: str, mode: GenerationMode,
-                            authenticated: bool) -> None:
+def test_generated_requests(
+    api: Any, target: Target, method: str, path: str, mode: GenerationMode, authenticated: bool
+) -> None:
     operation = api[path][method]
     # half on the link and meeting that exist, half on generated ids
-    cases = st.one_of(operation.as_strategy(mode, path_parameters=target.existing(method, path)),
-                      operation.as_strategy(mode))
+    cases = st.one_of(
+        operation.as_strategy(mode, path_parameters=target.existing(method, path)), operation.as_strategy(mode)
+    )
 
     @fuzz_settings(EXAMPLES[authenticated])
     @given(case=cases)
@@ -206,8 +233,10 @@ def test_coverage_cases(api: Any, target: Target, authenticated: bool) -> None:
         config = api.config.generation_for(operation=operation)
         for case in api.iter_coverage_cases(operation, generation_modes=MODES, generation_config=config):
             same_operation = authenticated and case.path_parameters and case.method.upper() == method
-            if same_operation and zlib.crc32(json.dumps(case.path_parameters, sort_keys=True,
-                                                         default=str).encode()) % 2:
+            if (
+                same_operation
+                and zlib.crc32(json.dumps(case.path_parameters, sort_keys=True, default=str).encode()) % 2
+            ):
                 case.path_parameters = {**case.path_parameters, **target.existing(method, path)}
             send(case, target, method, authenticated=authenticated)
             sent += 1
@@ -216,6 +245,7 @@ def test_coverage_cases(api: Any, target: Target, authenticated: bool) -> None:
 
 def test_health_checks(api: Any, target: Target) -> None:
     for path in ("/healthz", "/readyz"):
+
         @fuzz_settings(20 * SCALE)
         @given(case=api[path]["GET"].as_strategy())
         def run(case: Any) -> None:
@@ -228,20 +258,54 @@ def test_health_checks(api: Any, target: Target) -> None:
 
 # --- parse_meeting --------------------------------------------------------------------------
 
-JSON_SCALARS = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-(10**400), max_value=10**400)
-                | st.floats(allow_nan=True, allow_infinity=True) | st.text())
-JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=20)
-TOPICS = st.text() | st.text(alphabet=" \t\n\u00a0\u2003\x1c\x85x", max_size=20) | st.just("x" * MAX_TOPIC_LENGTH) \
-    | st.just("x" * (MAX_TOPIC_LENGTH + 1)) | JSON_VALUES
-START_TIMES = (st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}", fullmatch=True)
-               | st.from_regex(r"[0-9٠-٩]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}(:00)?Z?\n?", fullmatch=True)
-               | JSON_VALUES)
-DURATIONS = (st.integers() | st.floats() | st.sampled_from([0, -0.0, 1e-300, MAX_DURATION_MINUTES,
-                                                            MAX_DURATION_MINUTES + 1, MAX_DURATION_MINUTES + 0.5,
-                                                            math.inf, math.nan, True, False, "30", None]))
-MEETING_LIKE = st.fixed_dictionaries({}, optional={"topic": TOPICS, "start_time": START_TIMES,
-                                                   "duration": DURATIONS, "extra": JSON_VALUES})
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text()
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+)
+TOPICS = (
+    st.text()
+    | st.text(alphabet=" \t\n\u00a0\u2003\x1c\x85x", max_size=20)
+    | st.just("x" * MAX_TOPIC_LENGTH)
+    | st.just("x" * (MAX_TOPIC_LENGTH + 1))
+    | JSON_VALUES
+)
+START_TIMES = (
+    st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}", fullmatch=True)
+    | st.from_regex(r"[0-9٠-٩]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}(:00)?Z?\n?", fullmatch=True)
+    | JSON_VALUES
+)
+DURATIONS = (
+    st.integers()
+    | st.floats()
+    | st.sampled_from(
+        [
+            0,
+            -0.0,
+            1e-300,
+            MAX_DURATION_MINUTES,
+            MAX_DURATION_MINUTES + 1,
+            MAX_DURATION_MINUTES + 0.5,
+            math.inf,
+            math.nan,
+            True,
+            False,
+            "30",
+            None,
+        ]
+    )
+)
+MEETING_LIKE = st.fixed_dictionaries(
+    {}, optional={"topic": TOPICS, "start_time": START_TIMES, "duration": DURATIONS, "extra": JSON_VALUES}
+)
 
 
 @fuzz_settings(1000 * SCALE)
@@ -266,20 +330,29 @@ def _form(moment: datetime) -> str:
     return f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d} {moment.hour:02d}:{moment.minute:02d}"
 
 
-WORDS = st.text(alphabet=st.characters(blacklist_categories=("Cs",)).filter(lambda c: not c.isspace()),
-                min_size=1, max_size=30)
+WORDS = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",)).filter(lambda c: not c.isspace()), min_size=1, max_size=30
+)
 VALID_TOPICS = st.lists(WORDS, min_size=1, max_size=8).map(" ".join).filter(lambda t: len(t) <= MAX_TOPIC_LENGTH)
 VALID_TIMES = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59)).map(
-    lambda moment: moment.replace(second=0, microsecond=0, tzinfo=UTC))
+    lambda moment: moment.replace(second=0, microsecond=0, tzinfo=UTC)
+)
 VALID_DURATIONS = st.integers(1, MAX_DURATION_MINUTES) | st.floats(min_value=1e-9, max_value=MAX_DURATION_MINUTES)
 
 
 @fuzz_settings(300 * SCALE)
-@given(topic=VALID_TOPICS, moment=VALID_TIMES, duration=VALID_DURATIONS,
-       padding=st.sampled_from(["", " ", "\t\n ", "\u00a0"]))
+@given(
+    topic=VALID_TOPICS,
+    moment=VALID_TIMES,
+    duration=VALID_DURATIONS,
+    padding=st.sampled_from(["", " ", "\t\n ", "\u00a0"]),
+)
 def test_valid_meetings_round_trip(topic: str, moment: datetime, duration: float, padding: str) -> None:
-    body = {"topic": padding + topic.replace(" ", " " + padding) + padding, "start_time": _form(moment),
-            "duration": duration}
+    body = {
+        "topic": padding + topic.replace(" ", " " + padding) + padding,
+        "start_time": _form(moment),
+        "duration": duration,
+    }
     meeting = parse_meeting(json.loads(json.dumps(body)))
     assert meeting == MeetingRequest(topic=topic, start_time=moment, duration=math.ceil(duration))
     # what the bridge understood, written back the way Pipedrive writes it, reads the same
@@ -292,26 +365,29 @@ def _schema_accepts(body: Any) -> bool:
     return jsonschema.Draft4Validator(schema).is_valid(body)  # OpenAPI 3.0's schema dialect
 
 
-@pytest.mark.parametrize("body", [
-    {"topic": "x" * MAX_TOPIC_LENGTH, "start_time": "2030-01-01 10:00", "duration": 1},
-    {"topic": "x" * (MAX_TOPIC_LENGTH + 1), "start_time": "2030-01-01 10:00", "duration": 1},
-    {"topic": "", "start_time": "2030-01-01 10:00", "duration": 1},
-    {"topic": "   ", "start_time": "2030-01-01 10:00", "duration": 1},
-    {"topic": "x", "start_time": "2030-01-01 10:00", "duration": MAX_DURATION_MINUTES},
-    {"topic": "x", "start_time": "2030-01-01 10:00", "duration": MAX_DURATION_MINUTES + 0.5},
-    {"topic": "x", "start_time": "2030-01-01 10:00", "duration": 0},
-    {"topic": "x", "start_time": "2030-01-01 10:00", "duration": 0.001},
-    {"topic": "x", "start_time": "2030-01-01 10:00", "duration": -1},
-    {"topic": "x", "start_time": "2030-01-01 10:00", "duration": True},
-    {"topic": "x", "start_time": "2030-01-01 10:00", "duration": "30"},
-    {"topic": "x", "start_time": "2030-01-01T10:00", "duration": 30},
-    {"topic": "x", "start_time": "2030-01-01 10:00:00", "duration": 30},
-    {"topic": "x", "start_time": " 2030-01-01 10:00", "duration": 30},
-    {"topic": "x", "duration": 30},
-    {"start_time": "2030-01-01 10:00", "duration": 30},
-    {"topic": "x", "start_time": "2030-01-01 10:00"},
-    {"topic": "x", "start_time": "2030-01-01 10:00", "duration": 30, "ignored": [1, 2]},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"topic": "x" * MAX_TOPIC_LENGTH, "start_time": "2030-01-01 10:00", "duration": 1},
+        {"topic": "x" * (MAX_TOPIC_LENGTH + 1), "start_time": "2030-01-01 10:00", "duration": 1},
+        {"topic": "", "start_time": "2030-01-01 10:00", "duration": 1},
+        {"topic": "   ", "start_time": "2030-01-01 10:00", "duration": 1},
+        {"topic": "x", "start_time": "2030-01-01 10:00", "duration": MAX_DURATION_MINUTES},
+        {"topic": "x", "start_time": "2030-01-01 10:00", "duration": MAX_DURATION_MINUTES + 0.5},
+        {"topic": "x", "start_time": "2030-01-01 10:00", "duration": 0},
+        {"topic": "x", "start_time": "2030-01-01 10:00", "duration": 0.001},
+        {"topic": "x", "start_time": "2030-01-01 10:00", "duration": -1},
+        {"topic": "x", "start_time": "2030-01-01 10:00", "duration": True},
+        {"topic": "x", "start_time": "2030-01-01 10:00", "duration": "30"},
+        {"topic": "x", "start_time": "2030-01-01T10:00", "duration": 30},
+        {"topic": "x", "start_time": "2030-01-01 10:00:00", "duration": 30},
+        {"topic": "x", "start_time": " 2030-01-01 10:00", "duration": 30},
+        {"topic": "x", "duration": 30},
+        {"start_time": "2030-01-01 10:00", "duration": 30},
+        {"topic": "x", "start_time": "2030-01-01 10:00"},
+        {"topic": "x", "start_time": "2030-01-01 10:00", "duration": 30, "ignored": [1, 2]},
+    ],
+)
 def test_the_documented_body_schema_agrees_with_validation(body: dict[str, Any]) -> None:
     """At each limit the OpenAPI schema (built from validation's constants) and parse_meeting say the same."""
     try:
@@ -339,13 +415,26 @@ def _names_exactly_the_credentials(header: str) -> bool:
 
 
 BASE64_ISH = "Basic :=+/" + string.ascii_letters + string.digits
-HEADERS = (st.text() | st.text(alphabet=BASE64_ISH)
-           | st.builds(lambda user, password: basic_auth(user, password)["Authorization"], st.text(), st.text())
-           | st.builds(lambda raw: "Basic " + base64.b64encode(raw).decode(), st.binary())
-           | st.builds(lambda prefix, suffix: prefix + VALID_HEADER + suffix, st.text(max_size=3), st.text(max_size=3))
-           | st.sampled_from([VALID_HEADER, VALID_HEADER.lower(), "BASIC " + VALID_HEADER[6:], f"  {VALID_HEADER}\t",
-                              VALID_HEADER + "=", VALID_HEADER.replace("Basic ", "Bearer "), "Basic",
-                              "Basic ", VALID_HEADER + "x" * MAX_HEADER_LENGTH]))
+HEADERS = (
+    st.text()
+    | st.text(alphabet=BASE64_ISH)
+    | st.builds(lambda user, password: basic_auth(user, password)["Authorization"], st.text(), st.text())
+    | st.builds(lambda raw: "Basic " + base64.b64encode(raw).decode(), st.binary())
+    | st.builds(lambda prefix, suffix: prefix + VALID_HEADER + suffix, st.text(max_size=3), st.text(max_size=3))
+    | st.sampled_from(
+        [
+            VALID_HEADER,
+            VALID_HEADER.lower(),
+            "BASIC " + VALID_HEADER[6:],
+            f"  {VALID_HEADER}\t",
+            VALID_HEADER + "=",
+            VALID_HEADER.replace("Basic ", "Bearer "),
+            "Basic",
+            "Basic ",
+            VALID_HEADER + "x" * MAX_HEADER_LENGTH,
+        ]
+    )
+)
 
 
 @fuzz_settings(2000 * SCALE)
@@ -366,9 +455,11 @@ def test_one_character_off_is_refused(data: st.DataObject) -> None:
     index = data.draw(st.integers(0, len(VALID_HEADER)))
     kind = data.draw(st.sampled_from(["insert", "delete", "replace"]))
     char = data.draw(st.characters(blacklist_categories=("Cs",)))
-    header = {"insert": VALID_HEADER[:index] + char + VALID_HEADER[index:],
-              "delete": VALID_HEADER[:index] + VALID_HEADER[index + 1:],
-              "replace": VALID_HEADER[:index] + char + VALID_HEADER[index + 1:]}[kind]
+    header = {
+        "insert": VALID_HEADER[:index] + char + VALID_HEADER[index:],
+        "delete": VALID_HEADER[:index] + VALID_HEADER[index + 1 :],
+        "replace": VALID_HEADER[:index] + char + VALID_HEADER[index + 1 :],
+    }[kind]
     if _names_exactly_the_credentials(header):  # e.g. case of the scheme, surrounding space, padding bits
         check_basic_auth(header, CLIENT_ID, CLIENT_SECRET)
     else:
@@ -377,8 +468,9 @@ def test_one_character_off_is_refused(data: st.DataObject) -> None:
 
 
 @fuzz_settings(300 * SCALE)
-@given(client_id=st.text(min_size=1, max_size=200).filter(lambda s: ":" not in s),
-       secret=st.text(min_size=1, max_size=200))
+@given(
+    client_id=st.text(min_size=1, max_size=200).filter(lambda s: ":" not in s), secret=st.text(min_size=1, max_size=200)
+)
 def test_any_credentials_work_for_their_own_app(client_id: str, secret: str) -> None:
     check_basic_auth(basic_auth(client_id, secret)["Authorization"], client_id, secret)
     with pytest.raises(Unauthorized):

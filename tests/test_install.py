@@ -46,6 +46,7 @@ MEETING_BODY: dict[str, Any] = {"topic": "Demo with Acme", "start_time": "2030-0
 
 # --- fixtures ---------------------------------------------------------------------------
 
+
 class FakeServer:
     """The running fake Pipedrive: its recorded state, and a way to stop answering."""
 
@@ -87,10 +88,13 @@ def pipedrive_url(pipedrive: FakePipedriveState) -> str:
 
 @pytest.fixture
 def config(tmp_path: Path, database_url: str, pipedrive: FakePipedriveState, pipedrive_url: str) -> Config:
-    config = make_config(tmp_path, database_url,
-                         pipedrive={"oauth_base": pipedrive_url, "api_base": pipedrive_url},
-                         server={"public_url": BRIDGE},
-                         meetings={"default_backend": "fake", "allowed_backends": ["fake", "other"]})
+    config = make_config(
+        tmp_path,
+        database_url,
+        pipedrive={"oauth_base": pipedrive_url, "api_base": pipedrive_url},
+        server={"public_url": BRIDGE},
+        meetings={"default_backend": "fake", "allowed_backends": ["fake", "other"]},
+    )
     pipedrive.client_secret = config.pipedrive.client_secret
     return config
 
@@ -110,6 +114,7 @@ def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 # --- helpers ----------------------------------------------------------------------------
 
+
 def path_of(url: str) -> str:
     parts = urlsplit(url)
     return parts.path + (f"?{parts.query}" if parts.query else "")
@@ -125,8 +130,9 @@ async def marketplace_code(fake_http: httpx.AsyncClient, pipedrive: FakePipedriv
     return parse_qs(urlsplit(location).query)["code"][0]
 
 
-async def marketplace_install(client: httpx.AsyncClient, fake_http: httpx.AsyncClient,
-                              pipedrive: FakePipedriveState, pipedrive_url: str) -> httpx.Response:
+async def marketplace_install(
+    client: httpx.AsyncClient, fake_http: httpx.AsyncClient, pipedrive: FakePipedriveState, pipedrive_url: str
+) -> httpx.Response:
     code = await marketplace_code(fake_http, pipedrive, pipedrive_url)
     return await client.get(CALLBACK, params={"code": code})
 
@@ -185,8 +191,7 @@ async def stored_tokens(store: Store, link_id: str) -> TokenSet | None:
 
 
 async def all_secret_values(store: Store) -> list[str]:
-    return [value for row in secret_rows(store)
-            if (value := await store.get_secret(row.scope, row.name)) is not None]
+    return [value for row in secret_rows(store) if (value := await store.get_secret(row.scope, row.name)) is not None]
 
 
 def assert_nothing_stored(store: Store) -> None:
@@ -244,6 +249,7 @@ class RecordingTransport(httpx.AsyncBaseTransport):
 
 # --- installs that work -----------------------------------------------------------------
 
+
 async def assert_installed(store: Store, pipedrive: FakePipedriveState, config: Config) -> Link:
     """One active link for the fake's user, tokens encrypted at rest, registered at the fake."""
     [link] = links(store)
@@ -265,16 +271,27 @@ async def assert_installed(store: Store, pipedrive: FakePipedriveState, config: 
     assert tokens.access_token not in dump and tokens.refresh_token not in dump
     assert "pd-at-" not in dump and "pd-rt-" not in dump
 
-    assert pipedrive.links == {link.id: {"user_provider_id": link.id, "user_id": user.id,
-                                         "company_id": user.company_id,
-                                         "marketplace_client_id": config.pipedrive.client_id}}
+    assert pipedrive.links == {
+        link.id: {
+            "user_provider_id": link.id,
+            "user_id": user.id,
+            "company_id": user.company_id,
+            "marketplace_client_id": config.pipedrive.client_id,
+        }
+    }
     assert str(uuid.UUID(link.id)) == link.id  # a UUID
     return link
 
 
 async def test_marketplace_install_stores_encrypted_tokens_and_registers_the_link(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient, config: Config, logs: pytest.LogCaptureFixture) -> None:
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+    config: Config,
+    logs: pytest.LogCaptureFixture,
+) -> None:
     assert STATE_COOKIE not in client.cookies
     response = await marketplace_install(client, fake_http, pipedrive, pipedrive_url)
 
@@ -287,8 +304,8 @@ async def test_marketplace_install_stores_encrypted_tokens_and_registers_the_lin
 
 
 async def test_install_from_the_bridge_carries_state_and_cookie(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState,
-        fake_http: httpx.AsyncClient, config: Config) -> None:
+    client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, fake_http: httpx.AsyncClient, config: Config
+) -> None:
     callback = await start_install(client, fake_http)
     assert "state=" in callback and "code=" in callback
 
@@ -300,14 +317,27 @@ async def test_install_from_the_bridge_carries_state_and_cookie(
 
 
 async def test_redirects_to_pipedrives_redirect_url_only_when_it_is_pipedrive(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient) -> None:
-    followed = ["https://app.pipedrive.com/settings/marketplace/app/abc/app-settings",
-                "https://acme.pipedrive.com/calendar"]
-    refused = ["https://evil.example.com/phish", "https://pipedrive.com.evil.com/settings",
-               "https://evilpipedrive.com/", "javascript:alert(1)", "//evil.example.com/"]
-    for redirect_url, expected in [*((url, url) for url in followed),
-                                   *((url, pipedrive.api_domain) for url in refused)]:
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+) -> None:
+    followed = [
+        "https://app.pipedrive.com/settings/marketplace/app/abc/app-settings",
+        "https://acme.pipedrive.com/calendar",
+    ]
+    refused = [
+        "https://evil.example.com/phish",
+        "https://pipedrive.com.evil.com/settings",
+        "https://evilpipedrive.com/",
+        "javascript:alert(1)",
+        "//evil.example.com/",
+    ]
+    for redirect_url, expected in [
+        *((url, url) for url in followed),
+        *((url, pipedrive.api_domain) for url in refused),
+    ]:
         pipedrive.redirect_url = redirect_url
         response = await marketplace_install(client, fake_http, pipedrive, pipedrive_url)
         assert response.status_code == 302, response.text
@@ -317,6 +347,7 @@ async def test_redirects_to_pipedrives_redirect_url_only_when_it_is_pipedrive(
 
 # --- state ------------------------------------------------------------------------------
 
+
 def assert_state_refused(response: httpx.Response) -> None:
     assert response.status_code == 400, response.text
     body = page_text(response)
@@ -324,8 +355,9 @@ def assert_state_refused(response: httpx.Response) -> None:
     assert "location" not in response.headers
 
 
-async def test_tampered_state_is_refused(client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState,
-                                         fake_http: httpx.AsyncClient) -> None:
+async def test_tampered_state_is_refused(
+    client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, fake_http: httpx.AsyncClient
+) -> None:
     callback = await start_install(client, fake_http)
     state = parse_qs(urlsplit(callback).query)["state"][0]
     body, mac = state.split(".")
@@ -337,8 +369,13 @@ async def test_tampered_state_is_refused(client: httpx.AsyncClient, store: Store
     assert pipedrive.links == {}
 
 
-async def test_expired_state_is_refused(client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState,
-                                        fake_http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_expired_state_is_refused(
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    fake_http: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     callback = await start_install(client, fake_http)
     later = time.time() + STATE_SECONDS + 5
     monkeypatch.setattr(bridge.signing, "time", types.SimpleNamespace(time=lambda: later))
@@ -348,9 +385,9 @@ async def test_expired_state_is_refused(client: httpx.AsyncClient, store: Store,
     assert_nothing_stored(store)
 
 
-async def test_state_from_another_browser_is_refused(client: httpx.AsyncClient, store: Store,
-                                                     pipedrive: FakePipedriveState,
-                                                     fake_http: httpx.AsyncClient) -> None:
+async def test_state_from_another_browser_is_refused(
+    client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, fake_http: httpx.AsyncClient
+) -> None:
     callback = await start_install(client, fake_http)
     # another browser that started its own install: its cookie carries another nonce
     client.cookies.clear()
@@ -364,9 +401,9 @@ async def test_state_from_another_browser_is_refused(client: httpx.AsyncClient, 
     assert_nothing_stored(store)
 
 
-async def test_a_state_cookie_without_state_is_refused(client: httpx.AsyncClient, store: Store,
-                                                       pipedrive: FakePipedriveState,
-                                                       fake_http: httpx.AsyncClient) -> None:
+async def test_a_state_cookie_without_state_is_refused(
+    client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, fake_http: httpx.AsyncClient
+) -> None:
     """A callback stripped of its state in a browser that started an install is not a Marketplace install."""
     callback = await start_install(client, fake_http)
     code = parse_qs(urlsplit(callback).query)["code"][0]
@@ -375,8 +412,12 @@ async def test_a_state_cookie_without_state_is_refused(client: httpx.AsyncClient
 
 
 async def test_a_marketplace_install_after_one_from_the_bridge_works(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient) -> None:
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+) -> None:
     """The state cookie is spent by its callback: it must not trip a later install that has no state."""
     assert (await client.get(await start_install(client, fake_http))).status_code == 302
     assert STATE_COOKIE not in client.cookies
@@ -388,8 +429,14 @@ async def test_a_marketplace_install_after_one_from_the_bridge_works(
 
 
 @pytest.mark.parametrize("via", ["marketplace", "bridge"])
-async def test_user_denied_installs_nothing(client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState,
-                                            pipedrive_url: str, fake_http: httpx.AsyncClient, via: str) -> None:
+async def test_user_denied_installs_nothing(
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+    via: str,
+) -> None:
     if via == "bridge":
         callback = await start_install(client, fake_http, deny=True)
     else:
@@ -407,10 +454,12 @@ async def test_user_denied_installs_nothing(client: httpx.AsyncClient, store: St
     assert_nothing_stored(store)
 
 
-async def test_access_denied_installs_nothing(client: httpx.AsyncClient, store: Store,
-                                              pipedrive: FakePipedriveState) -> None:
-    response = await client.get(CALLBACK, params={"error": "access_denied",
-                                                  "error_description": "The user denied access"})
+async def test_access_denied_installs_nothing(
+    client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState
+) -> None:
+    response = await client.get(
+        CALLBACK, params={"error": "access_denied", "error_description": "The user denied access"}
+    )
     assert response.status_code == 400, response.text
     assert "Nothing was installed" in page_text(response)
     assert pipedrive.token_requests["authorization_code"] == 0
@@ -418,6 +467,7 @@ async def test_access_denied_installs_nothing(client: httpx.AsyncClient, store: 
 
 
 # --- codes ------------------------------------------------------------------------------
+
 
 async def test_missing_code_says_so(client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState) -> None:
     for query in ({}, {"code": ""}, {"code": "x" * 3000}):
@@ -430,13 +480,20 @@ async def test_missing_code_says_so(client: httpx.AsyncClient, store: Store, pip
 
 
 async def test_a_spent_code_gives_a_clear_page_and_stores_nothing(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient, config: Config, logs: pytest.LogCaptureFixture) -> None:
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+    config: Config,
+    logs: pytest.LogCaptureFixture,
+) -> None:
     code = await marketplace_code(fake_http, pipedrive, pipedrive_url)
-    spent = await fake_http.post(f"{pipedrive_url}/oauth/token",
-                                 data={"grant_type": "authorization_code", "code": code,
-                                       "redirect_uri": BRIDGE + CALLBACK},
-                                 headers=basic_auth(pipedrive.client_id, pipedrive.client_secret))
+    spent = await fake_http.post(
+        f"{pipedrive_url}/oauth/token",
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": BRIDGE + CALLBACK},
+        headers=basic_auth(pipedrive.client_id, pipedrive.client_secret),
+    )
     assert spent.status_code == 200
 
     response = await client.get(CALLBACK, params={"code": code})
@@ -452,8 +509,14 @@ async def test_a_spent_code_gives_a_clear_page_and_stores_nothing(
 
 
 async def test_replaying_the_callback_changes_nothing(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient, config: Config, logs: pytest.LogCaptureFixture) -> None:
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+    config: Config,
+    logs: pytest.LogCaptureFixture,
+) -> None:
     code = await marketplace_code(fake_http, pipedrive, pipedrive_url)
     first = await client.get(CALLBACK, params={"code": code})
     assert first.status_code == 302, first.text
@@ -472,22 +535,37 @@ async def test_replaying_the_callback_changes_nothing(
 
 # --- api_domain -------------------------------------------------------------------------
 
+
 @pytest.fixture
 def recorder() -> RecordingTransport:
     return RecordingTransport()
 
 
 async def test_a_forged_api_domain_is_refused_without_sending_the_token(
-        tmp_path: Path, database_url: str, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient, fake_plugin: Any, recorder: RecordingTransport,
-        logs: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path,
+    database_url: str,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+    fake_plugin: Any,
+    recorder: RecordingTransport,
+    logs: pytest.LogCaptureFixture,
+) -> None:
     """With no api_base configured, only https://<company>.pipedrive.com is trusted with a bearer token."""
-    config = make_config(tmp_path, database_url, pipedrive={"oauth_base": pipedrive_url},
-                         server={"public_url": BRIDGE},
-                         meetings={"default_backend": "fake", "allowed_backends": ["fake"]})
+    config = make_config(
+        tmp_path,
+        database_url,
+        pipedrive={"oauth_base": pipedrive_url},
+        server={"public_url": BRIDGE},
+        meetings={"default_backend": "fake", "allowed_backends": ["fake"]},
+    )
     pipedrive.client_secret = config.pipedrive.client_secret
-    forged = ["https://evil.example.com", "https://pipedrive.com.evil.com", "http://acme.pipedrive.com",
-              pipedrive_url]  # the fake itself: plain http on loopback is not Pipedrive either
+    forged = [
+        "https://evil.example.com",
+        "https://pipedrive.com.evil.com",
+        "http://acme.pipedrive.com",
+        pipedrive_url,
+    ]  # the fake itself: plain http on loopback is not Pipedrive either
 
     async with bridge_client(config, [fake_plugin], transport=recorder) as client:
         for api_domain in forged:
@@ -509,8 +587,12 @@ async def test_a_forged_api_domain_is_refused_without_sending_the_token(
 
 
 async def test_an_api_domain_other_than_the_configured_api_base_is_refused(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient) -> None:
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+) -> None:
     pipedrive.api_domain = "https://acme.pipedrive.com"  # genuine-looking, but not the configured api_base
     response = await marketplace_install(client, fake_http, pipedrive, pipedrive_url)
     assert response.status_code == 502, response.text
@@ -521,15 +603,25 @@ async def test_an_api_domain_other_than_the_configured_api_base_is_refused(
 def _token_answer(api_domain: str) -> httpx.MockTransport:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/oauth/token":
-            return httpx.Response(200, json={"access_token": "at-1", "refresh_token": "rt-1", "expires_in": 3599,
-                                             "scope": "base,video-calls", "token_type": "Bearer",
-                                             "api_domain": api_domain})
+            return httpx.Response(
+                200,
+                json={
+                    "access_token": "at-1",
+                    "refresh_token": "rt-1",
+                    "expires_in": 3599,
+                    "scope": "base,video-calls",
+                    "token_type": "Bearer",
+                    "api_domain": api_domain,
+                },
+            )
         raise AssertionError(f"no request may leave for {request.url}")
+
     return httpx.MockTransport(handler)
 
 
-@pytest.mark.parametrize("api_domain", ["https://acme.pipedrive.com", "https://acme.pipedrive.com/",
-                                        "https://my-company-2.pipedrive.com"])
+@pytest.mark.parametrize(
+    "api_domain", ["https://acme.pipedrive.com", "https://acme.pipedrive.com/", "https://my-company-2.pipedrive.com"]
+)
 async def test_check_api_domain_accepts_company_domains(api_domain: str) -> None:
     config = PipedriveConfig(client_id="cid", client_secret="secret-xyz")
     async with httpx.AsyncClient(transport=_token_answer(api_domain)) as http:
@@ -537,23 +629,26 @@ async def test_check_api_domain_accepts_company_domains(api_domain: str) -> None
     assert tokens.api_domain == api_domain.rstrip("/")
 
 
-@pytest.mark.parametrize("api_domain", [
-    "http://acme.pipedrive.com",
-    "https://pipedrive.com.evil.com",
-    "https://acme.pipedrive.com:8443",
-    "https://user@acme.pipedrive.com",
-    "https://user:pw@acme.pipedrive.com",
-    "https://:pw@acme.pipedrive.com",
-    "https://acme.pipedrive.com/path",
-    "https://acme.pipedrive.com?x=1",
-    "https://acme.pipedrive.com#fragment",
-    "https://@acme.pipedrive.com",
-    "https://evil.example.com",
-    "https://pipedrive.com",
-    "https://acme.pipedrive.com.",
-    "ftp://acme.pipedrive.com",
-    "acme.pipedrive.com",
-])
+@pytest.mark.parametrize(
+    "api_domain",
+    [
+        "http://acme.pipedrive.com",
+        "https://pipedrive.com.evil.com",
+        "https://acme.pipedrive.com:8443",
+        "https://user@acme.pipedrive.com",
+        "https://user:pw@acme.pipedrive.com",
+        "https://:pw@acme.pipedrive.com",
+        "https://acme.pipedrive.com/path",
+        "https://acme.pipedrive.com?x=1",
+        "https://acme.pipedrive.com#fragment",
+        "https://@acme.pipedrive.com",
+        "https://evil.example.com",
+        "https://pipedrive.com",
+        "https://acme.pipedrive.com.",
+        "ftp://acme.pipedrive.com",
+        "acme.pipedrive.com",
+    ],
+)
 async def test_check_api_domain_rejects_everything_else(api_domain: str) -> None:
     config = PipedriveConfig(client_id="cid", client_secret="secret-xyz")
     async with httpx.AsyncClient(transport=_token_answer(api_domain)) as http:
@@ -569,9 +664,16 @@ async def test_check_api_domain_rejects_everything_else(api_domain: str) -> None
 
 # --- registration and storage failures ---------------------------------------------------
 
+
 async def test_refused_registration_names_the_step_and_stores_nothing(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient, config: Config, logs: pytest.LogCaptureFixture) -> None:
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+    config: Config,
+    logs: pytest.LogCaptureFixture,
+) -> None:
     pipedrive.fail_link_registration = True
     response = await marketplace_install(client, fake_http, pipedrive, pipedrive_url)
 
@@ -585,9 +687,15 @@ async def test_refused_registration_names_the_step_and_stores_nothing(
 
 
 async def test_a_store_failure_after_registration_withdraws_the_link(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient, config: Config, logs: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+    config: Config,
+    logs: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     async def broken(self: Store, link: Link, tokens: str) -> Link:
         raise StoreError("database unavailable: OperationalError")
 
@@ -605,9 +713,15 @@ async def test_a_store_failure_after_registration_withdraws_the_link(
 
 # --- re-installs ------------------------------------------------------------------------
 
+
 async def test_reinstall_keeps_the_link_and_replaces_the_tokens(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient, config: Config) -> None:
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+    config: Config,
+) -> None:
     assert (await marketplace_install(client, fake_http, pipedrive, pipedrive_url)).status_code == 302
     [first] = links(store)
     old = await stored_tokens(store, first.id)
@@ -628,8 +742,13 @@ async def test_reinstall_keeps_the_link_and_replaces_the_tokens(
 
 
 async def test_install_after_uninstall_makes_a_new_link(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient, config: Config) -> None:
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+    config: Config,
+) -> None:
     assert (await marketplace_install(client, fake_http, pipedrive, pipedrive_url)).status_code == 302
     [first] = links(store)
     assert (await client.request("DELETE", CALLBACK, json=uninstall_body(config, pipedrive))).status_code == 200
@@ -646,8 +765,13 @@ async def test_install_after_uninstall_makes_a_new_link(
 
 
 async def test_reinstall_repairs_a_link_that_needs_reinstall(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient, config: Config) -> None:
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+    config: Config,
+) -> None:
     """Pipedrive refused the refresh token; the user installs again, later uninstalls: nothing of theirs stays."""
     assert (await marketplace_install(client, fake_http, pipedrive, pipedrive_url)).status_code == 302
     [first] = links(store)
@@ -668,8 +792,12 @@ async def test_reinstall_repairs_a_link_that_needs_reinstall(
 
 
 async def test_concurrent_installs_leave_one_active_link(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient) -> None:
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+) -> None:
     codes = [await marketplace_code(fake_http, pipedrive, pipedrive_url) for _ in range(2)]
     responses: list[httpx.Response] = []
 
@@ -690,13 +818,24 @@ async def test_concurrent_installs_leave_one_active_link(
 
 # --- uninstall --------------------------------------------------------------------------
 
+
 def uninstall_body(config: Config, pipedrive: FakePipedriveState, **overrides: Any) -> dict[str, Any]:
-    return {"client_id": config.pipedrive.client_id, "company_id": pipedrive.user.company_id,
-            "user_id": pipedrive.user.id, "timestamp": "2030-01-01T10:00:00.000Z", **overrides}
+    return {
+        "client_id": config.pipedrive.client_id,
+        "company_id": pipedrive.user.company_id,
+        "user_id": pipedrive.user.id,
+        "timestamp": "2030-01-01T10:00:00.000Z",
+        **overrides,
+    }
 
 
-async def installed_with_meeting(client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState,
-                                 pipedrive_url: str, fake_http: httpx.AsyncClient) -> tuple[Link, str]:
+async def installed_with_meeting(
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+) -> tuple[Link, str]:
     """An installed link with a meeting and a backend credential."""
     assert (await marketplace_install(client, fake_http, pipedrive, pipedrive_url)).status_code == 302
     [link] = links(store)
@@ -708,23 +847,34 @@ async def installed_with_meeting(client: httpx.AsyncClient, store: Store, pipedr
 
 
 def secrets_of(store: Store, link_id: str) -> list[str]:
-    return [f"{row.scope}/{row.name}" for row in secret_rows(store)
-            if row.scope == link_scope(link_id) or row.scope.startswith(link_scope(link_id) + ":")]
+    return [
+        f"{row.scope}/{row.name}"
+        for row in secret_rows(store)
+        if row.scope == link_scope(link_id) or row.scope.startswith(link_scope(link_id) + ":")
+    ]
 
 
 async def assert_meetings_gone(client: httpx.AsyncClient, link_id: str, meeting_id: str) -> None:
     url = f"/api/v1/links/{link_id}/meetings"
-    for response in (await client.patch(f"{url}/{meeting_id}", json=MEETING_BODY),
-                     await client.delete(f"{url}/{meeting_id}"),
-                     await client.post(url, json=MEETING_BODY)):
+    for response in (
+        await client.patch(f"{url}/{meeting_id}", json=MEETING_BODY),
+        await client.delete(f"{url}/{meeting_id}"),
+        await client.post(url, json=MEETING_BODY),
+    ):
         assert response.status_code == 410, response.text
         assert response.json()["success"] is False
         assert "install the app again" in response.json()["error"]
 
 
 async def test_uninstall_unregisters_revokes_and_erases(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient, config: Config, logs: pytest.LogCaptureFixture) -> None:
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+    config: Config,
+    logs: pytest.LogCaptureFixture,
+) -> None:
     link, meeting_id = await installed_with_meeting(client, store, pipedrive, pipedrive_url, fake_http)
     tokens = await stored_tokens(store, link.id)
     assert tokens is not None and len(secrets_of(store, link.id)) == 3
@@ -746,8 +896,13 @@ async def test_uninstall_unregisters_revokes_and_erases(
 
 
 async def test_a_repeated_uninstall_changes_nothing(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient, config: Config) -> None:
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+    config: Config,
+) -> None:
     _link, _ = await installed_with_meeting(client, store, pipedrive, pipedrive_url, fake_http)
     assert (await client.request("DELETE", CALLBACK, json=uninstall_body(config, pipedrive))).status_code == 200
     seen = (list(pipedrive.removed_links), list(pipedrive.revoked), dict(pipedrive.token_requests))
@@ -760,24 +915,32 @@ async def test_a_repeated_uninstall_changes_nothing(
     assert [(row.id, row.status, row.updated_at) for row in links(store)] == before
 
 
-async def test_uninstall_of_an_unknown_user_is_a_no_op(client: httpx.AsyncClient, store: Store,
-                                                       pipedrive: FakePipedriveState, config: Config) -> None:
+async def test_uninstall_of_an_unknown_user_is_a_no_op(
+    client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, config: Config
+) -> None:
     response = await client.request("DELETE", CALLBACK, json=uninstall_body(config, pipedrive, user_id=999))
     assert response.status_code == 200 and response.json() == {"success": True}
     assert pipedrive.removed_links == [] and pipedrive.revoked == []
 
 
 async def test_uninstall_with_wrong_credentials_is_401(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient, config: Config) -> None:
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+    config: Config,
+) -> None:
     assert (await marketplace_install(client, fake_http, pipedrive, pipedrive_url)).status_code == 302
     [link] = links(store)
     client.headers.pop("authorization")
-    for headers in ({}, {"Authorization": "Bearer something"},
-                    basic_auth(config.pipedrive.client_id, "wrong-secret"),
-                    basic_auth("other-client", config.pipedrive.client_secret)):
-        response = await client.request("DELETE", CALLBACK, json=uninstall_body(config, pipedrive),
-                                        headers=headers)
+    for headers in (
+        {},
+        {"Authorization": "Bearer something"},
+        basic_auth(config.pipedrive.client_id, "wrong-secret"),
+        basic_auth("other-client", config.pipedrive.client_secret),
+    ):
+        response = await client.request("DELETE", CALLBACK, json=uninstall_body(config, pipedrive), headers=headers)
         assert response.status_code == 401, response.text
         assert response.json()["success"] is False
     assert active_links(store)[0].id == link.id and await stored_tokens(store, link.id) is not None
@@ -798,12 +961,15 @@ BAD_UNINSTALL_BODIES = [
 
 
 async def test_uninstall_with_a_bad_body_is_400(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient) -> None:
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+) -> None:
     assert (await marketplace_install(client, fake_http, pipedrive, pipedrive_url)).status_code == 302
     for body, words in BAD_UNINSTALL_BODIES:
-        response = await client.request("DELETE", CALLBACK, content=body,
-                                        headers={"content-type": "application/json"})
+        response = await client.request("DELETE", CALLBACK, content=body, headers={"content-type": "application/json"})
         assert response.status_code == 400, (body, response.text)
         assert response.json()["success"] is False and words in response.json()["error"], body
     assert len(active_links(store)) == 1
@@ -811,8 +977,14 @@ async def test_uninstall_with_a_bad_body_is_400(
 
 
 async def test_uninstall_cleans_up_when_the_refresh_fails(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient, config: Config, logs: pytest.LogCaptureFixture) -> None:
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+    config: Config,
+    logs: pytest.LogCaptureFixture,
+) -> None:
     link, meeting_id = await installed_with_meeting(client, store, pipedrive, pipedrive_url, fake_http)
     tokens = await stored_tokens(store, link.id)
     assert tokens is not None
@@ -820,8 +992,11 @@ async def test_uninstall_cleans_up_when_the_refresh_fails(
     pipedrive.expire_access_tokens()
     with pipedrive.lock:
         pipedrive.refresh_tokens.clear()
-    await store.put_secret(link_scope(link.id), PIPEDRIVE_TOKENS,
-                           dump_tokens(TokenSet(**{**tokens.to_dict(), "expires_at": time.time() - 60})))
+    await store.put_secret(
+        link_scope(link.id),
+        PIPEDRIVE_TOKENS,
+        dump_tokens(TokenSet(**{**tokens.to_dict(), "expires_at": time.time() - 60})),
+    )
 
     response = await client.request("DELETE", CALLBACK, json=uninstall_body(config, pipedrive))
 
@@ -835,8 +1010,13 @@ async def test_uninstall_cleans_up_when_the_refresh_fails(
 
 
 async def test_uninstall_cleans_up_when_the_link_removal_is_refused(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient, config: Config) -> None:
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+    config: Config,
+) -> None:
     link, _ = await installed_with_meeting(client, store, pipedrive, pipedrive_url, fake_http)
     tokens = await stored_tokens(store, link.id)
     assert tokens is not None
@@ -851,8 +1031,14 @@ async def test_uninstall_cleans_up_when_the_link_removal_is_refused(
 
 
 async def test_uninstall_cleans_up_when_pipedrive_does_not_answer(
-        client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState, pipedrive_url: str,
-        fake_http: httpx.AsyncClient, config: Config, fake_server: FakeServer) -> None:
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+    config: Config,
+    fake_server: FakeServer,
+) -> None:
     link, meeting_id = await installed_with_meeting(client, store, pipedrive, pipedrive_url, fake_http)
     fake_server.stop()
 

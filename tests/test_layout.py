@@ -41,8 +41,10 @@ def imported(path: Path) -> Iterator[str]:
 
 def core_graph() -> dict[str, set[str]]:
     modules = {module_name(path): path for path in CORE.rglob("*.py")}
-    return {name: {target for target in imported(path) if target in modules and target != name}
-            for name, path in modules.items()}
+    return {
+        name: {target for target in imported(path) if target in modules and target != name}
+        for name, path in modules.items()
+    }
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -55,7 +57,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         stack.append(node)
         for target in sorted(graph.get(node, ())):
             if state.get(target) == 1:
-                found.append([*stack[stack.index(target):], target])
+                found.append([*stack[stack.index(target) :], target])
             elif target not in state:
                 visit(target)
         stack.pop()
@@ -83,8 +85,15 @@ def test_imports_flow_one_way_between_the_cores_folders() -> None:
     assert cycles(graph) == []
     # the bottom of the house: the plugin side and storage know nothing of the app above them
     for low in ("bridge.vendors", "bridge.storage", "bridge.errors", "bridge.config"):
-        assert not graph.get(low, set()) & {"bridge.api", "bridge.web", "bridge.app", "bridge.runtime",
-                                            "bridge.cli", "bridge.testing", "bridge.devtools"}, (low, graph[low])
+        assert not graph.get(low, set()) & {
+            "bridge.api",
+            "bridge.web",
+            "bridge.app",
+            "bridge.runtime",
+            "bridge.cli",
+            "bridge.testing",
+            "bridge.devtools",
+        }, (low, graph[low])
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:
@@ -102,8 +111,9 @@ def test_plugins_import_only_the_public_plugin_module(path: Path) -> None:
     if "tests" in path.parts or path.name.startswith("fake_"):
         allowed.add("bridge.testing")
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    used = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names} | \
-           {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    used = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names} | {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
     core = {name for name in used if name == "bridge" or name.startswith("bridge.")}
     assert core <= allowed, f"{path.name} imports {sorted(core - allowed)}"
 
@@ -111,17 +121,29 @@ def test_plugins_import_only_the_public_plugin_module(path: Path) -> None:
 def test_the_plugin_module_exports_exactly_its_contract() -> None:
     public = {name for name in vars(bridge.plugin) if not name.startswith("_") and name != "annotations"}
     assert set(bridge.plugin.__all__) == public
-    for name in ("Backend", "BackendContext", "MeetingRequest", "Room", "BackendError", "hookimpl",
-                 "render_invitation", "raise_for_vendor", "TokenKeeper", "TokenAuth"):
+    for name in (
+        "Backend",
+        "BackendContext",
+        "MeetingRequest",
+        "Room",
+        "BackendError",
+        "hookimpl",
+        "render_invitation",
+        "raise_for_vendor",
+        "TokenKeeper",
+        "TokenAuth",
+    ):
         assert name in bridge.plugin.__all__
 
 
 def test_the_test_kit_imports_without_pytest() -> None:
     """A production install has no pytest: ``bridge.testing`` still imports; only the conformance kit needs it."""
-    script = ("import sys; sys.modules['pytest'] = None\n"
-              "import bridge.testing\n"
-              "try:\n    bridge.testing.BackendConformance\n"
-              "except ImportError:\n    print('conformance needs pytest')\n")
+    script = (
+        "import sys; sys.modules['pytest'] = None\n"
+        "import bridge.testing\n"
+        "try:\n    bridge.testing.BackendConformance\n"
+        "except ImportError:\n    print('conformance needs pytest')\n"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "conformance needs pytest"

@@ -31,13 +31,27 @@ def test_it_is_a_valid_openapi_document(document: dict[str, Any]) -> None:
 
 
 def test_every_reverse_api_route_is_documented_with_basic_auth(document: dict[str, Any]) -> None:
-    operations = {(method.lower(), route.path, route.name) for route in routes for method in route.methods or ()
-                  if method != "HEAD"}
-    documented = {(method, path, operation["operationId"]) for path, item in document["paths"].items()
-                  for method, operation in item.items() if method != "parameters" and path.startswith("/api/")}
-    assert documented == operations == {("post", POST_MEETING, "postMeeting"),
-                                        ("patch", MEETING, "patchUpdateMeeting"),
-                                        ("delete", MEETING, "deleteMeeting")}
+    operations = {
+        (method.lower(), route.path, route.name)
+        for route in routes
+        for method in route.methods or ()
+        if method != "HEAD"
+    }
+    documented = {
+        (method, path, operation["operationId"])
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method != "parameters" and path.startswith("/api/")
+    }
+    assert (
+        documented
+        == operations
+        == {
+            ("post", POST_MEETING, "postMeeting"),
+            ("patch", MEETING, "patchUpdateMeeting"),
+            ("delete", MEETING, "deleteMeeting"),
+        }
+    )
     scheme = document["components"]["securitySchemes"]["pipedriveBasic"]
     assert scheme == {**scheme, "type": "http", "scheme": "basic"}
     for method, path, _ in operations:
@@ -79,28 +93,45 @@ def test_the_body_schema_takes_its_limits_from_validation(document: dict[str, An
     assert body["properties"]["start_time"]["pattern"] == f"^{START_TIME_PATTERN}$"
     for path in (POST_MEETING, MEETING):
         method = "post" if path == POST_MEETING else "patch"
-        assert document["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"] == \
-            {"$ref": "#/components/schemas/MeetingRequest"}
+        assert document["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/MeetingRequest"
+        }
 
 
 def test_the_checked_in_openapi_json_is_current(document: dict[str, Any]) -> None:
     checked_in = REPO / "openapi.json"
-    assert checked_in.read_text(encoding="utf-8") == render_openapi(document), \
+    assert checked_in.read_text(encoding="utf-8") == render_openapi(document), (
         "openapi.json is stale: regenerate it with `pipedrive-video-bridge openapi -o openapi.json`"
+    )
 
 
 def test_the_cli_writes_it(tmp_path: Path) -> None:
     out = tmp_path / "docs" / "openapi.json"
     out.parent.mkdir()
-    written = subprocess.run([sys.executable, "-m", "bridge.cli", "openapi", "-o", str(out)], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=60)
+    written = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "openapi", "-o", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert written.returncode == 0, written.stderr
     assert out.read_text(encoding="utf-8") == (REPO / "openapi.json").read_text(encoding="utf-8")
-    printed = subprocess.run([sys.executable, "-m", "bridge.cli", "openapi", "-o", "-"], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=60)
+    printed = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "openapi", "-o", "-"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert printed.returncode == 0 and json.loads(printed.stdout) == build_openapi()
-    unwritable = subprocess.run([sys.executable, "-m", "bridge.cli", "openapi", "-o", str(tmp_path / "no" / "x")],
-                                cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    unwritable = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "openapi", "-o", str(tmp_path / "no" / "x")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert unwritable.returncode == 2 and unwritable.stderr.startswith("error: ")
 
 

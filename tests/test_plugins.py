@@ -23,7 +23,7 @@ from bridge.vendors.registry import load_plugins
 
 TIMEOUT = 60
 
-GOOD_PLUGIN = '''
+GOOD_PLUGIN = """
 from bridge.vendors.interface import Backend, Room
 from bridge.vendors.hookspecs import hookimpl
 
@@ -46,22 +46,22 @@ class AcmeBackend(Backend):
 @hookimpl
 def register_backends(register):
     register(AcmeBackend)
-'''
+"""
 
-BROKEN_IMPORT_PLUGIN = '''
+BROKEN_IMPORT_PLUGIN = """
 raise ImportError("acme-vendor-sdk is not installed")
-'''
+"""
 
-TYPO_PLUGIN = '''
+TYPO_PLUGIN = """
 from bridge.vendors.hookspecs import hookimpl
 
 
 @hookimpl
 def register_backend(register):  # misspelt: the hook is register_backends
     raise AssertionError("never called")
-'''
+"""
 
-NOT_A_BACKEND_PLUGIN = '''
+NOT_A_BACKEND_PLUGIN = """
 from bridge.vendors.hookspecs import hookimpl
 
 
@@ -73,7 +73,7 @@ class LooksLikeABackend:
 @hookimpl
 def register_backends(register):
     register(LooksLikeABackend)
-'''
+"""
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -85,7 +85,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 def make_distribution(root: Path, dist: str, module: str, entry_point: str, source: str) -> Path:
     src = root / "src" / dist
     src.mkdir(parents=True)
-    (src / "pyproject.toml").write_text(textwrap.dedent(f'''
+    (src / "pyproject.toml").write_text(
+        textwrap.dedent(f'''
         [build-system]
         requires = ["setuptools>=68"]
         build-backend = "setuptools.build_meta"
@@ -99,16 +100,33 @@ def make_distribution(root: Path, dist: str, module: str, entry_point: str, sour
 
         [tool.setuptools]
         py-modules = ["{module}"]
-    '''))
+    ''')
+    )
     (src / f"{module}.py").write_text(source)
     return src
 
 
 def pip_install(site: Path, *sources: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-                             "--no-index", "--disable-pip-version-check", "--quiet", "--target", str(site),
-                             *map(str, sources)],
-                            capture_output=True, text=True, timeout=180, env=clean_env())
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--target",
+            str(site),
+            *map(str, sources),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=clean_env(),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -117,10 +135,11 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """``good``: the acme plugin; ``bad``: three broken plugins. Each a --target directory."""
     root = tmp_path_factory.mktemp("plugins")
     good = make_distribution(root, "acme-video-plugin", "acme_video_plugin", "acme", GOOD_PLUGIN)
-    bad = [make_distribution(root, "broken-import-plugin", "broken_import_plugin", "broken-import",
-                             BROKEN_IMPORT_PLUGIN),
-           make_distribution(root, "typo-plugin", "typo_plugin", "typo", TYPO_PLUGIN),
-           make_distribution(root, "lookalike-plugin", "lookalike_plugin", "lookalike", NOT_A_BACKEND_PLUGIN)]
+    bad = [
+        make_distribution(root, "broken-import-plugin", "broken_import_plugin", "broken-import", BROKEN_IMPORT_PLUGIN),
+        make_distribution(root, "typo-plugin", "typo_plugin", "typo", TYPO_PLUGIN),
+        make_distribution(root, "lookalike-plugin", "lookalike_plugin", "lookalike", NOT_A_BACKEND_PLUGIN),
+    ]
     pip_install(root / "site-good", good)
     pip_install(root / "site-bad", *bad)
     return {"good": root / "site-good", "bad": root / "site-bad"}
@@ -128,13 +147,20 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def plugins_json(tmp_path: Path, *sites: Path) -> tuple[int, dict[str, dict[str, Any]]]:
     env = clean_env(PYTHONPATH=os.pathsep.join(map(str, sites)))
-    result = subprocess.run([sys.executable, "-m", "bridge.cli", "plugins", "--json"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "plugins", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     rows = json.loads(result.stdout)
     return result.returncode, {row["name"]: row for row in rows}
 
 
 # --- installed distributions ------------------------------------------------------------
+
 
 def test_an_installed_plugin_and_its_backend_are_listed(tmp_path: Path, sites: dict[str, Path]) -> None:
     code, rows = plugins_json(tmp_path, sites["good"])
@@ -164,8 +190,14 @@ def test_broken_plugins_are_reported_and_the_others_load(tmp_path: Path, sites: 
 
 def test_plugins_text_output_shows_the_errors(tmp_path: Path, sites: dict[str, Path]) -> None:
     env = clean_env(PYTHONPATH=os.pathsep.join(map(str, [sites["good"], sites["bad"]])))
-    result = subprocess.run([sys.executable, "-m", "bridge.cli", "plugins"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "plugins"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert result.returncode == 1
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
     assert "backends: jitsi" in lines["jitsi"]
@@ -177,14 +209,18 @@ def test_plugins_text_output_shows_the_errors(tmp_path: Path, sites: dict[str, P
 @pytest.fixture
 def serve_with_broken_plugins(tmp_path: Path, sites: dict[str, Path]) -> Iterator[BridgeProcess]:
     port = free_port()
-    config = write_toml(tmp_path / "bridge.toml", {
-        "server": {"host": "127.0.0.1", "port": port, "public_url": f"http://127.0.0.1:{port}"},
-        "database": {"url": f"sqlite:///{tmp_path / 'bridge.sqlite3'}"},
-        "meetings": {"default_backend": "jitsi", "allowed_backends": ["jitsi", "acme"]},
-    })
+    config = write_toml(
+        tmp_path / "bridge.toml",
+        {
+            "server": {"host": "127.0.0.1", "port": port, "public_url": f"http://127.0.0.1:{port}"},
+            "database": {"url": f"sqlite:///{tmp_path / 'bridge.sqlite3'}"},
+            "meetings": {"default_backend": "jitsi", "allowed_backends": ["jitsi", "acme"]},
+        },
+    )
     env = clean_env(PYTHONPATH=os.pathsep.join(map(str, [sites["good"], sites["bad"]])))
-    with BridgeProcess.serve(config, tmp_path / "serve.log", port=port, port_arg=False, env=env, cwd=tmp_path,
-                             name="serve") as bridge:
+    with BridgeProcess.serve(
+        config, tmp_path / "serve.log", port=port, port_arg=False, env=env, cwd=tmp_path, name="serve"
+    ) as bridge:
         yield bridge
 
 
@@ -200,6 +236,7 @@ def test_the_service_starts_despite_broken_plugins(serve_with_broken_plugins: Br
 
 
 # --- load_plugins in process ------------------------------------------------------------
+
 
 def backend_class(backend_name: str, title: str | None = "Test Video", *, complete: bool = True) -> type:
     async def create(self: Any, ctx: BackendContext, meeting: MeetingRequest) -> Room:
@@ -219,8 +256,9 @@ def backend_class(backend_name: str, title: str | None = "Test Video", *, comple
     return type(f"{backend_name.title().replace('-', '')}Backend", (Backend,), namespace)
 
 
-def plugin(name: str, *classes: object, raises: Exception | None = None,
-           hook: str = "register_backends") -> types.ModuleType:
+def plugin(
+    name: str, *classes: object, raises: Exception | None = None, hook: str = "register_backends"
+) -> types.ModuleType:
     module = types.ModuleType(name)
 
     def register_backends(register: Any) -> None:
@@ -275,13 +313,16 @@ def test_a_backend_missing_abstract_methods_is_rejected() -> None:
     assert "'half' does not implement" in error and "delete" in error and "update" in error
 
 
-@pytest.mark.parametrize(("registered", "says"), [
-    (backend_class("Bad Name"), "no valid name"),
-    (backend_class("untitled", title=None), "has no title"),
-    (dict, "not a bridge.plugin.Backend subclass"),
-    ("jitsi", "not a bridge.plugin.Backend subclass"),
-    (object(), "not a bridge.plugin.Backend subclass"),
-])
+@pytest.mark.parametrize(
+    ("registered", "says"),
+    [
+        (backend_class("Bad Name"), "no valid name"),
+        (backend_class("untitled", title=None), "has no title"),
+        (dict, "not a bridge.plugin.Backend subclass"),
+        ("jitsi", "not a bridge.plugin.Backend subclass"),
+        (object(), "not a bridge.plugin.Backend subclass"),
+    ],
+)
 def test_invalid_registrations_are_rejected(registered: object, says: str) -> None:
     registry = registry_of(plugin("odd", registered), plugin("fine", backend_class("fine")))
     assert says in info(registry, "odd").error
@@ -290,8 +331,10 @@ def test_invalid_registrations_are_rejected(registered: object, says: str) -> No
 
 
 def test_a_hook_that_raises_is_reported_and_others_still_register() -> None:
-    registry = registry_of(plugin("explodes", backend_class("early"), raises=RuntimeError("vendor SDK exploded")),
-                           plugin("steady", backend_class("steady")))
+    registry = registry_of(
+        plugin("explodes", backend_class("early"), raises=RuntimeError("vendor SDK exploded")),
+        plugin("steady", backend_class("steady")),
+    )
     error = info(registry, "explodes").error
     assert "failed in register_backends" in error and "vendor SDK exploded" in error
     assert "steady" in registry.backends
@@ -299,8 +342,9 @@ def test_a_hook_that_raises_is_reported_and_others_still_register() -> None:
 
 
 def test_a_misspelt_hook_is_reported() -> None:
-    registry = registry_of(plugin("typo", backend_class("t"), hook="register_backend"),
-                           plugin("fine", backend_class("fine")))
+    registry = registry_of(
+        plugin("typo", backend_class("t"), hook="register_backend"), plugin("fine", backend_class("fine"))
+    )
     assert "unknown hook(s) register_backend" in info(registry, "typo").error
     assert list(registry.backends) == ["fine"]
     assert registry.manager.get_plugin("typo") is None

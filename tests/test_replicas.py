@@ -57,10 +57,13 @@ START_SECONDS = 30
 
 # --- processes -------------------------------------------------------------------------------
 
+
 def toml_config(config: Config, *, zoom: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """The config file's sections besides the shared ones (``write_config_toml`` with ``pipedrive_urls``)."""
-    sections: dict[str, dict[str, Any]] = {"server": {"public_url": config.server.public_url},
-                                           "logging": {"level": "WARNING"}}
+    sections: dict[str, dict[str, Any]] = {
+        "server": {"public_url": config.server.public_url},
+        "logging": {"level": "WARNING"},
+    }
     if zoom:
         sections["backends.zoom"] = dict(zoom)
     return sections
@@ -145,11 +148,13 @@ store.close()
 
 def run_workers(config_path: Path, kind: str, link_id: str, count: int = 2) -> list[dict[str, Any]]:
     """``count`` processes with CALLERS concurrent token callers each, started on one signal."""
-    return run_ready_go_workers([[sys.executable, "-c", WORKER, str(config_path), kind, link_id, str(CALLERS)]
-                                 for _ in range(count)])
+    return run_ready_go_workers(
+        [[sys.executable, "-c", WORKER, str(config_path), kind, link_id, str(CALLERS)] for _ in range(count)]
+    )
 
 
 # --- fixtures --------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def pipedrive() -> Iterator[FakePipedriveState]:
@@ -165,10 +170,12 @@ def ports() -> tuple[int, int]:
 
 @pytest.fixture
 def config(tmp_path: Path, postgres_url: str, pipedrive: FakePipedriveState, ports: tuple[int, int]) -> Config:
-    config = make_config(tmp_path, postgres_url,
-                         pipedrive={"client_id": "replica-client", "oauth_base": pipedrive.api_domain,
-                                    "api_base": pipedrive.api_domain},
-                         server={"public_url": f"http://127.0.0.1:{ports[0]}"})
+    config = make_config(
+        tmp_path,
+        postgres_url,
+        pipedrive={"client_id": "replica-client", "oauth_base": pipedrive.api_domain, "api_base": pipedrive.api_domain},
+        server={"public_url": f"http://127.0.0.1:{ports[0]}"},
+    )
     pipedrive.client_secret = config.pipedrive.client_secret
     return config
 
@@ -176,8 +183,10 @@ def config(tmp_path: Path, postgres_url: str, pipedrive: FakePipedriveState, por
 @pytest.fixture
 def replicas(tmp_path: Path, config: Config, store: Store, ports: tuple[int, int]) -> Iterator[list[BridgeProcess]]:
     config_path = write_config_toml(tmp_path / "bridge.toml", config, toml_config(config), pipedrive_urls=True)
-    started = [BridgeProcess.serve(config_path, tmp_path / f"replica-{n}.log", port=port, name="the replica")
-               for n, port in enumerate(ports)]
+    started = [
+        BridgeProcess.serve(config_path, tmp_path / f"replica-{n}.log", port=port, name="the replica")
+        for n, port in enumerate(ports)
+    ]
     try:
         for replica in started:
             replica.wait_ready("/readyz", START_SECONDS)
@@ -190,8 +199,9 @@ def replicas(tmp_path: Path, config: Config, store: Store, ports: tuple[int, int
 async def install(replica: BridgeProcess, pipedrive: FakePipedriveState, config: Config) -> str:
     """A Marketplace install: approved at the fake Pipedrive, finished at the replica's /oauth/callback."""
     async with httpx.AsyncClient() as browser:
-        query = urlencode({"client_id": pipedrive.client_id,
-                           "redirect_uri": config.server.public_url + "/oauth/callback"})
+        query = urlencode(
+            {"client_id": pipedrive.client_id, "redirect_uri": config.server.public_url + "/oauth/callback"}
+        )
         approved = await browser.get(f"{pipedrive.api_domain}/oauth/authorize?{query}")
         assert approved.status_code == 302
         code = parse_qs(urlsplit(approved.headers["location"]).query)["code"][0]
@@ -206,8 +216,9 @@ async def expire(store: Store, pipedrive: FakePipedriveState, link_id: str) -> N
     pipedrive.expire_access_tokens()
     tokens = load_tokens(await store.get_secret(link_scope(link_id), PIPEDRIVE_TOKENS))
     assert tokens is not None
-    await store.put_secret(link_scope(link_id), PIPEDRIVE_TOKENS,
-                           dump_tokens(replace(tokens, expires_at=time.time() - 60)))
+    await store.put_secret(
+        link_scope(link_id), PIPEDRIVE_TOKENS, dump_tokens(replace(tokens, expires_at=time.time() - 60))
+    )
 
 
 def refreshes(pipedrive: FakePipedriveState) -> int:
@@ -216,9 +227,10 @@ def refreshes(pipedrive: FakePipedriveState) -> int:
 
 # --- the test --------------------------------------------------------------------------------
 
+
 async def test_replicas_share_meetings_and_refresh_each_token_once(
-        tmp_path: Path, config: Config, store: Store, pipedrive: FakePipedriveState,
-        replicas: list[BridgeProcess]) -> None:
+    tmp_path: Path, config: Config, store: Store, pipedrive: FakePipedriveState, replicas: list[BridgeProcess]
+) -> None:
     auth = basic_auth(config.pipedrive.client_id, config.pipedrive.client_secret)
     link_id = await install(replicas[0], pipedrive, config)
     assert pipedrive.token_requests == {"authorization_code": 1, "refresh_token": 0}
@@ -229,16 +241,19 @@ async def test_replicas_share_meetings_and_refresh_each_token_once(
 
         async def create(n: int) -> None:
             replica = replicas[n % 2]
-            answer = await http.post(f"{replica.url}/api/v1/links/{link_id}/meetings",
-                                     json={"topic": f"replicated {n}", "start_time": "2031-05-06 07:00",
-                                           "duration": 30})
+            answer = await http.post(
+                f"{replica.url}/api/v1/links/{link_id}/meetings",
+                json={"topic": f"replicated {n}", "start_time": "2031-05-06 07:00", "duration": 30},
+            )
             assert answer.status_code == 201, answer.text
             created.append((n, answer.json()["data"]["meeting_id"]))
 
         async def move_then_delete(n: int, meeting_id: str) -> None:
             path = f"/api/v1/links/{link_id}/meetings/{meeting_id}"
-            moved = await http.patch(replicas[(n + 1) % 2].url + path,
-                                     json={"topic": f"moved {n}", "start_time": "2031-05-07 08:00", "duration": 45})
+            moved = await http.patch(
+                replicas[(n + 1) % 2].url + path,
+                json={"topic": f"moved {n}", "start_time": "2031-05-07 08:00", "duration": 45},
+            )
             assert moved.status_code == 204, moved.text
             gone = await http.delete(replicas[n % 2].url + path)
             assert gone.status_code == 204, gone.text
@@ -275,9 +290,14 @@ async def test_replicas_share_meetings_and_refresh_each_token_once(
 
     # Pipedrive's uninstall notice reaches both replicas at once, with the token expired again
     await expire(store, pipedrive, link_id)
-    notice = {"client_id": config.pipedrive.client_id, "company_id": pipedrive.user.company_id,
-              "user_id": pipedrive.user.id, "timestamp": int(time.time())}
+    notice = {
+        "client_id": config.pipedrive.client_id,
+        "company_id": pipedrive.user.company_id,
+        "user_id": pipedrive.user.id,
+        "timestamp": int(time.time()),
+    }
     async with httpx.AsyncClient(headers=auth, timeout=30) as http:
+
         async def uninstall(n: int) -> None:
             answer = await http.request("DELETE", replicas[n % 2].url + "/oauth/callback", json=notice)
             assert answer.status_code == 200 and answer.json() == {"success": True}, answer.text
@@ -286,15 +306,16 @@ async def test_replicas_share_meetings_and_refresh_each_token_once(
             for n in range(20):
                 tasks.start_soon(uninstall, n)
         for replica in replicas:
-            gone = await http.post(f"{replica.url}/api/v1/links/{link_id}/meetings",
-                                   json={"topic": "after", "start_time": "2031-05-06 07:00", "duration": 30})
+            gone = await http.post(
+                f"{replica.url}/api/v1/links/{link_id}/meetings",
+                json={"topic": "after", "start_time": "2031-05-06 07:00", "duration": 30},
+            )
             assert gone.status_code == 410, gone.text
     assert refreshes(pipedrive) == 3 and pipedrive.invalid_grants == 0
     link = await store.get_link(link_id)
     assert link is not None and link.status == LINK_UNINSTALLED
     with store.engine.connect() as conn:
-        left = conn.execute(text("SELECT scope, name FROM secret WHERE scope LIKE :p"),
-                            {"p": f"link:{link_id}%"}).all()
+        left = conn.execute(text("SELECT scope, name FROM secret WHERE scope LIKE :p"), {"p": f"link:{link_id}%"}).all()
     assert left == []  # every secret of the install erased, none written back by a late refresh
     assert link_id not in pipedrive.links and link_id in pipedrive.removed_links
     with pipedrive.lock:
@@ -305,8 +326,9 @@ ZOOM = importlib.util.find_spec("pipedrive_video_bridge_zoom") is not None
 
 
 @pytest.mark.skipif(not ZOOM, reason="the Zoom plugin (plugins/zoom) is not installed")
-async def test_a_zoom_user_token_is_refreshed_once_across_processes(tmp_path: Path, config: Config,
-                                                                     store: Store) -> None:
+async def test_a_zoom_user_token_is_refreshed_once_across_processes(
+    tmp_path: Path, config: Config, store: Store
+) -> None:
     from pipedrive_video_bridge_zoom.fake_zoom import FakeZoomState, running_fake_zoom
     from pipedrive_video_bridge_zoom.oauth import USER_TOKENS
 
@@ -319,13 +341,20 @@ async def test_a_zoom_user_token_is_refreshed_once_across_processes(tmp_path: Pa
         with state.lock:
             issued = state.issue_user_tokens(user)
         scope = backend_scope(link.id, "zoom")
-        await store.put_secret(scope, USER_TOKENS, Token(issued["access_token"], time.time() - 60,
-                                                         issued["refresh_token"]).dump())
+        await store.put_secret(
+            scope, USER_TOKENS, Token(issued["access_token"], time.time() - 60, issued["refresh_token"]).dump()
+        )
         state.expire_access_tokens()
         config_path = tmp_path / "zoom.toml"
-        write_config_toml(config_path, config, toml_config(config, zoom={
-            "oauth_base": state.base_url, "client_id": state.client_id, "client_secret": state.client_secret}),
-            pipedrive_urls=True)
+        write_config_toml(
+            config_path,
+            config,
+            toml_config(
+                config,
+                zoom={"oauth_base": state.base_url, "client_id": state.client_id, "client_secret": state.client_secret},
+            ),
+            pipedrive_urls=True,
+        )
 
         outputs = await anyio.to_thread.run_sync(run_workers, config_path, "zoom", link.id)
 
@@ -345,9 +374,12 @@ async def test_a_zoom_user_token_is_refreshed_once_across_processes(tmp_path: Pa
             from bridge.storage.secrets import shared_scope
             from bridge.vendors.interface import BackendContext, UserIdentity
 
-            ctx = BackendContext(user=UserIdentity(link_id=link.id, user_id=5, company_id=6), http=http,
-                                 credentials=ScopedCredentials(store, scope),
-                                 shared=ScopedCredentials(store, shared_scope("zoom")))
+            ctx = BackendContext(
+                user=UserIdentity(link_id=link.id, user_id=5, company_id=6),
+                http=http,
+                credentials=ScopedCredentials(store, scope),
+                shared=ScopedCredentials(store, shared_scope("zoom")),
+            )
             tokens = UserTokens(ZoomOAuth(state.base_url, state.client_id, state.client_secret))
             renewed = await tokens.access_token(ctx, stale=stored.access_token)
         assert renewed != stored.access_token
@@ -355,8 +387,9 @@ async def test_a_zoom_user_token_is_refreshed_once_across_processes(tmp_path: Pa
 
 
 @pytest.mark.parametrize("meanwhile", ["uninstall", "reinstall", "rotation"])
-async def test_a_write_during_a_refresh_is_not_overwritten_by_it(tmp_path: Path, database_url: str,
-                                                                 meanwhile: str) -> None:
+async def test_a_write_during_a_refresh_is_not_overwritten_by_it(
+    tmp_path: Path, database_url: str, meanwhile: str
+) -> None:
     """One replica refreshes (its token request in flight) while another erases, replaces or re-encrypts them.
 
     The refresh must not write its tokens over an uninstall (that would bring back a live refresh
@@ -375,9 +408,11 @@ async def test_a_write_during_a_refresh_is_not_overwritten_by_it(tmp_path: Path,
     try:
         await prepare_database(writer, config)
         await writer.put_secret(scope, PIPEDRIVE_TOKENS, before)
-        actions = {"uninstall": lambda: other.delete_scope(scope),
-                   "reinstall": lambda: other.put_secret(scope, PIPEDRIVE_TOKENS, reinstalled),
-                   "rotation": lambda: other.rotate()}
+        actions = {
+            "uninstall": lambda: other.delete_scope(scope),
+            "reinstall": lambda: other.put_secret(scope, PIPEDRIVE_TOKENS, reinstalled),
+            "rotation": lambda: other.rotate(),
+        }
         asked: list[Token | None] = []
 
         async def refresh(current: Token | None) -> Token:

@@ -78,6 +78,7 @@ async def all_rows(store: Store) -> tuple[list[MeetingTable], list[SecretTable]]
 
 # --- postMeeting ---------------------------------------------------------------------
 
+
 async def test_post_meeting_answers_201_with_exactly_the_contract_fields(client, link, vendor):
     response = await client.post(meetings_url(link.id), json=BODY)
 
@@ -99,8 +100,9 @@ async def test_post_meeting_answers_201_with_exactly_the_contract_fields(client,
     assert "Demo with Acme" in data["invitation"]
 
     room = vendor.rooms["fake-1"]
-    assert room == MeetingRequest(topic="Demo with Acme", start_time=datetime(2030, 1, 1, 10, 0, tzinfo=UTC),
-                                  duration=30)
+    assert room == MeetingRequest(
+        topic="Demo with Acme", start_time=datetime(2030, 1, 1, 10, 0, tzinfo=UTC), duration=30
+    )
 
 
 async def test_meeting_id_is_opaque_and_not_the_vendor_id(client, link, vendor, store):
@@ -126,16 +128,23 @@ async def test_post_meeting_stores_the_room_encrypted(client, link, store):
 
     room = await store.get_room(data["meeting_id"])
     assert room is not None
-    assert (room.join_url, room.invitation, room.password) == (data["join_url"], data["invitation"],
-                                                               data["password"])
+    assert (room.join_url, room.invitation, room.password) == (data["join_url"], data["invitation"], data["password"])
     _, secrets = await all_rows(store)
     assert secrets and all(data["join_url"] not in s.ciphertext for s in secrets)
 
 
 async def test_topic_whitespace_is_normalised_and_extra_fields_are_ignored(client, link, vendor):
-    response = await client.post(meetings_url(link.id), json={
-        **BODY, "topic": "  Demo \t with\n Acme  ", "timezone": "Europe/Tallinn", "attendees": [1, 2],
-        "duration": 45, "unexpected": {"nested": True}})
+    response = await client.post(
+        meetings_url(link.id),
+        json={
+            **BODY,
+            "topic": "  Demo \t with\n Acme  ",
+            "timezone": "Europe/Tallinn",
+            "attendees": [1, 2],
+            "duration": 45,
+            "unexpected": {"nested": True},
+        },
+    )
 
     assert response.status_code == 201, response.text
     assert vendor.rooms["fake-1"].topic == "Demo with Acme"
@@ -143,8 +152,9 @@ async def test_topic_whitespace_is_normalised_and_extra_fields_are_ignored(clien
 
 
 async def test_fractional_duration_is_accepted_and_rounded_up(client, link, vendor, store):
-    for number, (duration, minutes) in enumerate([(30.5, 31), (0.1, 1), (59.999, 60), (60.0, 60), (1, 1),
-                                                  (1e-9, 1)], start=1):
+    for number, (duration, minutes) in enumerate(
+        [(30.5, 31), (0.1, 1), (59.999, 60), (60.0, 60), (1, 1), (1e-9, 1)], start=1
+    ):
         meeting_id = await create(client, link.id, duration=duration)
         assert vendor.rooms[f"fake-{number}"].duration == minutes, duration
         stored = await store.get_meeting(link.id, meeting_id)
@@ -160,8 +170,11 @@ async def test_json_media_type_variants_are_accepted(client, link, vendor):
     import json
 
     for content_type in ("application/json; charset=utf-8", "Application/JSON", "application/vnd.api+json"):
-        response = await client.post(meetings_url(link.id), content=json.dumps({**BODY, "topic": content_type}),
-                                     headers={"Content-Type": content_type})
+        response = await client.post(
+            meetings_url(link.id),
+            content=json.dumps({**BODY, "topic": content_type}),
+            headers={"Content-Type": content_type},
+        )
         assert response.status_code == 201, (content_type, response.text)
     assert len(vendor.rooms) == 3
 
@@ -193,10 +206,15 @@ class NoPasswordPlugin:
         register(NoPasswordBackend)
 
 
-async def test_password_is_left_out_when_the_backend_gives_none(tmp_path: Path, database_url: str,
-                                                                config: Config, store: Store, link: Link):
-    nopass = make_config(tmp_path, database_url, vault={"keys": list(config.vault.keys)},
-                         meetings={"default_backend": "nopass", "allowed_backends": ["nopass"]})
+async def test_password_is_left_out_when_the_backend_gives_none(
+    tmp_path: Path, database_url: str, config: Config, store: Store, link: Link
+):
+    nopass = make_config(
+        tmp_path,
+        database_url,
+        vault={"keys": list(config.vault.keys)},
+        meetings={"default_backend": "nopass", "allowed_backends": ["nopass"]},
+    )
     async with bridge_client(nopass, [NoPasswordPlugin()]) as client:
         response = await client.post(meetings_url(link.id), json=BODY)
 
@@ -209,6 +227,7 @@ async def test_password_is_left_out_when_the_backend_gives_none(tmp_path: Path, 
 
 # --- patchUpdateMeeting and deleteMeeting ---------------------------------------------
 
+
 async def test_patch_answers_204_with_an_empty_body_and_moves_the_room(client, link, vendor, store):
     meeting_id = await create(client, link.id)
 
@@ -217,8 +236,9 @@ async def test_patch_answers_204_with_an_empty_body_and_moves_the_room(client, l
     assert response.status_code == 204, response.text
     assert response.content == b""
     assert vendor.calls == [("fake", "create", "fake-1"), ("fake", "update", "fake-1")]
-    assert vendor.rooms == {"fake-1": MeetingRequest(topic="Moved demo", duration=90,
-                                                     start_time=datetime(2030, 2, 3, 16, 45, tzinfo=UTC))}
+    assert vendor.rooms == {
+        "fake-1": MeetingRequest(topic="Moved demo", duration=90, start_time=datetime(2030, 2, 3, 16, 45, tzinfo=UTC))
+    }
     stored = await store.get_meeting(link.id, meeting_id)
     assert stored is not None
     assert stored.duration == 90 and stored.vendor_meeting_id == "fake-1"
@@ -321,8 +341,8 @@ async def test_delete_the_vendor_fails_can_be_retried(client, link, vendor, stor
 
 # --- a vendor that makes a new room on update --------------------------------------------
 
-async def test_update_that_makes_a_new_room_deletes_the_old_one_after_storing(client, link, vendor, store,
-                                                                             monkeypatch):
+
+async def test_update_that_makes_a_new_room_deletes_the_old_one_after_storing(client, link, vendor, store, monkeypatch):
     meeting_id = await create(client, link.id)
     vendor.new_room_on_update = True
     original = bridge.storage.store.Store.replace_room
@@ -338,8 +358,12 @@ async def test_update_that_makes_a_new_room_deletes_the_old_one_after_storing(cl
     response = await client.patch(meeting_url(link.id, meeting_id), json=MOVED)
 
     assert response.status_code == 204, response.text
-    assert vendor.calls == [("fake", "create", "fake-1"), ("fake", "update", "fake-1"),
-                            ("store", "replace_room", "fake-2"), ("fake", "delete", "fake-1")]
+    assert vendor.calls == [
+        ("fake", "create", "fake-1"),
+        ("fake", "update", "fake-1"),
+        ("store", "replace_room", "fake-2"),
+        ("fake", "delete", "fake-1"),
+    ]
     assert list(vendor.rooms) == ["fake-2"]
     assert vendor.rooms["fake-2"].topic == "Moved demo"
     stored = await store.get_meeting(link.id, meeting_id)
@@ -381,6 +405,7 @@ async def test_update_whose_new_room_is_not_stored_keeps_the_old_room(client, li
 
 # --- nothing half-written on create ------------------------------------------------------
 
+
 async def test_room_is_deleted_again_when_the_meeting_cannot_be_stored(client, link, vendor, store, monkeypatch):
     async def failing_add_meeting(self: Store, *args: Any, **kwargs: Any) -> None:
         raise StoreError("database unavailable: OperationalError")
@@ -414,6 +439,7 @@ async def test_failed_cleanup_still_answers_503(client, link, vendor, store, mon
 
 # --- update and delete go to the backend that made the room ------------------------------
 
+
 async def test_meetings_stay_with_their_backend_after_the_link_switches(client, link, vendor, store):
     old = await create(client, link.id)
     assert await store.set_link_backend(link.id, "other")
@@ -429,8 +455,12 @@ async def test_meetings_stay_with_their_backend_after_the_link_switches(client, 
     assert (await client.delete(meeting_url(link.id, old))).status_code == 204
     assert (await client.delete(meeting_url(link.id, new))).status_code == 204
 
-    assert vendor.calls[2:] == [("fake", "update", "fake-1"), ("other", "update", "other-2"),
-                                ("fake", "delete", "fake-1"), ("other", "delete", "other-2")]
+    assert vendor.calls[2:] == [
+        ("fake", "update", "fake-1"),
+        ("other", "update", "other-2"),
+        ("fake", "delete", "fake-1"),
+        ("other", "delete", "other-2"),
+    ]
     assert vendor.rooms == {}
 
 
@@ -443,6 +473,7 @@ async def test_a_link_backend_that_is_not_allowed_falls_back_to_the_default(clie
 
 
 # --- links are separate ------------------------------------------------------------------
+
 
 async def test_links_keep_their_own_meetings(client, link, vendor, store):
     other_link = await store.create_link(pipedrive_user_id=303, company_id=202, user_name="Grace Hopper")
@@ -466,6 +497,7 @@ async def test_links_keep_their_own_meetings(client, link, vendor, store):
 
 # --- request ids -------------------------------------------------------------------------
 
+
 async def test_a_sane_request_id_is_echoed(client, link):
     for request_id in ("abc-123_DEF.4", "x" * 64, "0b9f3c2e-5d7a-4e61-9a38-2f4c6d8e1a57"):
         response = await client.post(meetings_url(link.id), json=BODY, headers={"X-Request-ID": request_id})
@@ -482,8 +514,18 @@ async def test_a_request_id_is_generated_when_none_is_given(client, link):
 
 
 async def test_a_hostile_request_id_is_replaced(client, link):
-    for hostile in ["has spaces in it", "line\nbreak", "line\r\nX-Injected: 1", "x" * 65, "y" * 200,
-                    "semi;colon", "", "ünïcode", "id\x00nul", "<script>"]:
+    for hostile in [
+        "has spaces in it",
+        "line\nbreak",
+        "line\r\nX-Injected: 1",
+        "x" * 65,
+        "y" * 200,
+        "semi;colon",
+        "",
+        "ünïcode",
+        "id\x00nul",
+        "<script>",
+    ]:
         response = await client.post(meetings_url(link.id), json=BODY, headers={"X-Request-ID": hostile.encode()})
         assert response.status_code == 201, (hostile, response.text)
         given = response.headers["x-request-id"]
@@ -500,6 +542,7 @@ async def test_error_responses_carry_a_request_id(client, link):
 
 
 # --- health ------------------------------------------------------------------------------
+
 
 async def test_healthz_and_readyz_answer_200_without_credentials(client):
     for path in ("/healthz", "/readyz"):
@@ -527,6 +570,7 @@ async def test_readyz_answers_503_when_the_database_is_down(client, monkeypatch)
 
 # --- concurrency -------------------------------------------------------------------------
 
+
 async def test_concurrent_creates_each_get_their_own_meeting(client, link, vendor, store):
     responses: list[httpx.Response] = []
 
@@ -547,6 +591,7 @@ async def test_concurrent_creates_each_get_their_own_meeting(client, link, vendo
 
 
 # --- a retried postMeeting ------------------------------------------------------------
+
 
 async def test_a_retried_post_answers_the_meeting_already_made(client, link, vendor):
     first = await client.post(meetings_url(link.id), json=BODY)
@@ -571,8 +616,7 @@ async def test_concurrent_identical_posts_make_one_room(client, link, vendor):
     assert len(vendor.rooms) == 1
 
 
-@pytest.mark.parametrize("change", [{"topic": "Another topic"}, {"start_time": "2030-01-01 10:30"},
-                                    {"duration": 31}])
+@pytest.mark.parametrize("change", [{"topic": "Another topic"}, {"start_time": "2030-01-01 10:30"}, {"duration": 31}])
 async def test_a_different_request_is_a_new_meeting(client, link, vendor, change):
     first = await create(client, link.id, topic="Same")
     second = await create(client, link.id, **{"topic": "Same", **change})
@@ -605,11 +649,13 @@ async def test_the_same_request_after_a_backend_switch_is_a_room_on_the_new_back
 
 
 async def test_retry_window_zero_turns_recognition_off(tmp_path, database_url, fake_plugin, vendor):
-    config = make_config(tmp_path, database_url, meetings={"default_backend": "fake", "allowed_backends": ["fake"],
-                                                           "retry_window_seconds": 0})
+    config = make_config(
+        tmp_path,
+        database_url,
+        meetings={"default_backend": "fake", "allowed_backends": ["fake"], "retry_window_seconds": 0},
+    )
     async with prepared_store(config) as store:
         link = await store.create_link(pipedrive_user_id=1, company_id=2)
     async with bridge_client(config, [fake_plugin]) as client:
-        ids = {(await client.post(meetings_url(link.id), json=BODY)).json()["data"]["meeting_id"]
-               for _ in range(2)}
+        ids = {(await client.post(meetings_url(link.id), json=BODY)).json()["data"]["meeting_id"] for _ in range(2)}
     assert len(ids) == 2

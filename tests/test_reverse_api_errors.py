@@ -107,14 +107,22 @@ async def target(request: pytest.FixtureRequest, client: httpx.AsyncClient, link
 # Each test loops over its cases (rather than parametrizing) so PostgreSQL makes one database per
 # test, not per case; every assertion names the case it failed on.
 
+
 async def send_json_text(client: httpx.AsyncClient, target: Target, raw: str | bytes) -> httpx.Response:
-    return await client.request(target.method, target.url, content=raw,
-                                headers={"Content-Type": "application/json"})
+    return await client.request(target.method, target.url, content=raw, headers={"Content-Type": "application/json"})
 
 
 async def test_a_body_that_is_not_json_is_400(client, target):
-    for raw in [b"", b"not json", b"{", b'{"topic": "x",}', b"{'topic': 'x'}", b"\xff\xfe\x00garbage",
-                b"[" * 10_000, json.dumps(BODY).encode() + b" trailing"]:
+    for raw in [
+        b"",
+        b"not json",
+        b"{",
+        b'{"topic": "x",}',
+        b"{'topic': 'x'}",
+        b"\xff\xfe\x00garbage",
+        b"[" * 10_000,
+        json.dumps(BODY).encode() + b" trailing",
+    ]:
         response = await send_json_text(client, target, raw)
         assert_error(response, 400, "not valid JSON", case=raw[:40])
     target.assert_vendor_untouched()
@@ -157,18 +165,42 @@ async def test_a_missing_field_is_400_naming_it(client, target):
 
 
 async def test_a_badly_formatted_start_time_is_400(client, target):
-    for start_time in ["2026-12-01T14:00", "2026-12-01 14:00:00", "2026-12-01T14:00:00Z", "2026-12-01 14:00Z",
-                       "2026-12-01 14:00+02:00", "2026-12-01", "14:00", "2026-1-01 10:00", "2026-12-01 9:00",
-                       " 2026-12-01 14:00", "2026-12-01 14:00 ", "2026-12-01  14:00", "01.12.2026 14:00",
-                       "2026-12-01 14:00\n", "", None, 1764597600, ["2026-12-01 14:00"]]:
+    for start_time in [
+        "2026-12-01T14:00",
+        "2026-12-01 14:00:00",
+        "2026-12-01T14:00:00Z",
+        "2026-12-01 14:00Z",
+        "2026-12-01 14:00+02:00",
+        "2026-12-01",
+        "14:00",
+        "2026-1-01 10:00",
+        "2026-12-01 9:00",
+        " 2026-12-01 14:00",
+        "2026-12-01 14:00 ",
+        "2026-12-01  14:00",
+        "01.12.2026 14:00",
+        "2026-12-01 14:00\n",
+        "",
+        None,
+        1764597600,
+        ["2026-12-01 14:00"],
+    ]:
         response = await client.request(target.method, target.url, json={**BODY, "start_time": start_time})
         assert_error(response, 400, "start_time", "YYYY-MM-DD HH:mm", case=start_time)
     target.assert_vendor_untouched()
 
 
 async def test_a_start_time_that_is_not_a_real_time_is_400(client, target):
-    for start_time in ["2026-13-01 10:00", "2026-02-30 10:00", "2026-00-10 10:00", "2026-12-00 10:00",
-                       "2026-12-01 24:00", "2026-12-01 10:60", "2027-02-29 10:00", "0000-01-01 10:00"]:
+    for start_time in [
+        "2026-13-01 10:00",
+        "2026-02-30 10:00",
+        "2026-00-10 10:00",
+        "2026-12-00 10:00",
+        "2026-12-01 24:00",
+        "2026-12-01 10:60",
+        "2027-02-29 10:00",
+        "0000-01-01 10:00",
+    ]:
         response = await client.request(target.method, target.url, json={**BODY, "start_time": start_time})
         assert_error(response, 400, "start_time", start_time, case=start_time)
     target.assert_vendor_untouched()
@@ -196,9 +228,9 @@ async def test_a_bad_duration_is_400(client, target):
         ({"minutes": 30}, ("duration", "number", "an object")),
         (31 * 24 * 60 + 1, ("duration", "at most")),
         (31 * 24 * 60 + 0.5, ("duration", "at most")),
-        (10 ** 9, ("duration", "at most")),
+        (10**9, ("duration", "at most")),
         (1e300, ("duration", "at most")),
-        (10 ** 400, ("duration", "at most")),  # an integer too large for a float
+        (10**400, ("duration", "at most")),  # an integer too large for a float
     ]
     for duration, words in cases:
         response = await client.request(target.method, target.url, json={**BODY, "duration": duration})
@@ -233,9 +265,19 @@ async def test_a_failed_patch_leaves_the_meeting_as_it_was(client, link, vendor,
 
 # --- 415 and 413 ---------------------------------------------------------------------------
 
+
 async def test_a_body_that_is_not_declared_json_is_415(client, target):
-    for content_type in [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
-                         "text/json", "application/jsonp", "application/json-seq", "application/xml", ""]:
+    for content_type in [
+        None,
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "text/json",
+        "application/jsonp",
+        "application/json-seq",
+        "application/xml",
+        "",
+    ]:
         headers = {"Content-Type": content_type} if content_type is not None else {}
         response = await client.request(target.method, target.url, content=json.dumps(BODY), headers=headers)
         assert_error(response, 415, "application/json", case=content_type)
@@ -257,8 +299,11 @@ def padded_body(size: int) -> bytes:
 
 
 async def test_a_body_of_exactly_the_limit_is_accepted(client, link, config):
-    response = await client.post(meetings_url(link.id), content=padded_body(config.server.max_body_bytes),
-                                 headers={"Content-Type": "application/json"})
+    response = await client.post(
+        meetings_url(link.id),
+        content=padded_body(config.server.max_body_bytes),
+        headers={"Content-Type": "application/json"},
+    )
 
     assert response.status_code == 201, response.text
 
@@ -266,8 +311,9 @@ async def test_a_body_of_exactly_the_limit_is_accepted(client, link, config):
 async def test_a_body_over_the_limit_is_413(client, target, config):
     limit = config.server.max_body_bytes
 
-    response = await client.request(target.method, target.url, content=padded_body(limit + 1),
-                                     headers={"Content-Type": "application/json"})
+    response = await client.request(
+        target.method, target.url, content=padded_body(limit + 1), headers={"Content-Type": "application/json"}
+    )
 
     assert_error(response, 413, str(limit))
     target.assert_vendor_untouched()
@@ -286,8 +332,9 @@ async def test_a_streamed_body_over_the_limit_is_413_without_reading_it_all(clie
             sent += 1
             yield chunk
 
-    response = await client.request(target.method, target.url, content=stream(),
-                                    headers={"Content-Type": "application/json"})
+    response = await client.request(
+        target.method, target.url, content=stream(), headers={"Content-Type": "application/json"}
+    )
 
     assert "content-length" not in {k.lower() for k in response.request.headers}
     assert_error(response, 413, str(limit))
@@ -300,10 +347,9 @@ async def test_a_streamed_body_under_the_limit_is_accepted(client, link, vendor)
 
     async def stream() -> AsyncIterator[bytes]:
         for start in range(0, len(raw), 7):
-            yield raw[start:start + 7]
+            yield raw[start : start + 7]
 
-    response = await client.post(meetings_url(link.id), content=stream(),
-                                 headers={"Content-Type": "application/json"})
+    response = await client.post(meetings_url(link.id), content=stream(), headers={"Content-Type": "application/json"})
 
     assert response.status_code == 201, response.text
     assert vendor.rooms["fake-1"].topic == "Demo with Acme"
@@ -311,9 +357,18 @@ async def test_a_streamed_body_under_the_limit_is_accepted(client, link, vendor)
 
 # --- 404 and 405: routing ---------------------------------------------------------------
 
+
 async def test_an_unknown_path_is_a_json_404(client):
-    for path in ["/", "/nope", "/api/v1/links", "/api/v1/links/abc", "/api/v1/links/abc/other", "/api/v1/meetings",
-                 "/api/v1/links/abc/meetings/def/extra", "/api/v2/links/abc/meetings"]:
+    for path in [
+        "/",
+        "/nope",
+        "/api/v1/links",
+        "/api/v1/links/abc",
+        "/api/v1/links/abc/other",
+        "/api/v1/meetings",
+        "/api/v1/links/abc/meetings/def/extra",
+        "/api/v2/links/abc/meetings",
+    ]:
         for method in ("GET", "POST", "PATCH", "DELETE"):
             response = await client.request(method, path)
             assert_error(response, 404, "not found", case=(method, path))
@@ -344,6 +399,7 @@ async def test_other_methods_on_the_meetings_path_are_405(client, link, vendor):
 
 
 # --- 404: unknown links and meetings ----------------------------------------------------
+
 
 async def test_an_unknown_link_is_404(client, link, vendor):
     unknown = str(uuid.uuid4())
@@ -416,6 +472,7 @@ async def test_an_uninstalled_link_is_410(client, link, vendor, store):
 
 # --- 401 ---------------------------------------------------------------------------------
 
+
 def bad_headers(config: Config) -> dict[str, str]:
     client_id, secret = config.pipedrive.client_id, config.pipedrive.client_secret
     return {
@@ -438,14 +495,30 @@ def bad_headers(config: Config) -> dict[str, str]:
     }
 
 
-AUTH_CASES = ["missing", "wrong secret", "secret with a suffix", "secret cut short", "wrong client id",
-              "secret as the client id", "empty credentials", "only the client id", "bearer scheme",
-              "digest scheme", "no scheme", "scheme only", "malformed base64", "base64 with junk", "no colon",
-              "over-long", "over-long but right"]
+AUTH_CASES = [
+    "missing",
+    "wrong secret",
+    "secret with a suffix",
+    "secret cut short",
+    "wrong client id",
+    "secret as the client id",
+    "empty credentials",
+    "only the client id",
+    "bearer scheme",
+    "digest scheme",
+    "no scheme",
+    "scheme only",
+    "malformed base64",
+    "base64 with junk",
+    "no colon",
+    "over-long",
+    "over-long but right",
+]
 
 
-async def send_with_auth(client: httpx.AsyncClient, config: Config, case: str, method: str, url: str,
-                         **kwargs: Any) -> httpx.Response:
+async def send_with_auth(
+    client: httpx.AsyncClient, config: Config, case: str, method: str, url: str, **kwargs: Any
+) -> httpx.Response:
     request = client.build_request(method, url, **kwargs)
     if case == "missing":
         del request.headers["Authorization"]
@@ -514,31 +587,37 @@ async def test_the_scheme_is_case_insensitive(client, config, link, vendor):
 
 
 async def test_the_client_credentials_are_what_the_config_says(client, config, link):
-    response = await client.post(meetings_url(link.id), json=BODY,
-                                 headers=basic_auth(config.pipedrive.client_id, config.pipedrive.client_secret))
+    response = await client.post(
+        meetings_url(link.id), json=BODY, headers=basic_auth(config.pipedrive.client_id, config.pipedrive.client_secret)
+    )
     assert response.status_code == 201, response.text
 
 
 # --- vendor failures ----------------------------------------------------------------------
+
 
 def status_error(status: int) -> httpx.HTTPStatusError:
     request = httpx.Request("POST", "https://video.example.com/api/rooms")
     return httpx.HTTPStatusError("refused", request=request, response=httpx.Response(status, request=request))
 
 
-@pytest.mark.parametrize(("exc", "status", "words"), [
-    (BackendError("Fake Video has no rooms left this month"), 502, ("Fake Video has no rooms left this month",)),
-    (BackendUnavailable("Fake Video is down for maintenance"), 503, ("Fake Video is down for maintenance",)),
-    (BackendTimeout("Fake Video is slow"), 504, ("Fake Video is slow",)),
-    (httpx.ConnectError("connection refused"), 503, ("Fake Video", "could not be reached", "ConnectError")),
-    (httpx.RemoteProtocolError("peer closed"), 503, ("Fake Video", "could not be reached")),
-    (httpx.ReadTimeout("timed out"), 504, ("Fake Video", "did not answer")),
-    (httpx.ConnectTimeout("timed out"), 504, ("Fake Video", "did not answer")),
-    (status_error(500), 502, ("Fake Video", "HTTP 500")),
-    (status_error(401), 502, ("Fake Video", "HTTP 401")),
-])
-async def test_a_failed_create_maps_to_its_status_and_leaves_nothing_behind(client, link, vendor, store, exc,
-                                                                           status, words):
+@pytest.mark.parametrize(
+    ("exc", "status", "words"),
+    [
+        (BackendError("Fake Video has no rooms left this month"), 502, ("Fake Video has no rooms left this month",)),
+        (BackendUnavailable("Fake Video is down for maintenance"), 503, ("Fake Video is down for maintenance",)),
+        (BackendTimeout("Fake Video is slow"), 504, ("Fake Video is slow",)),
+        (httpx.ConnectError("connection refused"), 503, ("Fake Video", "could not be reached", "ConnectError")),
+        (httpx.RemoteProtocolError("peer closed"), 503, ("Fake Video", "could not be reached")),
+        (httpx.ReadTimeout("timed out"), 504, ("Fake Video", "did not answer")),
+        (httpx.ConnectTimeout("timed out"), 504, ("Fake Video", "did not answer")),
+        (status_error(500), 502, ("Fake Video", "HTTP 500")),
+        (status_error(401), 502, ("Fake Video", "HTTP 401")),
+    ],
+)
+async def test_a_failed_create_maps_to_its_status_and_leaves_nothing_behind(
+    client, link, vendor, store, exc, status, words
+):
     vendor.fail["create"] = exc
 
     response = await client.post(meetings_url(link.id), json=BODY)
@@ -566,11 +645,16 @@ async def test_a_backend_crash_is_502_without_internals(client, link, vendor, st
     assert meetings == []
 
 
-async def test_a_vendor_slower_than_the_deadline_is_504(tmp_path: Path, database_url: str, config: Config,
-                                                        store: Store, link: Link, fake_plugin: Any, vendor: Any):
-    fast = make_config(tmp_path, database_url, vault={"keys": list(config.vault.keys)},
-                       server={"backend_timeout_seconds": 0.2},
-                       meetings={"default_backend": "fake", "allowed_backends": ["fake", "other"]})
+async def test_a_vendor_slower_than_the_deadline_is_504(
+    tmp_path: Path, database_url: str, config: Config, store: Store, link: Link, fake_plugin: Any, vendor: Any
+):
+    fast = make_config(
+        tmp_path,
+        database_url,
+        vault={"keys": list(config.vault.keys)},
+        server={"backend_timeout_seconds": 0.2},
+        meetings={"default_backend": "fake", "allowed_backends": ["fake", "other"]},
+    )
     vendor.delay = 30.0
 
     async with bridge_client(fast, [fake_plugin]) as client:
@@ -585,9 +669,15 @@ async def test_a_vendor_slower_than_the_deadline_is_504(tmp_path: Path, database
     assert meetings == [] and secrets == []
 
 
-@pytest.mark.parametrize(("exc", "status"), [(BackendError("Fake Video refused the change"), 502),
-                                             (httpx.ConnectError("x"), 503), (httpx.ReadTimeout("x"), 504),
-                                             (RuntimeError("boom"), 502)])
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (BackendError("Fake Video refused the change"), 502),
+        (httpx.ConnectError("x"), 503),
+        (httpx.ReadTimeout("x"), 504),
+        (RuntimeError("boom"), 502),
+    ],
+)
 async def test_a_failed_update_leaves_the_meeting_as_it_was(client, link, vendor, store, exc, status):
     meeting_id = await create(client, link.id)
     vendor.fail["update"] = exc
@@ -607,8 +697,10 @@ async def test_a_failed_update_leaves_the_meeting_as_it_was(client, link, vendor
     assert vendor.rooms["fake-1"].topic == "Moved demo"
 
 
-@pytest.mark.parametrize(("exc", "status"), [(BackendError("Fake Video refused"), 502),
-                                             (httpx.ConnectError("x"), 503), (httpx.ReadTimeout("x"), 504)])
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [(BackendError("Fake Video refused"), 502), (httpx.ConnectError("x"), 503), (httpx.ReadTimeout("x"), 504)],
+)
 async def test_a_failed_delete_leaves_the_room_and_can_be_retried(client, link, vendor, store, exc, status):
     meeting_id = await create(client, link.id)
     vendor.fail["delete"] = exc
@@ -622,6 +714,7 @@ async def test_a_failed_delete_leaves_the_room_and_can_be_retried(client, link, 
 
 
 # --- the bridge itself failing ---------------------------------------------------------------
+
 
 async def test_an_unavailable_database_is_503(client, link, vendor, monkeypatch):
     async def failing_lookup(self: Store, *args: Any) -> None:

@@ -46,20 +46,27 @@ LIMIT_SECONDS = 120
 
 
 def body(n: int, moved: bool = False) -> dict[str, Any]:
-    return {"topic": f"rotation {n}", "start_time": "2031-09-10 11:00" if not moved else "2031-09-11 12:00",
-            "duration": 30}
+    return {
+        "topic": f"rotation {n}",
+        "start_time": "2031-09-10 11:00" if not moved else "2031-09-11 12:00",
+        "duration": 30,
+    }
 
 
 def with_keys(config: Config, *keys: str) -> Config:
     return replace(config, vault=replace(config.vault, keys=keys))
 
 
-async def test_keys_rotate_while_the_bridge_serves(tmp_path: Path, database_url: str, fake_plugin: Any,
-                                                   vendor: Any) -> None:
+async def test_keys_rotate_while_the_bridge_serves(
+    tmp_path: Path, database_url: str, fake_plugin: Any, vendor: Any
+) -> None:
     old_key, new_key = generate_key(), generate_key()
-    base = make_config(tmp_path, database_url, vault={"keys": [old_key]},
-                       meetings={"default_backend": "fake", "allowed_backends": ["fake", "other"],
-                                 "retry_window_seconds": 3600})
+    base = make_config(
+        tmp_path,
+        database_url,
+        vault={"keys": [old_key]},
+        meetings={"default_backend": "fake", "allowed_backends": ["fake", "other"], "retry_window_seconds": 3600},
+    )
     rolled = with_keys(base, new_key, old_key)  # every replica has the new key first, the old one after
     store = open_store(base)
     await prepare_database(store, base)
@@ -90,9 +97,15 @@ async def test_keys_rotate_while_the_bridge_serves(tmp_path: Path, database_url:
 
     async def rotate() -> None:
         nonlocal rotation
-        rotation = await anyio.to_thread.run_sync(lambda: subprocess.run(
-            [sys.executable, "-m", "bridge.cli", "--config", str(config_path), "keys", "rotate"],
-            capture_output=True, text=True, timeout=LIMIT_SECONDS, env=env))
+        rotation = await anyio.to_thread.run_sync(
+            lambda: subprocess.run(
+                [sys.executable, "-m", "bridge.cli", "--config", str(config_path), "keys", "rotate"],
+                capture_output=True,
+                text=True,
+                timeout=LIMIT_SECONDS,
+                env=env,
+            )
+        )
         await anyio.sleep(0.2)  # the load goes on a moment after the last batch
         rotation_done.set()
 

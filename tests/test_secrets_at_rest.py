@@ -59,9 +59,19 @@ def logs() -> Iterator[io.StringIO]:
     """The bridge's logging set up as a deployment has it, into a buffer; pytest's own put back after."""
     root = logging.getLogger()
     names = ("uvicorn", "uvicorn.error", "uvicorn.access", "httpx")
-    saved = (list(root.handlers), root.level,
-             {name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate,
-                     logging.getLogger(name).disabled, logging.getLogger(name).level) for name in names})
+    saved = (
+        list(root.handlers),
+        root.level,
+        {
+            name: (
+                list(logging.getLogger(name).handlers),
+                logging.getLogger(name).propagate,
+                logging.getLogger(name).disabled,
+                logging.getLogger(name).level,
+            )
+            for name in names
+        },
+    )
     buffer = io.StringIO()
     try:
         yield buffer
@@ -87,13 +97,18 @@ class RecordingPipedrive(FakePipedriveState):
 
 
 def bridge_config(tmp_path: Path, database_url: str, pipedrive: FakePipedriveState, keys: list[str]) -> Config:
-    return make_config(tmp_path, database_url,
-                       pipedrive={"oauth_base": pipedrive.api_domain, "api_base": pipedrive.api_domain},
-                       server={"public_url": BRIDGE}, vault={"keys": keys},
-                       logging={"level": "DEBUG"},
-                       meetings={"default_backend": "jitsi", "allowed_backends": ["jitsi"]},
-                       backends={"jitsi": {"mode": "token", "domain": "meet.example.org", "app_id": "bridge-test",
-                                           "app_secret": APP_SECRET}})
+    return make_config(
+        tmp_path,
+        database_url,
+        pipedrive={"oauth_base": pipedrive.api_domain, "api_base": pipedrive.api_domain},
+        server={"public_url": BRIDGE},
+        vault={"keys": keys},
+        logging={"level": "DEBUG"},
+        meetings={"default_backend": "jitsi", "allowed_backends": ["jitsi"]},
+        backends={
+            "jitsi": {"mode": "token", "domain": "meet.example.org", "app_id": "bridge-test", "app_secret": APP_SECRET}
+        },
+    )
 
 
 def body(topic: str, start: str = "2031-07-08 09:00") -> dict[str, Any]:
@@ -124,8 +139,7 @@ def database_text(config: Config) -> bytes:
     return "\n".join(chunks).encode()
 
 
-async def test_no_secret_in_the_database_dump_or_the_logs(tmp_path: Path, database_url: str,
-                                                          logs: io.StringIO) -> None:
+async def test_no_secret_in_the_database_dump_or_the_logs(tmp_path: Path, database_url: str, logs: io.StringIO) -> None:
     old_key, new_key = generate_key(), generate_key()
     state = RecordingPipedrive(client_id="test-client", client_secret="set below")
     codes: list[str] = []
@@ -164,8 +178,9 @@ async def test_no_secret_in_the_database_dump_or_the_logs(tmp_path: Path, databa
             await prepare_database(store, config)
             tokens = load_tokens(await store.get_secret(link_scope(link_id), PIPEDRIVE_TOKENS))
             assert tokens is not None
-            await store.put_secret(link_scope(link_id), PIPEDRIVE_TOKENS,
-                                   dump_tokens(replace(tokens, expires_at=time.time() - 60)))
+            await store.put_secret(
+                link_scope(link_id), PIPEDRIVE_TOKENS, dump_tokens(replace(tokens, expires_at=time.time() - 60))
+            )
             async with httpx.AsyncClient() as http:
                 keeper = PipedriveTokens(store, PipedriveClient(config.pipedrive, http), 300)
                 assert (await keeper.fresh_tokens(link_id)).access_token != tokens.access_token
@@ -176,8 +191,13 @@ async def test_no_secret_in_the_database_dump_or_the_logs(tmp_path: Path, databa
         rotating = replace(config, vault=replace(config.vault, keys=(new_key, old_key)))
         config_path = write_config_toml(tmp_path / "rotate.toml", rotating)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PVB_")}
-        rotated = subprocess.run([sys.executable, "-m", "bridge.cli", "--config", str(config_path), "keys", "rotate"],
-                                 capture_output=True, text=True, timeout=60, env=env)
+        rotated = subprocess.run(
+            [sys.executable, "-m", "bridge.cli", "--config", str(config_path), "keys", "rotate"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
         assert rotated.returncode == 0, rotated.stderr
 
         # the bridge again, with only the new key: every meeting still reads, new ones are made

@@ -24,13 +24,23 @@ from bridge.vendors.registry import load_plugins
 from tests.conftest import FakeVendor
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 CLIENT_ID = "browser-client"
 CLIENT_SECRET = "browser-secret-" + secrets.token_hex(6)
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: install Debian's chromium "
-                                "package (scripts/test does when it runs as root)")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason=f"{CHROMIUM} is missing: install Debian's chromium package (scripts/test does when it runs as root)",
+)
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is missing: pip install -e '.[test]'")
 
 
@@ -38,13 +48,20 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is miss
 def bridge_url(tmp_path: Path, database_url: str, fake_plugin: Any) -> Iterator[str]:
     """The bridge on a loopback port, signing in through the fake Pipedrive on another."""
     with running_fake_pipedrive(FakePipedriveState(CLIENT_ID, CLIENT_SECRET)) as pipedrive:
+
         def build(url: str) -> Any:
             config = make_config(
-                tmp_path, database_url,
-                pipedrive={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-                           "oauth_base": pipedrive.api_domain, "api_base": pipedrive.api_domain},
+                tmp_path,
+                database_url,
+                pipedrive={
+                    "client_id": CLIENT_ID,
+                    "client_secret": CLIENT_SECRET,
+                    "oauth_base": pipedrive.api_domain,
+                    "api_base": pipedrive.api_domain,
+                },
                 server={"public_url": url},
-                meetings={"default_backend": "fake", "allowed_backends": ["fake", "other"]})
+                meetings={"default_backend": "fake", "allowed_backends": ["fake", "other"]},
+            )
             return create_app(config, load_plugins([fake_plugin], entry_points=False))
 
         with serve_on_loopback(build, lifespan="on") as url:
@@ -62,7 +79,8 @@ def chromium() -> Iterator[Any]:
 
 
 def test_a_user_chooses_a_backend_in_the_browser_and_the_next_meeting_uses_it(
-        bridge_url: str, chromium: Any, vendor: FakeVendor, tmp_path: Path) -> None:
+    bridge_url: str, chromium: Any, vendor: FakeVendor, tmp_path: Path
+) -> None:
     # the user installs the app (Pipedrive's Marketplace would start this) ...
     installing = chromium.new_context()
     installing.new_page().goto(bridge_url + "/oauth/install")
@@ -89,8 +107,11 @@ def test_a_user_chooses_a_backend_in_the_browser_and_the_next_meeting_uses_it(
     assert cookies["pvb_session"]["httpOnly"] and cookies["pvb_session"]["sameSite"] == "Lax"
 
     link_id = page.locator("#link-id").inner_text()
-    created = httpx.post(f"{bridge_url}/api/v1/links/{link_id}/meetings", headers=basic_auth(CLIENT_ID, CLIENT_SECRET),
-                         json={"topic": "Browser demo", "start_time": "2031-05-14 09:30", "duration": 30})
+    created = httpx.post(
+        f"{bridge_url}/api/v1/links/{link_id}/meetings",
+        headers=basic_auth(CLIENT_ID, CLIENT_SECRET),
+        json={"topic": "Browser demo", "start_time": "2031-05-14 09:30", "duration": 30},
+    )
     assert created.status_code == 201, created.text
     assert vendor.calls[-1][:2] == ("other", "create")
     context.close()

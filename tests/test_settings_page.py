@@ -52,6 +52,7 @@ MEETING = {"topic": "Demo", "start_time": "2031-05-14 09:30", "duration": 30}
 
 # --- a vendor whose users connect their own account (OAuth), and its backend ----------------
 
+
 @dataclass
 class VendorAccounts:
     """The vendor's OAuth server: codes it handed out and tokens it issued."""
@@ -97,8 +98,9 @@ class AccountBackend(Backend):
         return f"{self.oauth_base}/authorize?{urlencode({'redirect_uri': callback_url, 'state': state})}"
 
     async def connect_finish(self, ctx: BackendContext, params: Mapping[str, str], callback_url: str) -> None:
-        response = await ctx.http.post(f"{self.oauth_base}/token",
-                                       data={"code": params.get("code", ""), "redirect_uri": callback_url})
+        response = await ctx.http.post(
+            f"{self.oauth_base}/token", data={"code": params.get("code", ""), "redirect_uri": callback_url}
+        )
         if response.status_code != 200:
             raise BackendError("Acct Video did not accept the sign-in; please try again")
         await ctx.credentials.set("access_token", response.json()["access_token"])
@@ -110,8 +112,11 @@ class AccountBackend(Backend):
         if await ctx.credentials.get("access_token") is None:
             raise BackendError("connect your Acct Video account in the settings first")
         url = f"https://acct.example.com/{secrets.token_hex(4)}"
-        return Room(vendor_meeting_id=url.rsplit("/", 1)[1], join_url=url,
-                    invitation=render_invitation(meeting, url, user=ctx.user))
+        return Room(
+            vendor_meeting_id=url.rsplit("/", 1)[1],
+            join_url=url,
+            invitation=render_invitation(meeting, url, user=ctx.user),
+        )
 
     async def update(self, ctx: BackendContext, vendor_meeting_id: str, meeting: MeetingRequest) -> Room:
         return await self.create(ctx, meeting)
@@ -131,6 +136,7 @@ class AccountPlugin:
 
 # --- fixtures -------------------------------------------------------------------------
 
+
 @pytest.fixture
 def pipedrive() -> Iterator[FakePipedriveState]:
     with running_fake_pipedrive(FakePipedriveState(CLIENT_ID, CLIENT_SECRET)) as state:
@@ -148,16 +154,23 @@ def vendor_url(accounts: VendorAccounts) -> Iterator[str]:
         yield url
 
 
-def settings_config(tmp_path: Path, database_url: str, pipedrive: FakePipedriveState, vendor_url: str,
-                    public_url: str = PUBLIC_URL) -> Config:
+def settings_config(
+    tmp_path: Path, database_url: str, pipedrive: FakePipedriveState, vendor_url: str, public_url: str = PUBLIC_URL
+) -> Config:
     return make_config(
-        tmp_path, database_url,
-        pipedrive={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "oauth_base": pipedrive.api_domain,
-                   "api_base": pipedrive.api_domain},
+        tmp_path,
+        database_url,
+        pipedrive={
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "oauth_base": pipedrive.api_domain,
+            "api_base": pipedrive.api_domain,
+        },
         server={"public_url": public_url},
         # "gone" is allowed but no plugin provides it: listed, never choosable
         meetings={"default_backend": "fake", "allowed_backends": ["fake", "other", "acct", "gone"]},
-        backends={"acct": {"oauth_base": vendor_url}})
+        backends={"acct": {"oauth_base": vendor_url}},
+    )
 
 
 @pytest.fixture
@@ -174,8 +187,7 @@ class Bridge:
     clients: list[httpx.AsyncClient] = field(default_factory=list)
 
     def browser(self) -> httpx.AsyncClient:
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app),
-                                   base_url=self.config.server.public_url)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url=self.config.server.public_url)
         self.clients.append(client)
         return client
 
@@ -183,7 +195,6 @@ class Bridge:
         client = self.browser()
         client.headers.update(basic_auth(CLIENT_ID, CLIENT_SECRET))
         return client
-
 
 
 async def open_bridge_app(config: Config, plugins: list[object]) -> AsyncIterator[Bridge]:
@@ -204,6 +215,7 @@ async def bridge(config: Config, fake_plugin: Any) -> AsyncIterator[Bridge]:
 
 
 # --- what a browser does ----------------------------------------------------------------
+
 
 async def through_pipedrive(browser: httpx.AsyncClient, start: str) -> httpx.Response:
     """Start at the bridge's /oauth/install or /oauth/login, approve at the fake Pipedrive, land on the callback."""
@@ -257,13 +269,15 @@ def assert_refused(response: httpx.Response, status: int, *words: str) -> None:
 
 # --- signing in -------------------------------------------------------------------------
 
+
 async def test_without_a_session_the_page_sends_the_browser_to_sign_in(bridge: Bridge) -> None:
     response = await bridge.browser().get("/settings")
     assert response.status_code == 303 and response.headers["location"] == "/oauth/login"
 
 
-async def test_signing_in_through_pipedrive_shows_the_users_own_page(bridge: Bridge, store: Store,
-                                                                     pipedrive: FakePipedriveState) -> None:
+async def test_signing_in_through_pipedrive_shows_the_users_own_page(
+    bridge: Bridge, store: Store, pipedrive: FakePipedriveState
+) -> None:
     browser = await installed_and_signed_in(bridge)
     link = await user_link(store, pipedrive)
     response = await browser.get("/settings")
@@ -287,20 +301,21 @@ async def test_a_user_who_never_installed_gets_the_not_installed_page(bridge: Br
     assert SESSION_COOKIE not in response.cookies
 
 
-async def test_a_session_whose_link_was_uninstalled_is_told_to_reinstall(bridge: Bridge, store: Store,
-                                                                         pipedrive: FakePipedriveState) -> None:
+async def test_a_session_whose_link_was_uninstalled_is_told_to_reinstall(
+    bridge: Bridge, store: Store, pipedrive: FakePipedriveState
+) -> None:
     browser = await installed_and_signed_in(bridge)
     _, csrf = await settings(browser)
     link = await user_link(store, pipedrive)
     await store.uninstall_link(link.id)
     assert_refused(await browser.get("/settings"), 403, "Install the app again")
-    assert_refused(await browser.post("/settings", data={"backend": "other", "csrf": csrf}), 403,
-                   "Install the app again")
+    assert_refused(
+        await browser.post("/settings", data={"backend": "other", "csrf": csrf}), 403, "Install the app again"
+    )
     assert (await store.get_link(link.id)).backend is None  # type: ignore[union-attr]
 
 
-async def test_each_user_sees_only_their_own_link(bridge: Bridge, store: Store,
-                                                  pipedrive: FakePipedriveState) -> None:
+async def test_each_user_sees_only_their_own_link(bridge: Bridge, store: Store, pipedrive: FakePipedriveState) -> None:
     sam = await installed_and_signed_in(bridge)
     sam_link = await user_link(store, pipedrive)
     pipedrive.user = FakeUser(id=1002, name="Bo Other", email="bo@example.com")
@@ -318,6 +333,7 @@ async def test_each_user_sees_only_their_own_link(bridge: Bridge, store: Store,
 
 
 # --- the session cookie -----------------------------------------------------------------
+
 
 def set_cookie_header(response: httpx.Response, name: str) -> str:
     headers = [h for h in response.headers.get_list("set-cookie") if h.startswith(name + "=")]
@@ -339,8 +355,9 @@ async def test_cookies_are_httponly_and_samesite_lax_and_not_secure_over_http(br
         assert "secure" not in cookie, "a plain-http deployment (a local trial) cannot use Secure cookies"
 
 
-async def test_cookies_are_secure_behind_https(tmp_path: Path, database_url: str, pipedrive: FakePipedriveState,
-                                               vendor_url: str, fake_plugin: Any) -> None:
+async def test_cookies_are_secure_behind_https(
+    tmp_path: Path, database_url: str, pipedrive: FakePipedriveState, vendor_url: str, fake_plugin: Any
+) -> None:
     config = settings_config(tmp_path, database_url, pipedrive, vendor_url, public_url="https://bridge.test")
     async for bridge in open_bridge_app(config, [fake_plugin, AccountPlugin()]):
         browser = bridge.browser()
@@ -355,44 +372,57 @@ async def test_cookies_are_secure_behind_https(tmp_path: Path, database_url: str
 def tampered(token: str) -> list[str]:
     body, mac = token.split(".")
     flipped = body[:-2] + ("A" if body[-2] != "A" else "B") + body[-1]
-    return [flipped + "." + mac, body + "." + mac[:-2] + ("A" if mac[-2] != "A" else "B") + mac[-1],
-            body, "not-a-session", "x" * 5000]
+    return [
+        flipped + "." + mac,
+        body + "." + mac[:-2] + ("A" if mac[-2] != "A" else "B") + mac[-1],
+        body,
+        "not-a-session",
+        "x" * 5000,
+    ]
 
 
-async def test_a_forged_or_tampered_session_goes_back_to_sign_in(bridge: Bridge, store: Store,
-                                                                pipedrive: FakePipedriveState) -> None:
+async def test_a_forged_or_tampered_session_goes_back_to_sign_in(
+    bridge: Bridge, store: Store, pipedrive: FakePipedriveState
+) -> None:
     browser = await installed_and_signed_in(bridge)
     _, csrf = await settings(browser)
     link = await user_link(store, pipedrive)
     genuine = browser.cookies[SESSION_COOKIE]
     other_key = Signer([b"not the bridge's key" * 2]).sign(
-        "session", {"link": link.id, "uid": link.pipedrive_user_id, "cid": link.company_id, "sid": "x"}, 3600)
+        "session", {"link": link.id, "uid": link.pipedrive_user_id, "cid": link.company_id, "sid": "x"}, 3600
+    )
     for value in [*tampered(genuine), other_key, csrf]:
         forged = bridge.browser()
         forged.cookies.set(SESSION_COOKIE, value, domain="bridge.test")
         shown = await forged.get("/settings")
         assert shown.status_code == 303 and shown.headers["location"] == "/oauth/login", value
-        assert_refused(await forged.post("/settings", data={"backend": "other", "csrf": csrf}), 403,
-                       "not signed in")
+        assert_refused(await forged.post("/settings", data={"backend": "other", "csrf": csrf}), 403, "not signed in")
     assert (await store.get_link(link.id)).backend is None  # type: ignore[union-attr]
 
 
 # --- CSRF -------------------------------------------------------------------------------
 
-async def test_a_post_without_or_with_a_wrong_csrf_token_changes_nothing(bridge: Bridge, store: Store,
-                                                                        pipedrive: FakePipedriveState) -> None:
+
+async def test_a_post_without_or_with_a_wrong_csrf_token_changes_nothing(
+    bridge: Bridge, store: Store, pipedrive: FakePipedriveState
+) -> None:
     browser = await installed_and_signed_in(bridge)
     _, csrf = await settings(browser)
     link = await user_link(store, pipedrive)
-    for data in ({"backend": "other"}, {"backend": "other", "csrf": ""}, {"backend": "other", "csrf": "forged"},
-                 {"backend": "other", "csrf": csrf[:-3] + "AAA"}):
+    for data in (
+        {"backend": "other"},
+        {"backend": "other", "csrf": ""},
+        {"backend": "other", "csrf": "forged"},
+        {"backend": "other", "csrf": csrf[:-3] + "AAA"},
+    ):
         assert_refused(await browser.post("/settings", data=data), 403, "did not come from this page")
     assert_refused(await bridge.browser().post("/settings", data={"backend": "other", "csrf": csrf}), 403)
     assert (await store.get_link(link.id)).backend is None  # type: ignore[union-attr]
 
 
-async def test_a_csrf_token_of_another_session_is_refused(bridge: Bridge, store: Store,
-                                                          pipedrive: FakePipedriveState) -> None:
+async def test_a_csrf_token_of_another_session_is_refused(
+    bridge: Bridge, store: Store, pipedrive: FakePipedriveState
+) -> None:
     mine = await installed_and_signed_in(bridge)
     theirs = bridge.browser()  # the same user signed in elsewhere: another session
     assert (await through_pipedrive(theirs, "/oauth/login")).status_code == 303
@@ -403,8 +433,9 @@ async def test_a_csrf_token_of_another_session_is_refused(bridge: Bridge, store:
 
 async def test_an_unreadable_form_is_a_400_page(bridge: Bridge) -> None:
     browser = await installed_and_signed_in(bridge)
-    no_boundary = await browser.post("/settings", content=b"--x\r\nbroken",
-                                     headers={"content-type": "multipart/form-data"})
+    no_boundary = await browser.post(
+        "/settings", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data"}
+    )
     assert_refused(no_boundary, 400, "could not be read")
     a_file = await browser.post("/settings", data={"backend": "other"}, files={"f": ("a.txt", b"hello")})
     assert_refused(a_file, 400, "could not be read")
@@ -416,9 +447,11 @@ async def test_an_unreadable_form_is_a_400_page(bridge: Bridge) -> None:
 
 # --- choosing -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("choice", [None, "", "gone", "jitsi", "FAKE", "../fake", "x" * 300])
 async def test_a_backend_that_is_not_allowed_or_available_cannot_be_chosen(
-        bridge: Bridge, store: Store, pipedrive: FakePipedriveState, choice: str | None) -> None:
+    bridge: Bridge, store: Store, pipedrive: FakePipedriveState, choice: str | None
+) -> None:
     browser = await installed_and_signed_in(bridge)
     _, csrf = await settings(browser)
     data = {"csrf": csrf} if choice is None else {"csrf": csrf, "backend": choice}
@@ -427,7 +460,8 @@ async def test_a_backend_that_is_not_allowed_or_available_cannot_be_chosen(
 
 
 async def test_choosing_other_is_saved_and_the_next_post_meeting_uses_it(
-        bridge: Bridge, store: Store, pipedrive: FakePipedriveState, vendor: FakeVendor) -> None:
+    bridge: Bridge, store: Store, pipedrive: FakePipedriveState, vendor: FakeVendor
+) -> None:
     browser = await installed_and_signed_in(bridge)
     link = await user_link(store, pipedrive)
     assert (await post_meeting(bridge, link)).status_code == 201
@@ -456,6 +490,7 @@ async def test_signing_out_ends_the_session(bridge: Bridge) -> None:
 
 # --- connecting a per-user account ----------------------------------------------------------
 
+
 async def connect(browser: httpx.AsyncClient, backend: str = "acct") -> httpx.Response:
     started = await browser.get(f"/settings/connect/{backend}")
     assert started.status_code == 303, started.text
@@ -466,8 +501,8 @@ async def connect(browser: httpx.AsyncClient, backend: str = "acct") -> httpx.Re
 
 
 async def test_connecting_an_account_stores_it_encrypted_for_that_link_and_backend(
-        bridge: Bridge, store: Store, pipedrive: FakePipedriveState, accounts: VendorAccounts,
-        vendor_url: str) -> None:
+    bridge: Bridge, store: Store, pipedrive: FakePipedriveState, accounts: VendorAccounts, vendor_url: str
+) -> None:
     browser = await installed_and_signed_in(bridge)
     link = await user_link(store, pipedrive)
     _, csrf = await settings(browser)
@@ -501,7 +536,8 @@ async def test_connecting_an_account_stores_it_encrypted_for_that_link_and_backe
 
 
 async def test_a_chosen_but_unconnected_account_fails_post_meeting_with_a_clear_message(
-        bridge: Bridge, store: Store, pipedrive: FakePipedriveState) -> None:
+    bridge: Bridge, store: Store, pipedrive: FakePipedriveState
+) -> None:
     browser = await installed_and_signed_in(bridge)
     _, csrf = await settings(browser)
     await browser.post("/settings", data={"backend": "acct", "csrf": csrf})
@@ -510,13 +546,15 @@ async def test_a_chosen_but_unconnected_account_fails_post_meeting_with_a_clear_
 
 
 async def test_a_bad_connect_state_is_a_400_page_and_stores_nothing(
-        bridge: Bridge, store: Store, pipedrive: FakePipedriveState, accounts: VendorAccounts) -> None:
+    bridge: Bridge, store: Store, pipedrive: FakePipedriveState, accounts: VendorAccounts
+) -> None:
     browser = await installed_and_signed_in(bridge)
     link = await user_link(store, pipedrive)
     other_browser = bridge.browser()
     await through_pipedrive(other_browser, "/oauth/login")
-    another_sessions_state = parse_qs(urlsplit((await other_browser.get("/settings/connect/acct"))
-                                               .headers["location"]).query)["state"][0]
+    another_sessions_state = parse_qs(
+        urlsplit((await other_browser.get("/settings/connect/acct")).headers["location"]).query
+    )["state"][0]
     callback = "/settings/connect/acct/callback"
     for query in ({"code": "x"}, {"code": "x", "state": "forged"}, {"code": "x", "state": another_sessions_state}):
         assert_refused(await browser.get(callback, params=query), 400, "expired")
@@ -525,7 +563,8 @@ async def test_a_bad_connect_state_is_a_400_page_and_stores_nothing(
 
 
 async def test_a_declined_or_failed_connect_is_a_page_and_stores_nothing(
-        bridge: Bridge, store: Store, pipedrive: FakePipedriveState) -> None:
+    bridge: Bridge, store: Store, pipedrive: FakePipedriveState
+) -> None:
     browser = await installed_and_signed_in(bridge)
     link = await user_link(store, pipedrive)
     state = parse_qs(urlsplit((await browser.get("/settings/connect/acct")).headers["location"]).query)["state"][0]
@@ -537,8 +576,15 @@ async def test_a_declined_or_failed_connect_is_a_page_and_stores_nothing(
     assert await store.get_secret(backend_scope(link.id, "acct"), "access_token") is None
 
 
-@pytest.mark.parametrize("path", ["/settings/connect/fake", "/settings/connect/nope", "/settings/connect/gone",
-                                  "/settings/connect/fake/callback?state=x&code=y"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/settings/connect/fake",
+        "/settings/connect/nope",
+        "/settings/connect/gone",
+        "/settings/connect/fake/callback?state=x&code=y",
+    ],
+)
 async def test_connecting_a_backend_without_accounts_is_a_404_page(bridge: Bridge, path: str) -> None:
     browser = await installed_and_signed_in(bridge)
     assert_refused(await browser.get(path), 404)

@@ -36,14 +36,21 @@ TIMEOUT = 60
 
 def write_bridge_config(directory: Path, bridge_port: int, pipedrive_port: int) -> Path:
     pipedrive = f"http://127.0.0.1:{pipedrive_port}"
-    return write_toml(directory / "bridge.toml", {
-        "server": {"host": "127.0.0.1", "port": bridge_port, "public_url": f"http://127.0.0.1:{bridge_port}"},
-        "pipedrive": {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "oauth_base": pipedrive,
-                      "api_base": pipedrive},
-        "database": {"url": f"sqlite:///{directory / 'bridge.sqlite3'}"},
-        "vault": {"keys": [generate_key()]},
-        "logging": {"level": "WARNING"},
-    })
+    return write_toml(
+        directory / "bridge.toml",
+        {
+            "server": {"host": "127.0.0.1", "port": bridge_port, "public_url": f"http://127.0.0.1:{bridge_port}"},
+            "pipedrive": {
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                "oauth_base": pipedrive,
+                "api_base": pipedrive,
+            },
+            "database": {"url": f"sqlite:///{directory / 'bridge.sqlite3'}"},
+            "vault": {"keys": [generate_key()]},
+            "logging": {"level": "WARNING"},
+        },
+    )
 
 
 def clean_env() -> dict[str, str]:
@@ -71,10 +78,26 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
 
 def simulate(deployment: dict[str, Any], *extra: str, port: int | None = None) -> subprocess.CompletedProcess[str]:
     port = port or deployment["pipedrive_port"]
-    return subprocess.run([sys.executable, "-m", "bridge.cli", "--config", str(deployment["config"]), "simulate",
-                           "--bridge-url", deployment["url"], "--pipedrive-port", str(port), *extra],
-                          cwd=deployment["directory"], env=clean_env(), capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bridge.cli",
+            "--config",
+            str(deployment["config"]),
+            "simulate",
+            "--bridge-url",
+            deployment["url"],
+            "--pipedrive-port",
+            str(port),
+            *extra,
+        ],
+        cwd=deployment["directory"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
 
 
 def step_lines(output: str) -> dict[str, str]:
@@ -89,6 +112,7 @@ def step_lines(output: str) -> dict[str, str]:
 
 # --- the command against the real bridge ------------------------------------------------------
 
+
 def test_simulate_passes_every_step_against_the_bridge(deployment: dict[str, Any]) -> None:
     result = simulate(deployment)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -102,10 +126,14 @@ def test_a_wrong_client_secret_fails_install_and_the_reverse_api(deployment: dic
     assert result.returncode == 1, result.stdout + result.stderr
     lines = step_lines(result.stdout)
     assert lines["healthz"] == "PASS  healthz" and lines["manifest"] == "PASS  manifest"
-    assert lines["credentials"].startswith("FAIL  credentials: the bridge refused this app's client id and "
-                                           "secret (HTTP 401")
-    assert lines["install"].startswith("FAIL  install: GET ") and "answered HTTP 502 instead of a redirect" \
-        in lines["install"] and "could not exchange the authorization code" in lines["install"]
+    assert lines["credentials"].startswith(
+        "FAIL  credentials: the bridge refused this app's client id and secret (HTTP 401"
+    )
+    assert (
+        lines["install"].startswith("FAIL  install: GET ")
+        and "answered HTTP 502 instead of a redirect" in lines["install"]
+        and "could not exchange the authorization code" in lines["install"]
+    )
     assert lines["registration"] == "FAIL  registration: skipped: install failed"
     assert lines["deleteMeeting"] == "FAIL  deleteMeeting: skipped: install failed"
 
@@ -119,12 +147,14 @@ def test_a_bridge_pointed_at_another_pipedrive_fails_install(deployment: dict[st
         f"FAIL  install: /oauth/install sends the browser to "
         f"http://127.0.0.1:{deployment['pipedrive_port']}/oauth/authorize, not to this simulator's "
         f"http://127.0.0.1:{elsewhere}/oauth/authorize: set [pipedrive] oauth_base = "
-        f"\"http://127.0.0.1:{elsewhere}\" on the bridge")
+        f'"http://127.0.0.1:{elsewhere}" on the bridge'
+    )
     assert lines["uninstall"] == "FAIL  uninstall: skipped: install failed"
     assert lines["credentials"] == "PASS  credentials"
 
 
 # --- the class against the app in this process ------------------------------------------------
+
 
 @pytest.fixture
 def pipedrive() -> Iterator[FakePipedriveState]:
@@ -134,13 +164,22 @@ def pipedrive() -> Iterator[FakePipedriveState]:
 
 
 @contextmanager
-def bridge_in_thread(tmp_path: Path, pipedrive: FakePipedriveState,
-                     wrap: Callable[[ASGIApp], ASGIApp] = lambda app: app) -> Iterator[str]:
+def bridge_in_thread(
+    tmp_path: Path, pipedrive: FakePipedriveState, wrap: Callable[[ASGIApp], ASGIApp] = lambda app: app
+) -> Iterator[str]:
     """The bridge app (Jitsi from its entry point) on a loopback port, using ``pipedrive`` as Pipedrive."""
+
     def build(url: str) -> ASGIApp:
-        config = make_config(tmp_path, server={"public_url": url},
-                             pipedrive={"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-                                        "oauth_base": pipedrive.api_domain, "api_base": pipedrive.api_domain})
+        config = make_config(
+            tmp_path,
+            server={"public_url": url},
+            pipedrive={
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                "oauth_base": pipedrive.api_domain,
+                "api_base": pipedrive.api_domain,
+            },
+        )
         return wrap(create_app(config))
 
     with serve_on_loopback(build, lifespan="on") as url:
@@ -193,15 +232,21 @@ def without_invitation(status: int, body: Any) -> tuple[int, Any]:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("rewrite", "reason"), [
-    (lambda status, body: (200, body), "answered HTTP 200, expected 201: "),
-    (without_invitation, "the answer breaks the contract: data.invitation must be a non-empty string"),
-    (lambda status, body: (status, {**body, "data": {**body["data"], "url": "x"}}),
-     "the answer breaks the contract: unexpected key data.url"),
-], ids=["status-200", "no-invitation", "extra-key"])
-async def test_a_contract_violation_fails_post_meeting(tmp_path: Path, pipedrive: FakePipedriveState,
-                                                       rewrite: Callable[[int, Any], tuple[int, Any]],
-                                                       reason: str) -> None:
+@pytest.mark.parametrize(
+    ("rewrite", "reason"),
+    [
+        (lambda status, body: (200, body), "answered HTTP 200, expected 201: "),
+        (without_invitation, "the answer breaks the contract: data.invitation must be a non-empty string"),
+        (
+            lambda status, body: (status, {**body, "data": {**body["data"], "url": "x"}}),
+            "the answer breaks the contract: unexpected key data.url",
+        ),
+    ],
+    ids=["status-200", "no-invitation", "extra-key"],
+)
+async def test_a_contract_violation_fails_post_meeting(
+    tmp_path: Path, pipedrive: FakePipedriveState, rewrite: Callable[[int, Any], tuple[int, Any]], reason: str
+) -> None:
     with bridge_in_thread(tmp_path, pipedrive, lambda app: PostMeetingRewriter(app, rewrite)) as url:
         ok, lines = await run_simulator(url, pipedrive)
     assert not ok
@@ -212,21 +257,42 @@ async def test_a_contract_violation_fails_post_meeting(tmp_path: Path, pipedrive
     assert lines["postMeeting after uninstall"] == "PASS  postMeeting after uninstall"
 
 
-@pytest.mark.parametrize(("body", "problem"), [
-    ({"success": True, "data": {"meeting_id": "m", "join_url": "/relative", "invitation": "i"}},
-     "data.join_url must be an absolute http(s) URL"),
-    ({"success": True, "data": {"meeting_id": "m", "join_url": "https://x.test/r", "invitation": "i",
-                                "password": 1234}}, "data.password must be a string when present"),
-    ({"success": "yes", "data": {"meeting_id": "m", "join_url": "https://x.test/r", "invitation": "i"}},
-     "success must be true, got 'yes'"),
-    ({"success": True, "data": {"meeting_id": "", "join_url": "https://x.test/r", "invitation": "i"}, "x": 1},
-     "unexpected top-level key 'x'"),
-])
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (
+            {"success": True, "data": {"meeting_id": "m", "join_url": "/relative", "invitation": "i"}},
+            "data.join_url must be an absolute http(s) URL",
+        ),
+        (
+            {
+                "success": True,
+                "data": {"meeting_id": "m", "join_url": "https://x.test/r", "invitation": "i", "password": 1234},
+            },
+            "data.password must be a string when present",
+        ),
+        (
+            {"success": "yes", "data": {"meeting_id": "m", "join_url": "https://x.test/r", "invitation": "i"}},
+            "success must be true, got 'yes'",
+        ),
+        (
+            {"success": True, "data": {"meeting_id": "", "join_url": "https://x.test/r", "invitation": "i"}, "x": 1},
+            "unexpected top-level key 'x'",
+        ),
+    ],
+)
 def test_post_meeting_problems_names_each_deviation(body: Any, problem: str) -> None:
     assert problem in "; ".join(post_meeting_problems(body))
 
 
 def test_post_meeting_problems_accepts_the_contracts_answer() -> None:
-    answer = {"success": True, "data": {"meeting_id": "m1", "join_url": "https://meet.example/r", "password": "p",
-                                        "invitation": "Join: https://meet.example/r"}}
+    answer = {
+        "success": True,
+        "data": {
+            "meeting_id": "m1",
+            "join_url": "https://meet.example/r",
+            "password": "p",
+            "invitation": "Join: https://meet.example/r",
+        },
+    }
     assert post_meeting_problems(answer) == []

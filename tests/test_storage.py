@@ -46,8 +46,10 @@ from bridge.storage.vault import Vault, VaultError, generate_key, key_id, load_o
 pytestmark = pytest.mark.anyio
 
 RELEASE_0_1_SCHEMA = Path(__file__).parent / "data" / "release_0_1_schema.sql"
-REVISIONS = [script.revision for script in
-             reversed(list(ScriptDirectory.from_config(migrations.alembic_config()).walk_revisions()))]
+REVISIONS = [
+    script.revision
+    for script in reversed(list(ScriptDirectory.from_config(migrations.alembic_config()).walk_revisions()))
+]
 
 
 def new_store(url: str, keys: list[str]) -> Store:
@@ -60,9 +62,14 @@ def config_key(config: Config) -> str:
 
 
 def a_meeting(link: Link, vendor_meeting_id: str = "v", **fields: Any) -> Meeting:
-    return new_meeting(link_id=link.id, backend=fields.pop("backend", "fake"), vendor_meeting_id=vendor_meeting_id,
-                       start_time=fields.pop("start_time", datetime(2031, 1, 1, tzinfo=UTC)),
-                       duration=fields.pop("duration", 30), **fields)
+    return new_meeting(
+        link_id=link.id,
+        backend=fields.pop("backend", "fake"),
+        vendor_meeting_id=vendor_meeting_id,
+        start_time=fields.pop("start_time", datetime(2031, 1, 1, tzinfo=UTC)),
+        duration=fields.pop("duration", 30),
+        **fields,
+    )
 
 
 @pytest.fixture
@@ -76,6 +83,7 @@ async def engine(database_url: str) -> AsyncIterator[Engine]:
 
 
 # --- migrations -----------------------------------------------------------------------
+
 
 async def test_migrations_apply_once_and_are_idempotent(engine: Engine) -> None:
     assert REVISIONS[:4] == ["0001", "0002", "0003", "0004"]  # release 0.1's migrations 1-4
@@ -163,45 +171,100 @@ async def test_a_release_0_1_database_is_upgraded_in_place(config: Config, datab
     created = datetime(2026, 3, 1, 8, 0, 0, 123456, tzinfo=UTC)
     refreshed = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
     start = datetime(2026, 4, 1, 14, 30, tzinfo=UTC)
-    link = Link(id="0b9f3c2e-5d7a-4e61-9a38-2f4c6d8e1a57", pipedrive_user_id=12_000_000_001, company_id=77,
-                user_name="Grace Hopper", user_email="grace@example.com", api_domain="https://acme.pipedrive.com",
-                backend="jitsi", status=LINK_ACTIVE, tokens_refreshed_at=refreshed, created_at=created,
-                updated_at=refreshed)
-    meeting = Meeting(id="AbCdEfGhIjKlMnOpQrStUvWx", link_id=link.id, backend="jitsi", vendor_meeting_id="room-42",
-                      start_time=start, duration=45, state=MEETING_ACTIVE, request_hash="f" * 64,
-                      created_at=created, updated_at=created)
-    room = {"join_url": "https://meet.example/room-42?jwt=secret-jwt", "invitation": "Join: room-42",
-            "password": "pw-42"}
-    secrets = {(link_scope(link.id), PIPEDRIVE_TOKENS): '{"access_token": "a-1", "refresh_token": "r-1"}',
-               (backend_scope(link.id, "zoom"), "access_token"): "zoom-user-token",
-               (shared_scope("zoom"), "account_token"): "zoom-account-token",
-               (meeting_scope(meeting.id), "room"): json.dumps(room)}
+    link = Link(
+        id="0b9f3c2e-5d7a-4e61-9a38-2f4c6d8e1a57",
+        pipedrive_user_id=12_000_000_001,
+        company_id=77,
+        user_name="Grace Hopper",
+        user_email="grace@example.com",
+        api_domain="https://acme.pipedrive.com",
+        backend="jitsi",
+        status=LINK_ACTIVE,
+        tokens_refreshed_at=refreshed,
+        created_at=created,
+        updated_at=refreshed,
+    )
+    meeting = Meeting(
+        id="AbCdEfGhIjKlMnOpQrStUvWx",
+        link_id=link.id,
+        backend="jitsi",
+        vendor_meeting_id="room-42",
+        start_time=start,
+        duration=45,
+        state=MEETING_ACTIVE,
+        request_hash="f" * 64,
+        created_at=created,
+        updated_at=created,
+    )
+    room = {
+        "join_url": "https://meet.example/room-42?jwt=secret-jwt",
+        "invitation": "Join: room-42",
+        "password": "pw-42",
+    }
+    secrets = {
+        (link_scope(link.id), PIPEDRIVE_TOKENS): '{"access_token": "a-1", "refresh_token": "r-1"}',
+        (backend_scope(link.id, "zoom"), "access_token"): "zoom-user-token",
+        (shared_scope("zoom"), "account_token"): "zoom-account-token",
+        (meeting_scope(meeting.id), "room"): json.dumps(room),
+    }
     vault = Vault(list(config.vault.keys))
     engine = make_engine(database_url)
     try:
         with engine.begin() as conn:  # the rows as release 0.1 wrote them, column by column
-            conn.execute(text(
-                "INSERT INTO link (id, pipedrive_user_id, company_id, user_name, user_email, api_domain, backend, "
-                "status, created_at, updated_at, tokens_refreshed_at) VALUES (:id, :uid, :cid, :name, :email, "
-                ":domain, :backend, :status, :created, :updated, :refreshed)"),
-                {"id": link.id, "uid": link.pipedrive_user_id, "cid": link.company_id, "name": link.user_name,
-                 "email": link.user_email, "domain": link.api_domain, "backend": link.backend,
-                 "status": link.status, "created": _as_stored(engine, created),
-                 "updated": _as_stored(engine, refreshed), "refreshed": _as_stored(engine, refreshed)})
-            conn.execute(text(
-                "INSERT INTO meeting (id, link_id, backend, vendor_meeting_id, start_time, duration, state, "
-                "created_at, updated_at, request_hash) VALUES (:id, :link, :backend, :vendor, :start, :duration, "
-                ":state, :created, :updated, :hash)"),
-                {"id": meeting.id, "link": link.id, "backend": meeting.backend, "vendor": meeting.vendor_meeting_id,
-                 "start": _as_stored(engine, start), "duration": meeting.duration, "state": meeting.state,
-                 "created": _as_stored(engine, created), "updated": _as_stored(engine, created),
-                 "hash": meeting.request_hash})
+            conn.execute(
+                text(
+                    "INSERT INTO link (id, pipedrive_user_id, company_id, user_name, user_email, api_domain, backend, "
+                    "status, created_at, updated_at, tokens_refreshed_at) VALUES (:id, :uid, :cid, :name, :email, "
+                    ":domain, :backend, :status, :created, :updated, :refreshed)"
+                ),
+                {
+                    "id": link.id,
+                    "uid": link.pipedrive_user_id,
+                    "cid": link.company_id,
+                    "name": link.user_name,
+                    "email": link.user_email,
+                    "domain": link.api_domain,
+                    "backend": link.backend,
+                    "status": link.status,
+                    "created": _as_stored(engine, created),
+                    "updated": _as_stored(engine, refreshed),
+                    "refreshed": _as_stored(engine, refreshed),
+                },
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO meeting (id, link_id, backend, vendor_meeting_id, start_time, duration, state, "
+                    "created_at, updated_at, request_hash) VALUES (:id, :link, :backend, :vendor, :start, :duration, "
+                    ":state, :created, :updated, :hash)"
+                ),
+                {
+                    "id": meeting.id,
+                    "link": link.id,
+                    "backend": meeting.backend,
+                    "vendor": meeting.vendor_meeting_id,
+                    "start": _as_stored(engine, start),
+                    "duration": meeting.duration,
+                    "state": meeting.state,
+                    "created": _as_stored(engine, created),
+                    "updated": _as_stored(engine, created),
+                    "hash": meeting.request_hash,
+                },
+            )
             for (scope, name), value in secrets.items():
                 kid, ciphertext = vault.encrypt(value, f"secret/{scope}/{name}")  # 0.1's context for a row
-                conn.execute(text("INSERT INTO secret (scope, name, key_id, ciphertext, version, updated_at) "
-                                  "VALUES (:scope, :name, :kid, :ciphertext, 1, :updated)"),
-                             {"scope": scope, "name": name, "kid": kid, "ciphertext": ciphertext,
-                              "updated": _as_stored(engine, created)})
+                conn.execute(
+                    text(
+                        "INSERT INTO secret (scope, name, key_id, ciphertext, version, updated_at) "
+                        "VALUES (:scope, :name, :kid, :ciphertext, 1, :updated)"
+                    ),
+                    {
+                        "scope": scope,
+                        "name": name,
+                        "kid": kid,
+                        "ciphertext": ciphertext,
+                        "updated": _as_stored(engine, created),
+                    },
+                )
         assert migrations.current_version(engine) == "0004"  # recognised before anything is written
     finally:
         engine.dispose()
@@ -247,6 +310,7 @@ async def test_auto_migrate_off_refuses_an_old_schema(config: Config) -> None:
 
 # --- secrets at rest ------------------------------------------------------------------
 
+
 async def test_secrets_round_trip(store: Store) -> None:
     values = {"ascii": "refresh-token-1", "unicode": "pässwörd ☕ 見積もり", "empty": "", "long": "x" * 5000}
     for name, value in values.items():
@@ -279,9 +343,14 @@ async def test_a_dump_shows_no_secret(store: Store, link: Link, config: Config) 
     jwt_value = f"eyJhbGciOi.{uuid.uuid4().hex}"
     room_password = f"room-pass-{uuid.uuid4().hex[:8]}"
     meeting = a_meeting(link, "vendor-1")
-    await store.add_meeting(meeting, StoredRoom(join_url=f"https://video.example.com/r?jwt={jwt_value}",
-                                                invitation=f"Join: https://video.example.com/r?jwt={jwt_value}",
-                                                password=room_password))
+    await store.add_meeting(
+        meeting,
+        StoredRoom(
+            join_url=f"https://video.example.com/r?jwt={jwt_value}",
+            invitation=f"Join: https://video.example.com/r?jwt={jwt_value}",
+            password=room_password,
+        ),
+    )
     assert (await store.get_room(meeting.id)).password == room_password  # type: ignore[union-attr]
 
     dump = _dump(store.engine)
@@ -293,14 +362,17 @@ async def test_a_dump_shows_no_secret(store: Store, link: Link, config: Config) 
 
 async def _ciphertext(store: Store, scope: str, name: str) -> str:
     with store.engine.connect() as conn:
-        return conn.execute(text("SELECT ciphertext FROM secret WHERE scope = :s AND name = :n"),
-                            {"s": scope, "n": name}).scalar_one()
+        return conn.execute(
+            text("SELECT ciphertext FROM secret WHERE scope = :s AND name = :n"), {"s": scope, "n": name}
+        ).scalar_one()
 
 
 async def _set_ciphertext(store: Store, scope: str, name: str, ciphertext: str) -> None:
     with store.engine.begin() as conn:
-        result = conn.execute(text("UPDATE secret SET ciphertext = :c WHERE scope = :s AND name = :n"),
-                              {"c": ciphertext, "s": scope, "n": name})
+        result = conn.execute(
+            text("UPDATE secret SET ciphertext = :c WHERE scope = :s AND name = :n"),
+            {"c": ciphertext, "s": scope, "n": name},
+        )
         assert result.rowcount == 1
 
 
@@ -334,7 +406,7 @@ async def test_a_room_moved_to_another_meeting_does_not_decrypt(store: Store, li
 
 
 def _flip(text_: str, index: int) -> str:
-    return text_[:index] + ("A" if text_[index] != "A" else "B") + text_[index + 1:]
+    return text_[:index] + ("A" if text_[index] != "A" else "B") + text_[index + 1 :]
 
 
 async def test_a_flipped_character_does_not_decrypt(store: Store) -> None:
@@ -342,8 +414,13 @@ async def test_a_flipped_character_does_not_decrypt(store: Store) -> None:
     ciphertext = await _ciphertext(store, "link:a", "token")
     version, kid, token = ciphertext.split(":", 2)
     start = len(version) + len(kid) + 2
-    places = {"version": 0, "key id": len(version) + 1, "token start": start,
-              "token middle": start + len(token) // 2, "token end": len(ciphertext) - 3}
+    places = {
+        "version": 0,
+        "key id": len(version) + 1,
+        "token start": start,
+        "token middle": start + len(token) // 2,
+        "token end": len(ciphertext) - 3,
+    }
     for part, index in places.items():
         await _set_ciphertext(store, "link:a", "token", _flip(ciphertext, index))
         with pytest.raises(VaultError):
@@ -366,8 +443,10 @@ async def test_the_wrong_row_context_is_also_refused_by_the_vault() -> None:
 
 # --- key rotation ---------------------------------------------------------------------
 
-async def test_key_rotation_moves_every_row_to_the_new_key(store: Store, config: Config, database_url: str,
-                                                           link: Link) -> None:
+
+async def test_key_rotation_moves_every_row_to_the_new_key(
+    store: Store, config: Config, database_url: str, link: Link
+) -> None:
     key_a, key_b = config_key(config), generate_key()
     values = {(f"link:{n}:backend:fake", f"name{m}"): f"value-{n}-{m}" for n in range(7) for m in range(3)}
     for (scope, name), value in values.items():
@@ -434,8 +513,9 @@ async def test_rotation_while_secrets_are_written(store: Store, config: Config, 
         only_b.close()
 
 
-async def test_one_rotate_call_finishes_even_when_writes_race_it(store: Store, config: Config,
-                                                                 database_url: str) -> None:
+async def test_one_rotate_call_finishes_even_when_writes_race_it(
+    store: Store, config: Config, database_url: str
+) -> None:
     """``rotate`` must not stop early because a batch's rows were all rewritten meanwhile."""
     key_a, key_b = config_key(config), generate_key()
     for i in range(40):
@@ -489,6 +569,7 @@ async def test_startup_with_a_fresh_database_accepts_any_key(config: Config) -> 
 
 
 # --- leases and compare-and-swap ------------------------------------------------------
+
 
 async def test_take_lease_refuses_a_running_lease_of_another_holder(store: Store) -> None:
     assert await store.take_lease("link:a/tokens", "holder-a", 30)
@@ -556,7 +637,8 @@ async def test_swap_secret_writes_only_over_the_expected_value(store: Store) -> 
 
 @pytest.mark.parametrize("expected", [None, "refresh-0"])
 async def test_concurrent_swaps_from_the_same_value_let_exactly_one_win(
-        store: Store, config: Config, database_url: str, expected: str | None) -> None:
+    store: Store, config: Config, database_url: str, expected: str | None
+) -> None:
     if expected is not None:
         await store.put_secret("link:a", "tokens", expected)
     replica = new_store(database_url, [config_key(config)])  # a second process on the same database
@@ -564,7 +646,8 @@ async def test_concurrent_swaps_from_the_same_value_let_exactly_one_win(
 
     async def swap(n: int) -> None:
         wins[f"refresh-{n + 1}"] = await (store if n % 2 else replica).swap_secret(
-            "link:a", "tokens", expected, f"refresh-{n + 1}")
+            "link:a", "tokens", expected, f"refresh-{n + 1}"
+        )
 
     try:
         async with anyio.create_task_group() as tasks:
@@ -579,15 +662,23 @@ async def test_concurrent_swaps_from_the_same_value_let_exactly_one_win(
 
 # --- scopes and concurrency -----------------------------------------------------------
 
+
 async def test_delete_scope_erases_the_link_and_its_backends_only(store: Store) -> None:
     link_id = "0b9f3c2e-5d7a-4e61-9a38-2f4c6d8e1a57"
-    doomed = [(link_scope(link_id), "a"), (link_scope(link_id), "b"),
-              (backend_scope(link_id, "zoom"), "token"), (backend_scope(link_id, "jitsi"), "x")]
-    kept = [(link_scope(link_id + "ff"), "a"),  # another link whose id shares the prefix
-            (backend_scope(link_id + "ff", "zoom"), "token"),
-            (link_scope(link_id[:-1]), "a"),  # a prefix of this link's id
-            (link_scope("a_b"), "x"), ("link:aXb:backend:zoom", "x"),  # LIKE wildcards are escaped
-            (meeting_scope("m1"), "room")]
+    doomed = [
+        (link_scope(link_id), "a"),
+        (link_scope(link_id), "b"),
+        (backend_scope(link_id, "zoom"), "token"),
+        (backend_scope(link_id, "jitsi"), "x"),
+    ]
+    kept = [
+        (link_scope(link_id + "ff"), "a"),  # another link whose id shares the prefix
+        (backend_scope(link_id + "ff", "zoom"), "token"),
+        (link_scope(link_id[:-1]), "a"),  # a prefix of this link's id
+        (link_scope("a_b"), "x"),
+        ("link:aXb:backend:zoom", "x"),  # LIKE wildcards are escaped
+        (meeting_scope("m1"), "room"),
+    ]
     for scope, name in doomed + kept:
         await store.put_secret(scope, name, f"{scope}/{name}")
     assert await store.delete_scope(link_scope(link_id)) == len(doomed)
@@ -633,8 +724,11 @@ async def test_concurrent_meeting_writes_all_land(store: Store, link: Link) -> N
     ids = [new_meeting_id() for _ in range(80)]
 
     async def one(meeting_id: str) -> None:
-        meeting = dataclasses.replace(a_meeting(link, backend="jitsi", start_time=datetime(2026, 12, 1, tzinfo=UTC)),
-                                      id=meeting_id, vendor_meeting_id=meeting_id)
+        meeting = dataclasses.replace(
+            a_meeting(link, backend="jitsi", start_time=datetime(2026, 12, 1, tzinfo=UTC)),
+            id=meeting_id,
+            vendor_meeting_id=meeting_id,
+        )
         await store.add_meeting(meeting, StoredRoom(join_url=f"https://rooms.example/{meeting_id}", invitation="hi"))
         assert await store.get_meeting(link.id, meeting_id) is not None
 
@@ -663,9 +757,12 @@ async def test_connections_killed_by_the_server_are_replaced_without_an_error(po
         admin = make_engine(postgres_url)
         try:
             with admin.connect() as conn:
-                killed = conn.execute(text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+                killed = conn.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).scalar()
         finally:
             admin.dispose()
         assert killed and killed >= 2
@@ -680,6 +777,7 @@ async def test_connections_killed_by_the_server_are_replaced_without_an_error(po
 
 
 # --- an unreachable database ----------------------------------------------------------
+
 
 async def test_an_unreachable_database_is_a_store_error() -> None:
     store = new_store("postgresql+psycopg://postgres:hunter2@127.0.0.1:1/nothing", [generate_key()])
@@ -710,6 +808,7 @@ async def test_startup_against_an_unreachable_database_hides_the_password(tmp_pa
 
 # --- the vault ------------------------------------------------------------------------
 
+
 def test_generate_key_format() -> None:
     key = generate_key()
     assert re.fullmatch(r"[A-Za-z0-9_-]{43}=", key)
@@ -726,12 +825,15 @@ def test_an_empty_key_ring_is_refused() -> None:
         Vault([])
 
 
-@pytest.mark.parametrize(("key", "message"), [
-    ("abc", "not valid base64"),
-    ("!!!not-a-key", "not valid base64"),
-    (base64.urlsafe_b64encode(b"k" * 16).decode(), "must be 32 bytes, got 16"),
-    (base64.urlsafe_b64encode(b"k" * 64).decode(), "must be 32 bytes, got 64"),
-])
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("abc", "not valid base64"),
+        ("!!!not-a-key", "not valid base64"),
+        (base64.urlsafe_b64encode(b"k" * 16).decode(), "must be 32 bytes, got 16"),
+        (base64.urlsafe_b64encode(b"k" * 64).decode(), "must be 32 bytes, got 64"),
+    ],
+)
 def test_malformed_keys_are_refused_with_a_message(key: str, message: str) -> None:
     with pytest.raises(VaultError, match=message) as excinfo:
         Vault([generate_key(), key])

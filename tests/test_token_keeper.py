@@ -75,6 +75,7 @@ async def scoped(store: Store) -> ScopedCredentials:
 
 # --- the primitive on its own ------------------------------------------------------------
 
+
 async def test_a_fresh_token_is_used_as_stored() -> None:
     store, issuer = InMemoryCredentials(), Issuer()
     store.values[NAME] = Token("stored", time.time() + 3600).dump()
@@ -142,13 +143,18 @@ async def test_an_error_of_the_refresh_reaches_the_caller_and_stores_nothing() -
 
 async def test_old_records_of_the_zoom_plugin_are_read() -> None:
     """A connection stored by the first release (``needs_reconnect``) still reads as refused."""
-    token = Token.load('{"access_token": "a", "refresh_token": "r", "expires_at": 1, "needs_reconnect": true, '
-                       '"settings_url": "https://bridge.example.com/settings"}')
-    assert token is not None and token.refused and token.extra == {"settings_url": "https://bridge.example.com/settings"}
+    token = Token.load(
+        '{"access_token": "a", "refresh_token": "r", "expires_at": 1, "needs_reconnect": true, '
+        '"settings_url": "https://bridge.example.com/settings"}'
+    )
+    assert (
+        token is not None and token.refused and token.extra == {"settings_url": "https://bridge.example.com/settings"}
+    )
     assert Token.load("not json") is None and Token.load('{"access_token": 1}') is None and Token.load(None) is None
 
 
 # --- through the store: one refresh, leases, compare-and-swap ------------------------------
+
 
 async def test_a_hundred_callers_share_one_refresh(scoped: ScopedCredentials, store: Store) -> None:
     await store.put_secret("backend:test", NAME, expired())
@@ -182,7 +188,8 @@ async def test_two_keepers_like_two_replicas_refresh_once(scoped: ScopedCredenti
 
 @pytest.mark.parametrize("meanwhile", ["erased", "replaced"])
 async def test_a_refresh_finishing_late_never_overwrites_an_erase_or_a_newer_value(
-        scoped: ScopedCredentials, store: Store, meanwhile: str) -> None:
+    scoped: ScopedCredentials, store: Store, meanwhile: str
+) -> None:
     """An uninstall erases, a re-install writes new tokens, while the token endpoint is answering: they win."""
     await store.put_secret("backend:test", NAME, expired())
     issuer, newer = Issuer(), Token("from-the-new-install", time.time() + 3600, "new-refresh").dump()
@@ -235,6 +242,7 @@ async def test_a_lease_held_for_too_long_is_a_503(scoped: ScopedCredentials, sto
 
 # --- TokenAuth: the token on every request, one refresh on a 401 ----------------------------
 
+
 async def test_token_auth_attaches_the_token_and_refreshes_once_on_a_401() -> None:
     store, issuer = InMemoryCredentials(), Issuer()
     store.values[NAME] = Token("revoked-early", time.time() + 3600, "r").dump()
@@ -242,22 +250,28 @@ async def test_token_auth_attaches_the_token_and_refreshes_once_on_a_401() -> No
 
     def vendor(request: httpx.Request) -> httpx.Response:
         seen.append(request.headers["authorization"])
-        return httpx.Response(401 if request.headers["authorization"] == "Bearer revoked-early" else 200,
-                              json={"body": request.content.decode()})
+        return httpx.Response(
+            401 if request.headers["authorization"] == "Bearer revoked-early" else 200,
+            json={"body": request.content.decode()},
+        )
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(vendor)) as http:
-        answer = await http.post("https://vendor.example/meetings", content=b"payload",
-                                 auth=TokenKeeper(NAME).auth(store, issuer.refresh))
+        answer = await http.post(
+            "https://vendor.example/meetings", content=b"payload", auth=TokenKeeper(NAME).auth(store, issuer.refresh)
+        )
         assert answer.status_code == 200 and answer.json() == {"body": "payload"}
         assert seen == ["Bearer revoked-early", "Bearer access-1"] and issuer.calls == 1
 
         seen.clear()
-        always = await http.get("https://vendor.example/x", auth=TokenKeeper(NAME).auth(
-            store, issuer.refresh, refused=lambda response: response.status_code == 200))
+        always = await http.get(
+            "https://vendor.example/x",
+            auth=TokenKeeper(NAME).auth(store, issuer.refresh, refused=lambda response: response.status_code == 200),
+        )
         assert always.status_code == 200 and len(seen) == 2, "refreshed once, then the answer is the caller's"
 
 
 # --- the figure: a slow token endpoint delays nobody else ------------------------------------
+
 
 @pytest.fixture
 def slow_token_server() -> Iterator[tuple[str, dict[str, int]]]:
@@ -320,23 +334,29 @@ def token_plugin(token_url: str) -> Any:
 
 @pytest.fixture
 def sqlite_config(tmp_path: Path) -> Config:
-    return make_config(tmp_path, meetings={"default_backend": "plain", "allowed_backends": ["plain", "tokened"]},
-                       server={"backend_timeout_seconds": 20})
+    return make_config(
+        tmp_path,
+        meetings={"default_backend": "plain", "allowed_backends": ["plain", "tokened"]},
+        server={"backend_timeout_seconds": 20},
+    )
 
 
 async def test_while_a_token_request_takes_seconds_other_users_meetings_are_not_delayed(
-        sqlite_config: Config, slow_token_server: tuple[str, dict[str, int]]) -> None:
+    sqlite_config: Config, slow_token_server: tuple[str, dict[str, int]]
+) -> None:
     """SQLite, the embedded default: the refresh holds no database lock while the token endpoint answers."""
     url, served = slow_token_server
     async with prepared_store(sqlite_config) as store:
         waiting = await store.create_link(pipedrive_user_id=1, company_id=9, user_name="Ada")
         await store.set_link_backend(waiting.id, "tokened")
-        others = [await store.create_link(pipedrive_user_id=10 + n, company_id=9, user_name=f"User {n}")
-                  for n in range(5)]
+        others = [
+            await store.create_link(pipedrive_user_id=10 + n, company_id=9, user_name=f"User {n}") for n in range(5)
+        ]
     body = {"topic": "Demo", "start_time": "2031-05-14 09:30", "duration": 30}
     timings: dict[str, float] = {}
 
     async with bridge_client(sqlite_config, [token_plugin(url + "/token")]) as client:
+
         async def post(label: str, link_id: str) -> None:
             started = time.perf_counter()
             answer = await client.post(f"/api/v1/links/{link_id}/meetings", json=body)

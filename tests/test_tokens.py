@@ -38,6 +38,7 @@ BRIDGE = "http://bridge.test"
 
 # --- fixtures ---------------------------------------------------------------------------
 
+
 @pytest.fixture
 def pipedrive() -> Iterator[FakePipedriveState]:
     state = FakePipedriveState(client_id="test-client", client_secret="set-by-the-config-fixture")
@@ -47,10 +48,13 @@ def pipedrive() -> Iterator[FakePipedriveState]:
 
 @pytest.fixture
 def config(tmp_path: Path, database_url: str, pipedrive: FakePipedriveState) -> Config:
-    config = make_config(tmp_path, database_url,
-                         pipedrive={"oauth_base": pipedrive.api_domain, "api_base": pipedrive.api_domain},
-                         server={"public_url": BRIDGE},
-                         meetings={"default_backend": "fake", "allowed_backends": ["fake", "other"]})
+    config = make_config(
+        tmp_path,
+        database_url,
+        pipedrive={"oauth_base": pipedrive.api_domain, "api_base": pipedrive.api_domain},
+        server={"public_url": BRIDGE},
+        meetings={"default_backend": "fake", "allowed_backends": ["fake", "other"]},
+    )
     pipedrive.client_secret = config.pipedrive.client_secret
     return config
 
@@ -58,26 +62,39 @@ def config(tmp_path: Path, database_url: str, pipedrive: FakePipedriveState) -> 
 @pytest.fixture
 async def keeper(store: Store, config: Config) -> AsyncIterator[PipedriveTokens]:
     async with httpx.AsyncClient() as http:
-        yield PipedriveTokens(store, PipedriveClient(config.pipedrive, http),
-                          config.pipedrive.token_refresh_margin_seconds)
+        yield PipedriveTokens(
+            store, PipedriveClient(config.pipedrive, http), config.pipedrive.token_refresh_margin_seconds
+        )
 
 
 # --- helpers ----------------------------------------------------------------------------
+
 
 def issue(pipedrive: FakePipedriveState, *, expires_in: float) -> TokenSet:
     """Tokens the fake really issued, stored as if they expire in ``expires_in`` seconds."""
     with pipedrive.lock:
         answer = pipedrive.issue_tokens()
-    return TokenSet(access_token=answer["access_token"], refresh_token=answer["refresh_token"],
-                    expires_at=time.time() + expires_in, scope=answer["scope"], api_domain=answer["api_domain"])
+    return TokenSet(
+        access_token=answer["access_token"],
+        refresh_token=answer["refresh_token"],
+        expires_at=time.time() + expires_in,
+        scope=answer["scope"],
+        api_domain=answer["api_domain"],
+    )
 
 
-async def installed(store: Store, pipedrive: FakePipedriveState, *, expires_in: float = -60,
-                    user_id: int = 1001) -> tuple[str, TokenSet]:
+async def installed(
+    store: Store, pipedrive: FakePipedriveState, *, expires_in: float = -60, user_id: int = 1001
+) -> tuple[str, TokenSet]:
     """A link as an install leaves it, with tokens that expire in ``expires_in`` seconds."""
     tokens = issue(pipedrive, expires_in=expires_in)
-    link = new_link(pipedrive_user_id=user_id, company_id=pipedrive.user.company_id,
-                    user_name="Sam", user_email="sam@example.com", api_domain=tokens.api_domain)
+    link = new_link(
+        pipedrive_user_id=user_id,
+        company_id=pipedrive.user.company_id,
+        user_name="Sam",
+        user_email="sam@example.com",
+        api_domain=tokens.api_domain,
+    )
     await store.save_install(link, dump_tokens(tokens))
     return link.id, tokens
 
@@ -94,8 +111,11 @@ def refreshes(pipedrive: FakePipedriveState) -> int:
 
 def set_refreshed_at(store: Store, link_id: str, days_ago: float) -> None:
     with Session(store.engine) as session:
-        session.exec(update(LinkTable).where(LinkTable.id == link_id)  # type: ignore[call-overload]
-                     .values(tokens_refreshed_at=utcnow() - timedelta(days=days_ago)))
+        session.exec(
+            update(LinkTable)
+            .where(LinkTable.id == link_id)  # type: ignore[call-overload]
+            .values(tokens_refreshed_at=utcnow() - timedelta(days=days_ago))
+        )
         session.commit()
 
 
@@ -117,15 +137,18 @@ async def gather(count: int, call: Any) -> list[Any]:
 
 # --- refresh ----------------------------------------------------------------------------
 
-async def test_fresh_tokens_are_returned_as_stored(keeper: PipedriveTokens, store: Store,
-                                                   pipedrive: FakePipedriveState) -> None:
+
+async def test_fresh_tokens_are_returned_as_stored(
+    keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState
+) -> None:
     link_id, tokens = await installed(store, pipedrive, expires_in=3600)
     assert await keeper.fresh_tokens(link_id) == tokens
     assert refreshes(pipedrive) == 0
 
 
-async def test_an_expired_access_token_is_refreshed_once(keeper: PipedriveTokens, store: Store,
-                                                         pipedrive: FakePipedriveState) -> None:
+async def test_an_expired_access_token_is_refreshed_once(
+    keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState
+) -> None:
     link_id, old = await installed(store, pipedrive, expires_in=-60)
     set_refreshed_at(store, link_id, days_ago=10)
 
@@ -147,15 +170,17 @@ async def test_an_expired_access_token_is_refreshed_once(keeper: PipedriveTokens
     assert refreshes(pipedrive) == 1
 
 
-async def test_a_token_inside_the_margin_is_refreshed(keeper: PipedriveTokens, store: Store,
-                                                      pipedrive: FakePipedriveState) -> None:
+async def test_a_token_inside_the_margin_is_refreshed(
+    keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState
+) -> None:
     link_id, old = await installed(store, pipedrive, expires_in=keeper.margin / 2)
     new = await keeper.fresh_tokens(link_id)
     assert new.access_token != old.access_token and refreshes(pipedrive) == 1
 
 
 async def test_a_short_lived_access_token_from_pipedrive_is_refreshed(
-        keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState) -> None:
+    keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState
+) -> None:
     """With ``access_ttl`` small, what Pipedrive issues is already due when it arrives."""
     pipedrive.access_ttl = 1
     link_id, _ = await installed(store, pipedrive, expires_in=1)
@@ -171,8 +196,9 @@ async def test_a_short_lived_access_token_from_pipedrive_is_refreshed(
         assert pipedrive.access_tokens[new.access_token] > time.time() + 3000
 
 
-async def test_a_hundred_concurrent_callers_share_one_refresh(keeper: PipedriveTokens, store: Store,
-                                                              pipedrive: FakePipedriveState) -> None:
+async def test_a_hundred_concurrent_callers_share_one_refresh(
+    keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState
+) -> None:
     link_id, old = await installed(store, pipedrive, expires_in=-60)
 
     results = await gather(100, lambda: keeper.fresh_tokens(link_id))
@@ -185,7 +211,8 @@ async def test_a_hundred_concurrent_callers_share_one_refresh(keeper: PipedriveT
 
 
 async def test_callers_arriving_during_a_refresh_wait_for_it_instead_of_taking_the_lease_in_turn(
-        keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState, monkeypatch: pytest.MonkeyPatch) -> None:
+    keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Only the first caller takes the cross-process lease; the rest are answered when its refresh ends."""
     link_id, _ = await installed(store, pipedrive, expires_in=-60)
     take_lease = store.take_lease
@@ -205,7 +232,8 @@ async def test_callers_arriving_during_a_refresh_wait_for_it_instead_of_taking_t
 
 
 async def test_callers_with_and_without_a_refused_token_each_end_on_a_working_one(
-        keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState) -> None:
+    keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState
+) -> None:
     """A caller whose token Pipedrive refused never shares an answer that hands it that token back."""
     link_id, old = await installed(store, pipedrive, expires_in=3600)
     pipedrive.expire_access_tokens()
@@ -226,7 +254,8 @@ async def test_callers_with_and_without_a_refused_token_each_end_on_a_working_on
 
 
 async def test_a_refused_refresh_answers_every_waiting_caller_and_is_asked_once(
-        keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState) -> None:
+    keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState
+) -> None:
     link_id, tokens = await installed(store, pipedrive, expires_in=-60)
     with pipedrive.lock:
         pipedrive.refresh_tokens.discard(tokens.refresh_token)  # Pipedrive no longer knows it
@@ -239,8 +268,9 @@ async def test_a_refused_refresh_answers_every_waiting_caller_and_is_asked_once(
     assert link is not None and link.status == LINK_NEEDS_REINSTALL
 
 
-async def test_a_stale_access_token_forces_one_refresh(keeper: PipedriveTokens, store: Store,
-                                                       pipedrive: FakePipedriveState) -> None:
+async def test_a_stale_access_token_forces_one_refresh(
+    keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState
+) -> None:
     """Pipedrive answered 401 to a token whose expiry says it is fine: refresh it, once."""
     link_id, old = await installed(store, pipedrive, expires_in=3600)
     pipedrive.expire_access_tokens()
@@ -257,8 +287,8 @@ async def test_a_stale_access_token_forces_one_refresh(keeper: PipedriveTokens, 
 
 
 async def test_refused_refresh_token_needs_reinstall_and_is_not_retried(
-        keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState, config: Config,
-        client: httpx.AsyncClient) -> None:
+    keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState, config: Config, client: httpx.AsyncClient
+) -> None:
     link_id, old = await installed(store, pipedrive, expires_in=-60)
     with pipedrive.lock:
         pipedrive.refresh_tokens.discard(old.refresh_token)  # revoked at Pipedrive (say, the user removed the app)
@@ -271,8 +301,9 @@ async def test_refused_refresh_token_needs_reinstall_and_is_not_retried(
     link = await store.get_link(link_id)
     assert link is not None and link.status == LINK_NEEDS_REINSTALL
 
-    response = await client.post(f"/api/v1/links/{link_id}/meetings",
-                                 json={"topic": "Demo", "start_time": "2030-01-01 10:00", "duration": 30})
+    response = await client.post(
+        f"/api/v1/links/{link_id}/meetings", json={"topic": "Demo", "start_time": "2030-01-01 10:00", "duration": 30}
+    )
     assert response.status_code == 410, response.text
     assert response.json()["success"] is False
     assert "install the app again" in response.json()["error"]
@@ -286,7 +317,8 @@ async def test_refused_refresh_token_needs_reinstall_and_is_not_retried(
 
 
 async def test_concurrent_callers_of_a_refused_refresh_token_ask_pipedrive_once(
-        keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState) -> None:
+    keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState
+) -> None:
     link_id, old = await installed(store, pipedrive, expires_in=-60)
     with pipedrive.lock:
         pipedrive.refresh_tokens.discard(old.refresh_token)
@@ -298,10 +330,12 @@ async def test_concurrent_callers_of_a_refused_refresh_token_ask_pipedrive_once(
 
 
 async def test_pipedrive_unreachable_is_503_and_keeps_the_link(
-        tmp_path: Path, store: Store, pipedrive: FakePipedriveState, config: Config) -> None:
+    tmp_path: Path, store: Store, pipedrive: FakePipedriveState, config: Config
+) -> None:
     link_id, old = await installed(store, pipedrive, expires_in=-60)
-    async with httpx.AsyncClient(transport=httpx.MockTransport(
-            lambda request: httpx.Response(503, json={"success": False}))) as http:
+    async with httpx.AsyncClient(
+        transport=httpx.MockTransport(lambda request: httpx.Response(503, json={"success": False}))
+    ) as http:
         keeper = PipedriveTokens(store, PipedriveClient(config.pipedrive, http), 300)
         with pytest.raises(ServiceUnavailable):
             await keeper.fresh_tokens(link_id)
@@ -318,8 +352,10 @@ async def test_a_link_without_tokens_is_gone(keeper: PipedriveTokens, store: Sto
 
 # --- idle links -------------------------------------------------------------------------
 
-async def test_refresh_idle_refreshes_only_links_idle_too_long(keeper: PipedriveTokens, store: Store,
-                                                               pipedrive: FakePipedriveState) -> None:
+
+async def test_refresh_idle_refreshes_only_links_idle_too_long(
+    keeper: PipedriveTokens, store: Store, pipedrive: FakePipedriveState
+) -> None:
     idle_id, idle_old = await installed(store, pipedrive, expires_in=3600, user_id=1)
     recent_id, recent_old = await installed(store, pipedrive, expires_in=3600, user_id=2)
     gone_id, _ = await installed(store, pipedrive, expires_in=3600, user_id=3)
@@ -410,8 +446,9 @@ def run_workers(config_path: Path, link_id: str, count: int = 2) -> list[dict[st
     return run_ready_go_workers([[sys.executable, "-c", WORKER, str(config_path), link_id] for _ in range(count)])
 
 
-async def test_two_processes_refresh_once(tmp_path: Path, store: Store, pipedrive: FakePipedriveState,
-                                          config: Config) -> None:
+async def test_two_processes_refresh_once(
+    tmp_path: Path, store: Store, pipedrive: FakePipedriveState, config: Config
+) -> None:
     link_id, old = await installed(store, pipedrive, expires_in=-60)
     config_path = write_config(tmp_path / "bridge.toml", config)
 

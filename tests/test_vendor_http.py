@@ -66,8 +66,9 @@ def answer(status: int, headers: Mapping[str, str] | None = None, **body: Any) -
     return httpx.Response(status, headers=headers, json=body or {"status": status})
 
 
-def client(vendor: ScriptedVendor, policy: RetryPolicy = POLICY,
-           on_retry: Callable[[str, str], None] | None = None) -> httpx.AsyncClient:
+def client(
+    vendor: ScriptedVendor, policy: RetryPolicy = POLICY, on_retry: Callable[[str, str], None] | None = None
+) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=RetryTransport(httpx.MockTransport(vendor), policy, on_retry=on_retry))
 
 
@@ -77,6 +78,7 @@ async def call(vendor: ScriptedVendor, method: str, policy: RetryPolicy = POLICY
 
 
 # --- what is retried, for which method ----------------------------------------------------------
+
 
 @pytest.mark.parametrize("method", ["POST", "GET"])
 @pytest.mark.parametrize("status", [429, 503])
@@ -143,6 +145,7 @@ async def test_client_errors_are_never_retried(status: int) -> None:
 
 # --- bounded attempts, the final answer -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("attempts", [1, 2, 4])
 async def test_attempts_are_bounded_and_the_last_answer_is_returned(attempts: int) -> None:
     vendor = ScriptedVendor([answer(503, attempt=n) for n in range(1, attempts + 3)])
@@ -167,6 +170,7 @@ async def test_backoff_grows_but_stays_small_without_retry_after() -> None:
 
 
 # --- Retry-After ------------------------------------------------------------------------------------
+
 
 async def test_retry_after_seconds_are_honoured() -> None:
     vendor = ScriptedVendor([answer(429, {"Retry-After": "1"}), answer(201)])
@@ -210,6 +214,7 @@ async def test_a_retry_after_longer_than_allowed_is_returned_at_once(retry_after
 
 # --- the retry predicate and the retry callback ---------------------------------------------------
 
+
 async def test_the_retry_predicate_vetoes_a_retry_after_reading_the_body() -> None:
     seen: list[str] = []
 
@@ -245,6 +250,7 @@ async def test_on_retry_is_told_the_host_and_the_reason() -> None:
 
 # --- raise_for_vendor -------------------------------------------------------------------------------
 
+
 def test_raise_for_vendor_throttled_is_503_with_the_wait() -> None:
     with pytest.raises(BackendUnavailable) as caught:
         raise_for_vendor(httpx.Response(429, headers={"Retry-After": "30"}), "Acme Video")
@@ -277,6 +283,7 @@ def test_raise_for_vendor_leaves_other_answers_to_the_backend(status: int) -> No
 
 # --- end to end: Pipedrive -> the app -> a backend -> a fake vendor on loopback ------------------------
 
+
 class FakeVendor:
     """A vendor that answers ``POST /rooms`` with ``failures`` 503s first, then 201s."""
 
@@ -291,8 +298,9 @@ class FakeVendor:
                 return JSONResponse({"error": "maintenance"}, status_code=503)
             body = await request.json()
             room_id = f"room-{self.calls}"
-            return JSONResponse({"id": room_id, "url": f"https://video.example/{room_id}", "topic": body["topic"]},
-                                status_code=201)
+            return JSONResponse(
+                {"id": room_id, "url": f"https://video.example/{room_id}", "topic": body["topic"]}, status_code=201
+            )
 
         return Starlette(routes=[Route("/rooms", rooms, methods=["POST"])])
 
@@ -314,8 +322,11 @@ class VendorBackend(Backend):
         response = await ctx.http.post(f"{self.base_url}/rooms", json={"topic": meeting.topic})
         raise_for_vendor(response, self.title)
         room = response.json()
-        return Room(vendor_meeting_id=room["id"], join_url=room["url"],
-                    invitation=render_invitation(meeting, room["url"], user=ctx.user))
+        return Room(
+            vendor_meeting_id=room["id"],
+            join_url=room["url"],
+            invitation=render_invitation(meeting, room["url"], user=ctx.user),
+        )
 
     async def update(self, ctx: BackendContext, vendor_meeting_id: str, meeting: MeetingRequest) -> None:
         return None
@@ -347,17 +358,22 @@ def vendor_url(vendor: FakeVendor) -> Iterator[str]:
 @pytest.fixture
 def config(tmp_path: Path, vendor_url: str) -> Config:
     """Overrides the suite's config: one SQLite bridge whose only backend calls the fake vendor."""
-    return make_config(tmp_path, backends={"flaky": {"base_url": vendor_url}},
-                       meetings={"default_backend": "flaky", "allowed_backends": ["flaky"]},
-                       server={"vendor_attempts": 3})
+    return make_config(
+        tmp_path,
+        backends={"flaky": {"base_url": vendor_url}},
+        meetings={"default_backend": "flaky", "allowed_backends": ["flaky"]},
+        server={"vendor_attempts": 3},
+    )
 
 
-async def test_end_to_end_pipedrive_sees_the_vendors_recovery_or_a_503(config: Config, link: Link,
-                                                                       vendor: FakeVendor) -> None:
+async def test_end_to_end_pipedrive_sees_the_vendors_recovery_or_a_503(
+    config: Config, link: Link, vendor: FakeVendor
+) -> None:
     async with bridge_client(config, [VendorPlugin()]) as pipedrive:
-        response = await pipedrive.post(f"/api/v1/links/{link.id}/meetings",
-                                         json={"topic": "Demo with Acme", "start_time": "2031-05-14 09:30",
-                                               "duration": 45})
+        response = await pipedrive.post(
+            f"/api/v1/links/{link.id}/meetings",
+            json={"topic": "Demo with Acme", "start_time": "2031-05-14 09:30", "duration": 45},
+        )
     assert vendor.calls == 3, "two retries, in the core"
     if vendor.failures < 3:
         assert response.status_code == 201, response.text
@@ -365,5 +381,7 @@ async def test_end_to_end_pipedrive_sees_the_vendors_recovery_or_a_503(config: C
         assert response.json()["success"] is True and data["join_url"] == "https://video.example/room-3"
     else:
         assert response.status_code == 503, response.text
-        assert response.json() == {"success": False,
-                                   "error": "Flaky Video is unavailable right now (HTTP 503); please try again"}
+        assert response.json() == {
+            "success": False,
+            "error": "Flaky Video is unavailable right now (HTTP 503); please try again",
+        }

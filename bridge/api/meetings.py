@@ -48,14 +48,23 @@ _CLEANUP_SECONDS = 10.0
 
 def backend_context(bridge: Bridge, link: Link, backend: str) -> BackendContext:
     """What a backend gets for one call on behalf of the link's user: no more, no less."""
+
     def count(outcome: str) -> None:
         bridge.metrics.token_refreshes.labels(backend, outcome).inc()
 
-    user = UserIdentity(link_id=link.id, user_id=link.pipedrive_user_id, company_id=link.company_id,
-                        name=link.user_name, email=link.user_email)
-    return BackendContext(user=user, http=bridge.http,
-                          credentials=ScopedCredentials(bridge.store, backend_scope(link.id, backend), count),
-                          shared=ScopedCredentials(bridge.store, shared_scope(backend), count))
+    user = UserIdentity(
+        link_id=link.id,
+        user_id=link.pipedrive_user_id,
+        company_id=link.company_id,
+        name=link.user_name,
+        email=link.user_email,
+    )
+    return BackendContext(
+        user=user,
+        http=bridge.http,
+        credentials=ScopedCredentials(bridge.store, backend_scope(link.id, backend), count),
+        shared=ScopedCredentials(bridge.store, shared_scope(backend), count),
+    )
 
 
 _OUTCOMES = {504: "timeout", 503: "unavailable"}
@@ -86,8 +95,7 @@ async def _mapped_call(bridge: Bridge, backend: Backend, action: str, call: Call
     except (TimeoutError, httpx.TimeoutException) as exc:
         raise BackendTimeout(f"{title} did not answer within {timeout:g} seconds; please try again") from exc
     except httpx.TransportError as exc:
-        raise BackendUnavailable(f"{title} could not be reached ({exc.__class__.__name__}); "
-                                 "please try again") from exc
+        raise BackendUnavailable(f"{title} could not be reached ({exc.__class__.__name__}); please try again") from exc
     except httpx.HTTPStatusError as exc:
         raise BackendError(f"{title} refused the request (HTTP {exc.response.status_code})") from exc
     except Exception as exc:
@@ -155,23 +163,34 @@ class MeetingService:
         meeting, stored = repeated.meeting, repeated.room
         self.observation.backend = meeting.backend
         log.info("repeated postMeeting answered with the meeting already made", extra={"meeting_id": meeting.id})
-        room = Room(vendor_meeting_id=meeting.vendor_meeting_id, join_url=stored.join_url,
-                    invitation=stored.invitation, password=stored.password)
+        room = Room(
+            vendor_meeting_id=meeting.vendor_meeting_id,
+            join_url=stored.join_url,
+            invitation=stored.invitation,
+            password=stored.password,
+        )
         return CreatedMeeting(meeting.id, room)
 
     async def _create(self, link: Link, name: str, request: MeetingRequest, fingerprint: str) -> CreatedMeeting:
         backend = self._backend(name)
         ctx = backend_context(self.bridge, link, name)
         room = await call_backend(self.bridge, backend, "create the meeting", lambda: backend.create(ctx, request))
-        meeting = new_meeting(link_id=link.id, backend=name, vendor_meeting_id=room.vendor_meeting_id,
-                              start_time=request.start_time, duration=request.duration, request_hash=fingerprint)
+        meeting = new_meeting(
+            link_id=link.id,
+            backend=name,
+            vendor_meeting_id=room.vendor_meeting_id,
+            start_time=request.start_time,
+            duration=request.duration,
+            request_hash=fingerprint,
+        )
         with anyio.CancelScope(shield=True):
             try:
                 await self.store.add_meeting(meeting, _stored_room(room))
             except Exception as exc:
                 await self._discard(backend, ctx, room.vendor_meeting_id, reason="create not stored")
-                raise ServiceUnavailable("the meeting could not be saved, so its room was removed again; "
-                                         "please try again") from exc
+                raise ServiceUnavailable(
+                    "the meeting could not be saved, so its room was removed again; please try again"
+                ) from exc
         log.info("meeting created", extra={"meeting_id": meeting.id, "backend": name})
         return CreatedMeeting(meeting.id, room)
 
@@ -181,14 +200,19 @@ class MeetingService:
         backend = self._backend(meeting.backend)
         ctx = backend_context(self.bridge, link, meeting.backend)
         old_vendor_id = meeting.vendor_meeting_id
-        updated = await call_backend(self.bridge, backend, "update the meeting",
-                                     lambda: backend.update(ctx, old_vendor_id, request))
+        updated = await call_backend(
+            self.bridge, backend, "update the meeting", lambda: backend.update(ctx, old_vendor_id, request)
+        )
         room = updated or await self._same_room(meeting, ctx, request)
         with anyio.CancelScope(shield=True):
             try:
-                await self.store.replace_room(meeting, vendor_meeting_id=room.vendor_meeting_id,
-                                              room=_stored_room(room), start_time=request.start_time,
-                                              duration=request.duration)
+                await self.store.replace_room(
+                    meeting,
+                    vendor_meeting_id=room.vendor_meeting_id,
+                    room=_stored_room(room),
+                    start_time=request.start_time,
+                    duration=request.duration,
+                )
             except Exception as exc:
                 if room.vendor_meeting_id != old_vendor_id:
                     await self._discard(backend, ctx, room.vendor_meeting_id, reason="update not stored")
@@ -203,8 +227,12 @@ class MeetingService:
         if stored is None:
             raise ServiceUnavailable("the meeting's stored room could not be read; please try again")
         invitation = render_invitation(request, stored.join_url, user=ctx.user, password=stored.password)
-        return Room(vendor_meeting_id=meeting.vendor_meeting_id, join_url=stored.join_url,
-                    invitation=invitation, password=stored.password)
+        return Room(
+            vendor_meeting_id=meeting.vendor_meeting_id,
+            join_url=stored.join_url,
+            invitation=invitation,
+            password=stored.password,
+        )
 
     async def delete(self, link: Link, meeting: Meeting) -> None:
         if meeting.state == MEETING_DELETED:
@@ -212,8 +240,9 @@ class MeetingService:
         backend = self._backend(meeting.backend)
         ctx = backend_context(self.bridge, link, meeting.backend)
         await self.store.set_meeting_state(meeting.id, MEETING_DELETING)
-        await call_backend(self.bridge, backend, "delete the meeting",
-                           lambda: backend.delete(ctx, meeting.vendor_meeting_id))
+        await call_backend(
+            self.bridge, backend, "delete the meeting", lambda: backend.delete(ctx, meeting.vendor_meeting_id)
+        )
         await self.store.set_meeting_state(meeting.id, MEETING_DELETED)
         log.info("meeting deleted", extra={"meeting_id": meeting.id, "backend": meeting.backend})
 
@@ -225,8 +254,10 @@ class MeetingService:
             with anyio.fail_after(_CLEANUP_SECONDS):
                 await backend.delete(ctx, vendor_meeting_id)
         except Exception:
-            log.exception("could not remove a room", extra={"backend": backend.name, "reason": reason,
-                                                             "vendor_meeting_id": vendor_meeting_id})
+            log.exception(
+                "could not remove a room",
+                extra={"backend": backend.name, "reason": reason, "vendor_meeting_id": vendor_meeting_id},
+            )
 
 
 def _usable(link: Link | None) -> Link:
@@ -245,4 +276,3 @@ def request_fingerprint(link_id: str, request: MeetingRequest) -> str:
 
 def _stored_room(room: Room) -> StoredRoom:
     return StoredRoom(join_url=room.join_url, invitation=room.invitation, password=room.password)
-

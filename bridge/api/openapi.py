@@ -24,17 +24,16 @@ SECURITY_SCHEME = "pipedriveBasic"
 # every error the reverse API answers, in Pipedrive's shape; the status says which
 ERRORS: dict[int, str] = {
     400: "The body is not valid JSON or a field is missing or wrong (the message names it), or the "
-         "Content-Length header is not a number.",
+    "Content-Length header is not a number.",
     401: "The Authorization header is missing or is not Basic base64(client_id:client_secret) of this app.",
     404: "Unknown link, or a meeting this link does not have (a link never sees another link's meetings).",
     405: "The path exists, but not with this method (e.g. GET).",
-    410: "The link was uninstalled, or Pipedrive no longer accepts its tokens: the user has to install the "
-         "app again.",
+    410: "The link was uninstalled, or Pipedrive no longer accepts its tokens: the user has to install the app again.",
     413: "The body is larger than [server] max_body_bytes (64 KiB by default).",
     415: "The body is not JSON (Content-Type must be application/json).",
     502: "The video vendor refused or failed the call.",
     503: "The video vendor could not be reached or asked to come back later, or the bridge's database or "
-         "the user's backend is unavailable; nothing was left half-done, so Pipedrive may retry.",
+    "the user's backend is unavailable; nothing was left half-done, so Pipedrive may retry.",
     504: "The video vendor did not answer within [server] backend_timeout_seconds.",
 }
 BODY_ERRORS = (400, 401, 404, 405, 410, 413, 415, 502, 503, 504)
@@ -48,22 +47,29 @@ def meeting_body_schema() -> dict[str, Any]:
         "required": ["topic", "start_time", "duration"],
         "properties": {
             "topic": {
-                "type": "string", "minLength": 1, "maxLength": MAX_TOPIC_LENGTH, "pattern": r"\S",
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_TOPIC_LENGTH,
+                "pattern": r"\S",
                 "description": "The activity's name. Runs of whitespace are collapsed to one space; what is "
-                               f"left must be 1 to {MAX_TOPIC_LENGTH} characters.",
+                f"left must be 1 to {MAX_TOPIC_LENGTH} characters.",
                 "example": "Demo with Acme",
             },
             "start_time": {
-                "type": "string", "pattern": f"^{START_TIME_PATTERN}$",
+                "type": "string",
+                "pattern": f"^{START_TIME_PATTERN}$",
                 "description": "Start of the meeting in UTC, 'YYYY-MM-DD HH:mm' with ASCII digits; it must be "
-                               "a real date and time.",
+                "a real date and time.",
                 "example": "2026-12-01 14:00",
             },
             "duration": {
-                "type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": MAX_DURATION_MINUTES,
+                "type": "number",
+                "minimum": 0,
+                "exclusiveMinimum": True,
+                "maximum": MAX_DURATION_MINUTES,
                 "description": "Length in minutes, positive, at most "
-                               f"{MAX_DURATION_MINUTES} ({MAX_DURATION_MINUTES // (24 * 60)} days); a fraction is "
-                               "rounded up.",
+                f"{MAX_DURATION_MINUTES} ({MAX_DURATION_MINUTES // (24 * 60)} days); a fraction is "
+                "rounded up.",
                 "example": 30,
             },
         },
@@ -95,14 +101,23 @@ def _created_schema() -> dict[str, Any]:
                 "required": ["meeting_id", "join_url", "invitation"],
                 "additionalProperties": False,
                 "properties": {
-                    "meeting_id": {"type": "string", "pattern": f"^{ID_PATTERN}$",
-                                   "description": "The bridge's id of the meeting: the :meetingId of "
-                                                  "patchUpdateMeeting and deleteMeeting."},
+                    "meeting_id": {
+                        "type": "string",
+                        "pattern": f"^{ID_PATTERN}$",
+                        "description": "The bridge's id of the meeting: the :meetingId of "
+                        "patchUpdateMeeting and deleteMeeting.",
+                    },
                     "join_url": {"type": "string", "format": "uri", "description": "Where to join the call."},
-                    "password": {"type": "string", "minLength": 1,
-                                 "description": "The call's password, when the vendor has one."},
-                    "invitation": {"type": "string", "minLength": 1,
-                                   "description": "Text to share: topic, time, join link (and password)."},
+                    "password": {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": "The call's password, when the vendor has one.",
+                    },
+                    "invitation": {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": "Text to share: topic, time, join link (and password).",
+                    },
                 },
             },
         },
@@ -114,9 +129,13 @@ def _ref(kind: str, name: str) -> dict[str, str]:
 
 
 def _path_parameter(name: str, what: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True,
-            "description": f"The {what}; anything else is an unknown {what} (404).",
-            "schema": {"type": "string", "pattern": f"^{ID_PATTERN}$"}}
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": f"The {what}; anything else is an unknown {what} (404).",
+        "schema": {"type": "string", "pattern": f"^{ID_PATTERN}$"},
+    }
 
 
 def _responses(success: dict[str, Any], errors: tuple[int, ...]) -> dict[str, Any]:
@@ -141,8 +160,18 @@ def build_openapi() -> dict[str, Any]:
         f"Error{status}": {
             "description": description,
             "content": {"application/json": {"schema": _ref("schemas", "Error")}},
-            **({"headers": {"WWW-Authenticate": {"description": "Basic realm=\"pipedrive-video-bridge\"",
-                                                 "schema": {"type": "string"}}}} if status == 401 else {}),
+            **(
+                {
+                    "headers": {
+                        "WWW-Authenticate": {
+                            "description": 'Basic realm="pipedrive-video-bridge"',
+                            "schema": {"type": "string"},
+                        }
+                    }
+                }
+                if status == 401
+                else {}
+            ),
         }
         for status, description in ERRORS.items()
     }
@@ -152,37 +181,50 @@ def build_openapi() -> dict[str, Any]:
             "title": "pipedrive-video-bridge reverse API",
             "version": __version__,
             "description": "The endpoints Pipedrive's video calling app extension calls (listed in the "
-                           "manifest as postMeeting, patchUpdateMeeting and deleteMeeting, with :linkId and "
-                           ":meetingId), and the health checks. Every error answers "
-                           "{\"success\": false, \"error\": \"...\"}; every answer carries X-Request-ID.",
+            "manifest as postMeeting, patchUpdateMeeting and deleteMeeting, with :linkId and "
+            ":meetingId), and the health checks. Every error answers "
+            '{"success": false, "error": "..."}; every answer carries X-Request-ID.',
         },
-        "tags": [{"name": "reverse API", "description": "Called by Pipedrive with the app's Basic credentials."},
-                 {"name": "health", "description": "For load balancers and orchestrators."}],
+        "tags": [
+            {"name": "reverse API", "description": "Called by Pipedrive with the app's Basic credentials."},
+            {"name": "health", "description": "For load balancers and orchestrators."},
+        ],
         "paths": {
             POST_MEETING: {
                 "parameters": [link, request_id],
                 "post": {
-                    "operationId": "postMeeting", "tags": ["reverse API"], "security": security,
+                    "operationId": "postMeeting",
+                    "tags": ["reverse API"],
+                    "security": security,
                     "summary": "Create a video call for an activity",
                     "description": "A retry of a request already answered (same link, topic, time and duration "
-                                   "within [meetings] retry_window_seconds) answers the meeting already made.",
+                    "within [meetings] retry_window_seconds) answers the meeting already made.",
                     "requestBody": _body(),
-                    "responses": _responses({"201": {
-                        "description": "The meeting was created.",
-                        "content": {"application/json": {"schema": _ref("schemas", "MeetingCreated")}},
-                    }}, BODY_ERRORS),
+                    "responses": _responses(
+                        {
+                            "201": {
+                                "description": "The meeting was created.",
+                                "content": {"application/json": {"schema": _ref("schemas", "MeetingCreated")}},
+                            }
+                        },
+                        BODY_ERRORS,
+                    ),
                 },
             },
             MEETING: {
                 "parameters": [link, meeting, request_id],
                 "patch": {
-                    "operationId": "patchUpdateMeeting", "tags": ["reverse API"], "security": security,
+                    "operationId": "patchUpdateMeeting",
+                    "tags": ["reverse API"],
+                    "security": security,
                     "summary": "Move or rename the video call of an activity",
                     "requestBody": _body(),
                     "responses": _responses(no_content, BODY_ERRORS),
                 },
                 "delete": {
-                    "operationId": "deleteMeeting", "tags": ["reverse API"], "security": security,
+                    "operationId": "deleteMeeting",
+                    "tags": ["reverse API"],
+                    "security": security,
                     "summary": "Remove the video call of an activity",
                     "description": "A repeated delete answers 204 again.",
                     "responses": _responses(no_content, DELETE_ERRORS),
@@ -190,43 +232,87 @@ def build_openapi() -> dict[str, Any]:
             },
             "/healthz": {
                 "get": {
-                    "operationId": "healthz", "tags": ["health"], "security": [],
+                    "operationId": "healthz",
+                    "tags": ["health"],
+                    "security": [],
                     "summary": "The process is up",
-                    "responses": {"200": {"description": "Up.", "content": {"application/json": {"schema": {
-                        "type": "object", "required": ["status"],
-                        "properties": {"status": {"type": "string", "enum": ["ok"]}}}}}}},
+                    "responses": {
+                        "200": {
+                            "description": "Up.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["status"],
+                                        "properties": {"status": {"type": "string", "enum": ["ok"]}},
+                                    }
+                                }
+                            },
+                        }
+                    },
                 },
             },
             "/readyz": {
                 "get": {
-                    "operationId": "readyz", "tags": ["health"], "security": [],
+                    "operationId": "readyz",
+                    "tags": ["health"],
+                    "security": [],
                     "summary": "The database answers",
                     "responses": {
-                        "200": {"description": "Ready.", "content": {"application/json": {"schema": {
-                            "type": "object", "required": ["status", "database"],
-                            "properties": {"status": {"type": "string", "enum": ["ready"]},
-                                           "database": {"type": "string", "enum": ["ok"]}}}}}},
-                        "503": {"description": "The database does not answer.",
-                                "content": {"application/json": {"schema": {
-                                    "type": "object", "required": ["status", "database"],
-                                    "properties": {"status": {"type": "string", "enum": ["unavailable"]},
-                                                   "database": {"type": "string", "enum": ["unreachable"]}}}}}},
+                        "200": {
+                            "description": "Ready.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["status", "database"],
+                                        "properties": {
+                                            "status": {"type": "string", "enum": ["ready"]},
+                                            "database": {"type": "string", "enum": ["ok"]},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        "503": {
+                            "description": "The database does not answer.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["status", "database"],
+                                        "properties": {
+                                            "status": {"type": "string", "enum": ["unavailable"]},
+                                            "database": {"type": "string", "enum": ["unreachable"]},
+                                        },
+                                    }
+                                }
+                            },
+                        },
                     },
                 },
             },
         },
         "components": {
-            "securitySchemes": {SECURITY_SCHEME: {
-                "type": "http", "scheme": "basic",
-                "description": "base64(client_id:client_secret) of the Pipedrive app, as in the OAuth token "
-                               "exchange."}},
+            "securitySchemes": {
+                SECURITY_SCHEME: {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "base64(client_id:client_secret) of the Pipedrive app, as in the OAuth token "
+                    "exchange.",
+                }
+            },
             "parameters": {
                 "linkId": _path_parameter("link_id", "link"),
                 "meetingId": _path_parameter("meeting_id", "meeting"),
-                "requestId": {"name": "X-Request-ID", "in": "header", "required": False,
-                              "description": "Echoed in the answer and the logs when it is 1-64 characters of "
-                                             "[A-Za-z0-9._-]; otherwise a new one is made.",
-                              "schema": {"type": "string"}},
+                "requestId": {
+                    "name": "X-Request-ID",
+                    "in": "header",
+                    "required": False,
+                    "description": "Echoed in the answer and the logs when it is 1-64 characters of "
+                    "[A-Za-z0-9._-]; otherwise a new one is made.",
+                    "schema": {"type": "string"},
+                },
             },
             "schemas": {
                 "MeetingRequest": meeting_body_schema(),

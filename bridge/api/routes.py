@@ -37,7 +37,6 @@ ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"  # a linkId or meetingId; anything else is a
 _ID = re.compile(ID_PATTERN)
 
 
-
 def _authenticate(request: Request) -> None:
     pipedrive = bridge_of(request).config.pipedrive
     check_basic_auth(request.headers.get("authorization"), pipedrive.client_id, pipedrive.client_secret)
@@ -118,8 +117,9 @@ async def patch_meeting(request: Request, service: MeetingService) -> Response:
 
 @_operation("deleteMeeting")
 async def delete_meeting(request: Request, service: MeetingService) -> Response:
-    link, meeting = await service.link_and_meeting(_path_id(request, "link_id", "link"),
-                                                   _path_id(request, "meeting_id", "meeting"))
+    link, meeting = await service.link_and_meeting(
+        _path_id(request, "link_id", "link"), _path_id(request, "meeting_id", "meeting")
+    )
     await service.delete(link, meeting)
     return Response(status_code=204)
 

@@ -47,8 +47,7 @@ def _start_time(body: dict[str, Any]) -> datetime:
         raise BadRequest("start_time is required")
     value = body["start_time"]
     if not isinstance(value, str) or not _START_TIME.fullmatch(value):
-        raise BadRequest("start_time must be a UTC time formatted 'YYYY-MM-DD HH:mm', "
-                         f"got {value!r}"[:200])
+        raise BadRequest(f"start_time must be a UTC time formatted 'YYYY-MM-DD HH:mm', got {value!r}"[:200])
     try:
         return datetime.strptime(value, "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
     except ValueError:
@@ -69,6 +68,13 @@ def _duration(body: dict[str, Any]) -> int:
 
 
 def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null"}
+    names = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)

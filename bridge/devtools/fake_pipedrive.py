@@ -69,8 +69,14 @@ class FakePipedriveState:
         access, refresh = "pd-at-" + secrets.token_urlsafe(16), "pd-rt-" + secrets.token_urlsafe(16)
         self.access_tokens[access] = time.time() + self.access_ttl
         self.refresh_tokens.add(refresh)
-        return {"access_token": access, "token_type": "Bearer", "refresh_token": refresh,
-                "scope": "base,video-calls", "expires_in": self.access_ttl, "api_domain": self.api_domain}
+        return {
+            "access_token": access,
+            "token_type": "Bearer",
+            "refresh_token": refresh,
+            "scope": "base,video-calls",
+            "expires_in": self.access_ttl,
+            "api_domain": self.api_domain,
+        }
 
     def expire_access_tokens(self) -> None:
         """Make every access token Pipedrive issued so far answer 401 from now on."""
@@ -143,8 +149,12 @@ def create_fake_pipedrive(state: FakePipedriveState) -> Starlette:
         if not bearer_ok(request):
             return _error(401, "unauthorized", "Unauthorized")
         user = state.user
-        return JSONResponse({"success": True, "data": {"id": user.id, "company_id": user.company_id,
-                                                       "name": user.name, "email": user.email}})
+        return JSONResponse(
+            {
+                "success": True,
+                "data": {"id": user.id, "company_id": user.company_id, "name": user.name, "email": user.email},
+            }
+        )
 
     async def add_link(request: Request) -> Response:
         if not bearer_ok(request):
@@ -170,19 +180,22 @@ def create_fake_pipedrive(state: FakePipedriveState) -> Starlette:
             return _error(404, "not_found", "Link not found")
         return JSONResponse({"success": True, "data": {"message": "The user was removed successfully"}})
 
-    return Starlette(routes=[
-        Route("/oauth/authorize", authorize, methods=["GET"]),
-        Route("/oauth/token", token, methods=["POST"]),
-        Route("/oauth/revoke", revoke, methods=["POST"]),
-        Route("/api/v1/users/me", me, methods=["GET"]),
-        Route(LINKS_PATH, add_link, methods=["POST"]),
-        Route(LINKS_PATH + "/{link_id}", remove_link, methods=["DELETE"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/oauth/authorize", authorize, methods=["GET"]),
+            Route("/oauth/token", token, methods=["POST"]),
+            Route("/oauth/revoke", revoke, methods=["POST"]),
+            Route("/api/v1/users/me", me, methods=["GET"]),
+            Route(LINKS_PATH, add_link, methods=["POST"]),
+            Route(LINKS_PATH + "/{link_id}", remove_link, methods=["DELETE"]),
+        ]
+    )
 
 
 @contextmanager
-def running_fake_pipedrive(state: FakePipedriveState, host: str = "127.0.0.1",
-                           port: int = 0) -> Iterator[FakePipedriveState]:
+def running_fake_pipedrive(
+    state: FakePipedriveState, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[FakePipedriveState]:
     """Serve the fake on a real loopback socket in a background thread; ``state.api_domain`` is its URL."""
 
     def build(url: str) -> Starlette:

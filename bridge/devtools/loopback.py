@@ -18,16 +18,21 @@ from starlette.types import ASGIApp
 
 
 @contextmanager
-def serve_on_loopback(make_app: Callable[[str], ASGIApp], *, host: str = "127.0.0.1", port: int = 0,
-                      lifespan: Literal["on", "off"] = "off", start_seconds: float = 10) -> Iterator[str]:
+def serve_on_loopback(
+    make_app: Callable[[str], ASGIApp],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    lifespan: Literal["on", "off"] = "off",
+    start_seconds: float = 10,
+) -> Iterator[str]:
     """Bind ``host:port`` (0: any free port), build the app for its base URL, serve it; yields the URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
         url = f"http://{host}:{sock.getsockname()[1]}"
-        server = uvicorn.Server(uvicorn.Config(make_app(url), log_config=None, access_log=False,
-                                               lifespan=lifespan))
+        server = uvicorn.Server(uvicorn.Config(make_app(url), log_config=None, access_log=False, lifespan=lifespan))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         deadline = time.monotonic() + start_seconds

@@ -63,16 +63,22 @@ def config_sections(config: Config, *, pipedrive_urls: bool = False) -> dict[str
 
     ``pipedrive_urls`` adds ``oauth_base`` and ``api_base`` (a fake Pipedrive's).
     """
-    pipedrive: dict[str, Any] = {"client_id": config.pipedrive.client_id,
-                                 "client_secret": config.pipedrive.client_secret}
+    pipedrive: dict[str, Any] = {
+        "client_id": config.pipedrive.client_id,
+        "client_secret": config.pipedrive.client_secret,
+    }
     if pipedrive_urls:
         pipedrive |= {"oauth_base": config.pipedrive.oauth_base, "api_base": config.pipedrive.api_base or ""}
-    return {"pipedrive": pipedrive, "database": {"url": config.database.url},
-            "vault": {"keys": list(config.vault.keys)}}
+    return {
+        "pipedrive": pipedrive,
+        "database": {"url": config.database.url},
+        "vault": {"keys": list(config.vault.keys)},
+    }
 
 
-def write_config_toml(path: Path, config: Config, sections: Mapping[str, Mapping[str, Any]] | None = None, *,
-                      pipedrive_urls: bool = False) -> Path:
+def write_config_toml(
+    path: Path, config: Config, sections: Mapping[str, Mapping[str, Any]] | None = None, *, pipedrive_urls: bool = False
+) -> Path:
     """Write ``config_sections(config)`` plus ``sections`` (merged table by table) as a TOML file for a subprocess."""
     raw = config_sections(config, pipedrive_urls=pipedrive_urls)
     for section, values in (sections or {}).items():
@@ -102,20 +108,35 @@ class BridgeProcess:
     ``die_with_parent`` the process also gets SIGTERM if its starter dies (``parent_death_signal``).
     """
 
-    def __init__(self, args: Sequence[str], log_path: Path, *, port: int, env: Mapping[str, str] | None = None,
-                 cwd: Path | None = None, name: str = "the bridge", die_with_parent: bool = False) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        log_path: Path,
+        *,
+        port: int,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        name: str = "the bridge",
+        die_with_parent: bool = False,
+    ) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self.name = name
         self._log = log_path.open("ab")
-        self.process = subprocess.Popen([sys.executable, *args], stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=dict(env) if env is not None else None, cwd=cwd,
-                                        preexec_fn=parent_death_signal if die_with_parent else None)
+        self.process = subprocess.Popen(
+            [sys.executable, *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            preexec_fn=parent_death_signal if die_with_parent else None,
+        )
 
     @classmethod
-    def serve(cls, config_path: Path, log_path: Path, *, port: int | None = None, port_arg: bool = True,
-              **kwargs: Any) -> BridgeProcess:
+    def serve(
+        cls, config_path: Path, log_path: Path, *, port: int | None = None, port_arg: bool = True, **kwargs: Any
+    ) -> BridgeProcess:
         """``pipedrive-video-bridge serve`` on ``port`` (a free one if None; ``--port`` unless not ``port_arg``)."""
         port = port or free_port()
         return cls(serve_args(config_path, port if port_arg else None), log_path, port=port, **kwargs)
@@ -127,8 +148,7 @@ class BridgeProcess:
         """Until GET ``path`` answers 200; fails (showing the log) if the process exits or ``seconds`` pass."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, \
-                f"{self.name} exited with {self.process.returncode}:\n{self.log()}"
+            assert self.process.poll() is None, f"{self.name} exited with {self.process.returncode}:\n{self.log()}"
             try:
                 if httpx.get(self.url + path, timeout=1).status_code == 200:
                     return
@@ -174,8 +194,12 @@ def run_ready_go_workers(commands: Sequence[Sequence[str]], timeout: float = 60)
 
     Returns each one's last stdout line as JSON (each must exit 0 within ``timeout``); kills leftovers.
     """
-    workers = [subprocess.Popen(list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for command in commands]
+    workers = [
+        subprocess.Popen(
+            list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for command in commands
+    ]
     try:
         for worker in workers:
             assert worker.stdout is not None

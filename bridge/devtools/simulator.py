@@ -140,8 +140,10 @@ def sent(request: httpx.Request) -> str:
 
 def expect_status(response: httpx.Response, *expected: int) -> None:
     wanted = " or ".join(str(s) for s in expected)
-    check(response.status_code in expected, f"{sent(response.request)} answered HTTP {response.status_code}, "
-          f"expected {wanted}: {excerpt(response)}")
+    check(
+        response.status_code in expected,
+        f"{sent(response.request)} answered HTTP {response.status_code}, expected {wanted}: {excerpt(response)}",
+    )
 
 
 def expect_error(response: httpx.Response, *expected: int) -> None:
@@ -155,9 +157,10 @@ def expect_empty(response: httpx.Response) -> None:
 
 
 def redirect_target(response: httpx.Response) -> str:
-    check(response.status_code in _REDIRECTS and "location" in response.headers,
-          f"{sent(response.request)} answered HTTP {response.status_code} instead of a redirect: "
-          f"{excerpt(response)}")
+    check(
+        response.status_code in _REDIRECTS and "location" in response.headers,
+        f"{sent(response.request)} answered HTTP {response.status_code} instead of a redirect: {excerpt(response)}",
+    )
     return urljoin(str(response.request.url), response.headers["location"])
 
 
@@ -184,8 +187,16 @@ class Simulator:
     the bridge uses as its ``oauth_base`` and ``api_base``.
     """
 
-    def __init__(self, bridge_url: str, client_id: str, client_secret: str, pipedrive: FakePipedriveState,
-                 *, echo: Callable[[str], None] | None = print, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        bridge_url: str,
+        client_id: str,
+        client_secret: str,
+        pipedrive: FakePipedriveState,
+        *,
+        echo: Callable[[str], None] | None = print,
+        timeout: float = 30.0,
+    ) -> None:
         parts = urlsplit(bridge_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"the bridge URL must be an http(s) URL, got {bridge_url!r}")
@@ -200,8 +211,9 @@ class Simulator:
         self.results: list[StepResult] = []
         start = (datetime.now(UTC) + timedelta(days=1)).replace(second=0, microsecond=0)
         self.meeting = meeting_body(start)
-        self.moved_meeting = meeting_body(start + timedelta(hours=1), topic="Pipedrive simulator check (moved)",
-                                          duration=45)
+        self.moved_meeting = meeting_body(
+            start + timedelta(hours=1), topic="Pipedrive simulator check (moved)", duration=45
+        )
         # what the steps learn, for the steps after them
         self.endpoints: dict[str, str] = {}
         self.callback_url = ""
@@ -217,8 +229,9 @@ class Simulator:
         async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as self.http:
             for step in STEPS:
                 cause = next((failed[need] for need in step.needs if need in failed), None)
-                result = StepResult(step.name, False, f"skipped: {cause} failed") if cause \
-                    else await self._attempt(step)
+                result = (
+                    StepResult(step.name, False, f"skipped: {cause} failed") if cause else await self._attempt(step)
+                )
                 if not result.ok:
                     failed[step.name] = cause or step.name
                 self.results.append(result)
@@ -239,8 +252,11 @@ class Simulator:
     def endpoint(self, name: str, meeting_id: str = "", link_id: str | None = None) -> str:
         """The manifest's URL for ``name`` with ``:linkId`` and ``:meetingId`` filled in, as Pipedrive does."""
         link = self.link_id if link_id is None else link_id
-        return self.endpoints[name].replace(":linkId", quote(link, safe="")) \
+        return (
+            self.endpoints[name]
+            .replace(":linkId", quote(link, safe=""))
             .replace(":meetingId", quote(meeting_id, safe=""))
+        )
 
     # --- the steps --------------------------------------------------------------------
 
@@ -253,15 +269,21 @@ class Simulator:
         manifest = _json_or_none(response)
         problems = manifest_problems(manifest)
         check(not problems, "the manifest is invalid: " + "; ".join(problems))
-        check(manifest["clientId"] == self.client_id,
-              f"clientId is {manifest['clientId']!r}, not this app's client id {self.client_id!r}")
+        check(
+            manifest["clientId"] == self.client_id,
+            f"clientId is {manifest['clientId']!r}, not this app's client id {self.client_id!r}",
+        )
         self.endpoints = manifest["endpoints"]
 
     async def credentials(self) -> None:
-        response = await self.http.post(self.endpoint("postMeeting", link_id=str(uuid.uuid4())),
-                                        json=self.meeting, headers=self.auth)
-        check(response.status_code != 401, f"the bridge refused this app's client id and secret (HTTP 401: "
-              f"{excerpt(response)}): the bridge and Pipedrive must use the same app credentials")
+        response = await self.http.post(
+            self.endpoint("postMeeting", link_id=str(uuid.uuid4())), json=self.meeting, headers=self.auth
+        )
+        check(
+            response.status_code != 401,
+            f"the bridge refused this app's client id and secret (HTTP 401: "
+            f"{excerpt(response)}): the bridge and Pipedrive must use the same app credentials",
+        )
         expect_error(response, 404)
 
     async def install(self) -> None:
@@ -270,39 +292,51 @@ class Simulator:
             self._refresh_tokens_before = set(self.pipedrive.refresh_tokens)
         authorize_url = redirect_target(await self.http.get(self.bridge_url + INSTALL))
         expected = self.pipedrive.api_domain + "/oauth/authorize"
-        check(_without_query(authorize_url) == expected,
-              f"{INSTALL} sends the browser to {_without_query(authorize_url)}, not to this simulator's "
-              f"{expected}: set [pipedrive] oauth_base = \"{self.pipedrive.api_domain}\" on the bridge")
+        check(
+            _without_query(authorize_url) == expected,
+            f"{INSTALL} sends the browser to {_without_query(authorize_url)}, not to this simulator's "
+            f'{expected}: set [pipedrive] oauth_base = "{self.pipedrive.api_domain}" on the bridge',
+        )
         query = _query(authorize_url)
-        check(query.get("client_id") == self.client_id,
-              f"the authorize URL's client_id is {query.get('client_id')!r}, not {self.client_id!r}")
+        check(
+            query.get("client_id") == self.client_id,
+            f"the authorize URL's client_id is {query.get('client_id')!r}, not {self.client_id!r}",
+        )
         callback_url = query.get("redirect_uri", "")
-        check(urlsplit(callback_url).scheme in ("http", "https") and urlsplit(callback_url).path.endswith(CALLBACK),
-              f"the authorize URL's redirect_uri {callback_url!r} is not the bridge's {CALLBACK}")
+        check(
+            urlsplit(callback_url).scheme in ("http", "https") and urlsplit(callback_url).path.endswith(CALLBACK),
+            f"the authorize URL's redirect_uri {callback_url!r} is not the bridge's {CALLBACK}",
+        )
         check(bool(query.get("state")), "the authorize URL carries no state")
         back = redirect_target(await self.http.get(authorize_url))
-        check(_without_query(back) == callback_url and "code" in _query(back),
-              f"Pipedrive's authorize did not send the browser back to {callback_url} with a code, but to "
-              f"{_without_query(back)}")
+        check(
+            _without_query(back) == callback_url and "code" in _query(back),
+            f"Pipedrive's authorize did not send the browser back to {callback_url} with a code, but to "
+            f"{_without_query(back)}",
+        )
         landing = redirect_target(await self.http.get(back))
         allowed = {self.pipedrive.api_domain, *([self.pipedrive.redirect_url] if self.pipedrive.redirect_url else [])}
-        check(landing.rstrip("/") in {url.rstrip("/") for url in allowed},
-              f"after the install the callback redirects to {landing}, expected Pipedrive "
-              f"({' or '.join(sorted(allowed))})")
+        check(
+            landing.rstrip("/") in {url.rstrip("/") for url in allowed},
+            f"after the install the callback redirects to {landing}, expected Pipedrive "
+            f"({' or '.join(sorted(allowed))})",
+        )
         self.callback_url = callback_url
 
     async def registration(self) -> None:
         with self.pipedrive.lock:
             new = {key: body for key, body in self.pipedrive.links.items() if key not in self._links_before}
         check(len(new) == 1, f"Pipedrive got {len(new)} new user-provider links, expected exactly 1")
-        (link_id, body), = new.items()
+        ((link_id, body),) = new.items()
         user = self.pipedrive.user
         check(bool(_UUID.fullmatch(link_id)), f"user_provider_id {link_id!r} is not a UUID")
         for key, want in (("user_id", user.id), ("company_id", user.company_id)):
             got = body.get(key)
             check(type(got) is int and got == want, f"{key} is {got!r}, expected the number {want}")
-        check(body.get("marketplace_client_id") == self.client_id,
-              f"marketplace_client_id is {body.get('marketplace_client_id')!r}, expected {self.client_id!r}")
+        check(
+            body.get("marketplace_client_id") == self.client_id,
+            f"marketplace_client_id is {body.get('marketplace_client_id')!r}, expected {self.client_id!r}",
+        )
         self.link_id = link_id
 
     async def post_meeting(self) -> None:
@@ -321,8 +355,9 @@ class Simulator:
         expect_error(await self.http.post(self.endpoint("postMeeting"), json=bad, headers=self.auth), 400)
 
     async def patch_update_meeting(self) -> None:
-        response = await self.http.patch(self.endpoint("patchUpdateMeeting", self.meeting_id),
-                                         json=self.moved_meeting, headers=self.auth)
+        response = await self.http.patch(
+            self.endpoint("patchUpdateMeeting", self.meeting_id), json=self.moved_meeting, headers=self.auth
+        )
         expect_status(response, 204)
         expect_empty(response)
 
@@ -335,11 +370,17 @@ class Simulator:
         state = self.pipedrive
         with state.lock:
             removed_before, revoked_before = len(state.removed_links), len(state.revoked)
-        notice = {"client_id": self.client_id, "company_id": state.user.company_id, "user_id": state.user.id,
-                  "timestamp": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")}
+        notice = {
+            "client_id": self.client_id,
+            "company_id": state.user.company_id,
+            "user_id": state.user.id,
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        }
         response = await self.http.request("DELETE", self.callback_url, json=notice, headers=self.auth)
-        check(200 <= response.status_code < 300, f"{sent(response.request)} answered HTTP "
-              f"{response.status_code}, expected 2xx: {excerpt(response)}")
+        check(
+            200 <= response.status_code < 300,
+            f"{sent(response.request)} answered HTTP {response.status_code}, expected 2xx: {excerpt(response)}",
+        )
         with state.lock:
             removed = self.link_id in state.removed_links[removed_before:] and self.link_id not in state.links
             revoked = state.revoked[revoked_before:]

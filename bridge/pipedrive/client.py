@@ -52,8 +52,10 @@ class TokenSet:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenSet:
-        return cls(**{k: data[k] for k in ("access_token", "refresh_token", "expires_at", "scope", "api_domain")},
-                   refused=bool(data.get("refused", False)))
+        return cls(
+            **{k: data[k] for k in ("access_token", "refresh_token", "expires_at", "scope", "api_domain")},
+            refused=bool(data.get("refused", False)),
+        )
 
 
 @dataclass(frozen=True)
@@ -72,27 +74,30 @@ class PipedriveClient:
     # --- OAuth ----------------------------------------------------------------------
 
     def authorize_url(self, redirect_uri: str, state: str) -> str:
-        query = httpx.QueryParams({"client_id": self.config.client_id, "redirect_uri": redirect_uri,
-                                   "state": state})
+        query = httpx.QueryParams({"client_id": self.config.client_id, "redirect_uri": redirect_uri, "state": state})
         return f"{self.config.oauth_base}/oauth/authorize?{query}"
 
     def _basic(self) -> httpx.BasicAuth:
         return httpx.BasicAuth(self.config.client_id, self.config.client_secret)
 
     async def exchange_code(self, code: str, redirect_uri: str) -> TokenSet:
-        return await self._token("exchange the authorization code",
-                                 {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri})
+        return await self._token(
+            "exchange the authorization code",
+            {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri},
+        )
 
     async def refresh(self, refresh_token: str) -> TokenSet:
-        return await self._token("refresh the access token",
-                                 {"grant_type": "refresh_token", "refresh_token": refresh_token})
+        return await self._token(
+            "refresh the access token", {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        )
 
     async def _token(self, step: str, form: dict[str, str]) -> TokenSet:
         try:
             response = await self.http.post(f"{self.config.oauth_base}/oauth/token", data=form, auth=self._basic())
         except httpx.HTTPError as exc:
-            raise PipedriveError(step, f"Pipedrive's OAuth server could not be reached ({exc.__class__.__name__})") \
-                from exc
+            raise PipedriveError(
+                step, f"Pipedrive's OAuth server could not be reached ({exc.__class__.__name__})"
+            ) from exc
         body = _json(response)
         if response.status_code != 200:
             error = str(body.get("error", "")) if isinstance(body, dict) else ""
@@ -114,8 +119,11 @@ class PipedriveClient:
         """RFC 7009 revocation of the refresh token (and with it the grant)."""
         step = "revoke the refresh token"
         try:
-            response = await self.http.post(f"{self.config.oauth_base}/oauth/revoke", auth=self._basic(),
-                                            data={"token": refresh_token, "token_type_hint": "refresh_token"})
+            response = await self.http.post(
+                f"{self.config.oauth_base}/oauth/revoke",
+                auth=self._basic(),
+                data={"token": refresh_token, "token_type_hint": "refresh_token"},
+            )
         except httpx.HTTPError as exc:
             raise PipedriveError(step, f"unreachable ({exc.__class__.__name__})") from exc
         if response.status_code not in (200, 204):
@@ -129,8 +137,15 @@ class PipedriveClient:
                 raise ValueError(f"api_domain {value!r} is not the configured api_base")
             return value
         parts = urlsplit(value)
-        if parts.scheme != "https" or not _PIPEDRIVE_HOST.match(parts.hostname or "") or parts.port \
-                or parts.path or parts.query or parts.fragment or "@" in parts.netloc:
+        if (
+            parts.scheme != "https"
+            or not _PIPEDRIVE_HOST.match(parts.hostname or "")
+            or parts.port
+            or parts.path
+            or parts.query
+            or parts.fragment
+            or "@" in parts.netloc
+        ):
             raise ValueError(f"api_domain {value!r} is not a Pipedrive domain")
         return value
 
@@ -139,8 +154,9 @@ class PipedriveClient:
     async def _api(self, step: str, method: str, tokens: TokenSet, path: str, **kwargs: Any) -> httpx.Response:
         url = self.check_api_domain(tokens.api_domain) + path
         try:
-            return await self.http.request(method, url, headers={"Authorization": f"Bearer {tokens.access_token}"},
-                                           **kwargs)
+            return await self.http.request(
+                method, url, headers={"Authorization": f"Bearer {tokens.access_token}"}, **kwargs
+            )
         except httpx.HTTPError as exc:
             raise PipedriveError(step, f"Pipedrive's API could not be reached ({exc.__class__.__name__})") from exc
 
@@ -152,16 +168,24 @@ class PipedriveClient:
             raise PipedriveError(step, f"Pipedrive answered HTTP {response.status_code}", status=response.status_code)
         data = body["data"]
         try:
-            return PipedriveUser(id=_required_int(data, "id"), company_id=_required_int(data, "company_id"),
-                                 name=str(data.get("name") or ""), email=str(data.get("email") or ""))
+            return PipedriveUser(
+                id=_required_int(data, "id"),
+                company_id=_required_int(data, "company_id"),
+                name=str(data.get("name") or ""),
+                email=str(data.get("email") or ""),
+            )
         except (TypeError, ValueError) as exc:
             raise PipedriveError(step, f"Pipedrive's user answer is unusable: {exc}") from None
 
     async def register_link(self, tokens: TokenSet, link_id: str, user: PipedriveUser) -> str | None:
         """POST the user-provider link; returns Pipedrive's ``redirectUrl`` when it gives one."""
         step = "register the video calling link"
-        payload = {"user_provider_id": link_id, "user_id": user.id, "company_id": user.company_id,
-                   "marketplace_client_id": self.config.client_id}
+        payload = {
+            "user_provider_id": link_id,
+            "user_id": user.id,
+            "company_id": user.company_id,
+            "marketplace_client_id": self.config.client_id,
+        }
         response = await self._api(step, "POST", tokens, self.config.provider_links_path, json=payload)
         body = _json(response)
         if response.status_code not in (200, 201) or (isinstance(body, dict) and body.get("success") is False):

@@ -52,8 +52,9 @@ def _token_set(token: Token) -> TokenSet:
 class PipedriveTokens:
     """The Pipedrive tokens of every link, kept fresh (``margin_seconds`` before they expire)."""
 
-    def __init__(self, store: Store, client: PipedriveClient, margin_seconds: float,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, store: Store, client: PipedriveClient, margin_seconds: float, metrics: Metrics | None = None
+    ) -> None:
         self.store = store
         self.metrics = metrics
         self.client = client
@@ -85,8 +86,7 @@ class PipedriveTokens:
             return await self._refresh(link_id, current)
 
         try:
-            token = await self._keeper.token(self._credentials(link_id), refresh, stale=stale_access_token,
-                                             key=link_id)
+            token = await self._keeper.token(self._credentials(link_id), refresh, stale=stale_access_token, key=link_id)
         except TokenRefused:
             raise Gone(REFUSED) from None
         return _token_set(token)

@@ -33,13 +33,31 @@ class Link:
     updated_at: datetime
 
 
-def new_link(*, pipedrive_user_id: int, company_id: int, user_name: str = "", user_email: str = "",
-             api_domain: str | None = None, backend: str | None = None, link_id: str | None = None) -> Link:
+def new_link(
+    *,
+    pipedrive_user_id: int,
+    company_id: int,
+    user_name: str = "",
+    user_email: str = "",
+    api_domain: str | None = None,
+    backend: str | None = None,
+    link_id: str | None = None,
+) -> Link:
     """An active link not stored yet (a new UUID unless ``link_id`` is given), for ``Store.save_install``."""
     now = utcnow()
-    return Link(id=link_id or str(uuid.uuid4()), pipedrive_user_id=pipedrive_user_id, company_id=company_id,
-                user_name=user_name, user_email=user_email, api_domain=api_domain, backend=backend,
-                status=LINK_ACTIVE, tokens_refreshed_at=None, created_at=now, updated_at=now)
+    return Link(
+        id=link_id or str(uuid.uuid4()),
+        pipedrive_user_id=pipedrive_user_id,
+        company_id=company_id,
+        user_name=user_name,
+        user_email=user_email,
+        api_domain=api_domain,
+        backend=backend,
+        status=LINK_ACTIVE,
+        tokens_refreshed_at=None,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 def link_from_row(row: Row[Any] | None) -> Link | None:
@@ -56,11 +74,24 @@ class Links(Database):
     """Every read and write of ``link``; an install and an uninstall also write the link's secrets."""
 
     @writes
-    def create_link(self, *, pipedrive_user_id: int, company_id: int, user_name: str = "",
-                    user_email: str = "", api_domain: str | None = None,
-                    backend: str | None = None) -> Link:
-        link = new_link(pipedrive_user_id=pipedrive_user_id, company_id=company_id, user_name=user_name,
-                        user_email=user_email, api_domain=api_domain, backend=backend)
+    def create_link(
+        self,
+        *,
+        pipedrive_user_id: int,
+        company_id: int,
+        user_name: str = "",
+        user_email: str = "",
+        api_domain: str | None = None,
+        backend: str | None = None,
+    ) -> Link:
+        link = new_link(
+            pipedrive_user_id=pipedrive_user_id,
+            company_id=company_id,
+            user_name=user_name,
+            user_email=user_email,
+            api_domain=api_domain,
+            backend=backend,
+        )
         with self._transaction(write=True) as conn:
             conn.execute(_INSERT_LINK, asdict(link))
         return link
@@ -78,24 +109,38 @@ class Links(Database):
     @writes
     def set_link_backend(self, link_id: str, backend: str | None) -> bool:
         with self._transaction(write=True) as conn:
-            result = conn.execute(update(LINKS).where(LINKS.c.id == link_id)
-                                  .values(backend=backend, updated_at=utcnow()))
+            result = conn.execute(
+                update(LINKS).where(LINKS.c.id == link_id).values(backend=backend, updated_at=utcnow())
+            )
             return bool(result.rowcount)
 
     @in_thread
     def find_active_link(self, company_id: int, pipedrive_user_id: int) -> Link | None:
         with self._transaction() as conn:
-            return link_from_row(conn.execute(select(LINKS).where(
-                LINKS.c.company_id == company_id, LINKS.c.pipedrive_user_id == pipedrive_user_id,
-                LINKS.c.status == LINK_ACTIVE).limit(1)).first())
+            return link_from_row(
+                conn.execute(
+                    select(LINKS)
+                    .where(
+                        LINKS.c.company_id == company_id,
+                        LINKS.c.pipedrive_user_id == pipedrive_user_id,
+                        LINKS.c.status == LINK_ACTIVE,
+                    )
+                    .limit(1)
+                ).first()
+            )
 
     @in_thread
     def find_link(self, company_id: int, pipedrive_user_id: int) -> Link | None:
         """The user's most recent link, whatever its status."""
         with self._transaction() as conn:
-            return link_from_row(conn.execute(select(LINKS).where(
-                LINKS.c.company_id == company_id, LINKS.c.pipedrive_user_id == pipedrive_user_id)
-                .order_by(LINKS.c.created_at.desc()).limit(1)).first())
+            return link_from_row(
+                conn.execute(
+                    select(LINKS)
+                    .where(LINKS.c.company_id == company_id, LINKS.c.pipedrive_user_id == pipedrive_user_id)
+                    .order_by(LINKS.c.created_at.desc())
+                    .limit(1)
+                ).first()
+            )
 
     @writes
     def save_install(self, link: Link, tokens: str) -> Link:
@@ -111,12 +156,27 @@ class Links(Database):
                 saved = replace(link, status=LINK_ACTIVE, tokens_refreshed_at=now, updated_at=now)
                 conn.execute(_INSERT_LINK, asdict(saved))
             else:
-                saved = replace(stored, user_name=link.user_name, user_email=link.user_email,
-                                api_domain=link.api_domain, status=LINK_ACTIVE, tokens_refreshed_at=now,
-                                updated_at=now)
-                conn.execute(update(LINKS).where(LINKS.c.id == saved.id).values(
-                    user_name=saved.user_name, user_email=saved.user_email, api_domain=saved.api_domain,
-                    status=saved.status, tokens_refreshed_at=now, updated_at=now))
+                saved = replace(
+                    stored,
+                    user_name=link.user_name,
+                    user_email=link.user_email,
+                    api_domain=link.api_domain,
+                    status=LINK_ACTIVE,
+                    tokens_refreshed_at=now,
+                    updated_at=now,
+                )
+                conn.execute(
+                    update(LINKS)
+                    .where(LINKS.c.id == saved.id)
+                    .values(
+                        user_name=saved.user_name,
+                        user_email=saved.user_email,
+                        api_domain=saved.api_domain,
+                        status=saved.status,
+                        tokens_refreshed_at=now,
+                        updated_at=now,
+                    )
+                )
             write_secret(conn, vault, link_scope(saved.id), PIPEDRIVE_TOKENS, tokens)
             return saved
 
@@ -124,8 +184,9 @@ class Links(Database):
     def uninstall_link(self, link_id: str) -> int:
         """Mark the link uninstalled and erase every secret of it; returns how many secrets went."""
         with self._transaction(write=True) as conn:
-            conn.execute(update(LINKS).where(LINKS.c.id == link_id)
-                         .values(status=LINK_UNINSTALLED, updated_at=utcnow()))
+            conn.execute(
+                update(LINKS).where(LINKS.c.id == link_id).values(status=LINK_UNINSTALLED, updated_at=utcnow())
+            )
             return erase_scope(conn, link_scope(link_id))
 
     @writes
@@ -142,6 +203,14 @@ class Links(Database):
     def links_to_refresh(self, refreshed_before: datetime, limit: int = 100) -> list[str]:
         """Active links whose Pipedrive tokens were last refreshed before the given time."""
         with self._transaction() as conn:
-            return list(conn.execute(select(LINKS.c.id).where(
-                LINKS.c.status == LINK_ACTIVE, LINKS.c.tokens_refreshed_at.is_not(None),
-                LINKS.c.tokens_refreshed_at < refreshed_before).limit(limit)).scalars())
+            return list(
+                conn.execute(
+                    select(LINKS.c.id)
+                    .where(
+                        LINKS.c.status == LINK_ACTIVE,
+                        LINKS.c.tokens_refreshed_at.is_not(None),
+                        LINKS.c.tokens_refreshed_at < refreshed_before,
+                    )
+                    .limit(limit)
+                ).scalars()
+            )

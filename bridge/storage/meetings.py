@@ -58,13 +58,29 @@ def new_meeting_id() -> str:
     return _secrets.token_urlsafe(18)
 
 
-def new_meeting(*, link_id: str, backend: str, vendor_meeting_id: str, start_time: datetime, duration: int,
-                request_hash: str | None = None) -> Meeting:
+def new_meeting(
+    *,
+    link_id: str,
+    backend: str,
+    vendor_meeting_id: str,
+    start_time: datetime,
+    duration: int,
+    request_hash: str | None = None,
+) -> Meeting:
     """An active meeting with a new id, ready for ``Store.add_meeting``."""
     now = utcnow()
-    return Meeting(id=new_meeting_id(), link_id=link_id, backend=backend, vendor_meeting_id=vendor_meeting_id,
-                   start_time=start_time, duration=duration, state=MEETING_ACTIVE, request_hash=request_hash,
-                   created_at=now, updated_at=now)
+    return Meeting(
+        id=new_meeting_id(),
+        link_id=link_id,
+        backend=backend,
+        vendor_meeting_id=vendor_meeting_id,
+        start_time=start_time,
+        duration=duration,
+        state=MEETING_ACTIVE,
+        request_hash=request_hash,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 def meeting_from_row(row: Row[Any] | None) -> Meeting | None:
@@ -84,10 +100,17 @@ def _room_from_text(value: str) -> StoredRoom:
 
 # the statements of the reverse API's path, built once so SQLAlchemy's compiled cache always hits
 _MEETING_BY_ID = select(MEETINGS).where(MEETINGS.c.id == bindparam("id"))
-_REPEATED = (select(MEETINGS)
-             .where(MEETINGS.c.link_id == bindparam("link_id"), MEETINGS.c.request_hash == bindparam("hash"),
-                    MEETINGS.c.state == MEETING_ACTIVE, MEETINGS.c.created_at >= bindparam("since"))
-             .order_by(MEETINGS.c.created_at.desc()).limit(1))
+_REPEATED = (
+    select(MEETINGS)
+    .where(
+        MEETINGS.c.link_id == bindparam("link_id"),
+        MEETINGS.c.request_hash == bindparam("hash"),
+        MEETINGS.c.state == MEETING_ACTIVE,
+        MEETINGS.c.created_at >= bindparam("since"),
+    )
+    .order_by(MEETINGS.c.created_at.desc())
+    .limit(1)
+)
 _INSERT_MEETING = insert(MEETINGS)
 
 
@@ -118,8 +141,9 @@ class Meetings(Database):
             return link, None if link is None else _meeting_of(conn, link_id, meeting_id)
 
     @in_thread
-    def get_link_and_repeat(self, link_id: str, request_hash: str,
-                            since: datetime | None) -> tuple[Link | None, Repeated | None]:
+    def get_link_and_repeat(
+        self, link_id: str, request_hash: str, since: datetime | None
+    ) -> tuple[Link | None, Repeated | None]:
         """The link, and its latest active meeting made from the same request since ``since`` (a retry's
         original) with that meeting's room: what a postMeeting needs to know, in one transaction."""
         vault = self._require_vault()
@@ -127,8 +151,9 @@ class Meetings(Database):
             link = link_from_row(conn.execute(LINK_BY_ID, {"id": link_id}).first())
             if link is None or since is None:
                 return link, None
-            meeting = meeting_from_row(conn.execute(_REPEATED, {"link_id": link_id, "hash": request_hash,
-                                                        "since": since}).first())
+            meeting = meeting_from_row(
+                conn.execute(_REPEATED, {"link_id": link_id, "hash": request_hash, "since": since}).first()
+            )
             room = None if meeting is None else _room_of(conn, vault, meeting.id)
             return link, None if meeting is None or room is None else Repeated(meeting, room)
 
@@ -141,13 +166,18 @@ class Meetings(Database):
             write_secret(conn, vault, meeting_scope(meeting.id), "room", room_text(room))
 
     @writes
-    def replace_room(self, meeting: Meeting, *, vendor_meeting_id: str, room: StoredRoom,
-                     start_time: datetime, duration: int) -> None:
+    def replace_room(
+        self, meeting: Meeting, *, vendor_meeting_id: str, room: StoredRoom, start_time: datetime, duration: int
+    ) -> None:
         vault = self._require_vault()
         with self._transaction(write=True) as conn:
-            conn.execute(update(MEETINGS).where(MEETINGS.c.id == meeting.id)
-                         .values(vendor_meeting_id=vendor_meeting_id, start_time=start_time,
-                                 duration=duration, updated_at=utcnow()))
+            conn.execute(
+                update(MEETINGS)
+                .where(MEETINGS.c.id == meeting.id)
+                .values(
+                    vendor_meeting_id=vendor_meeting_id, start_time=start_time, duration=duration, updated_at=utcnow()
+                )
+            )
             write_secret(conn, vault, meeting_scope(meeting.id), "room", room_text(room))
 
     @in_thread

@@ -38,17 +38,16 @@ class KeyRotation(Database):
         """
         vault = self._require_vault()
         with self._transaction(write=True) as conn:
-            rows = conn.execute(select(SECRETS).where(SECRETS.c.key_id != vault.primary_key_id)
-                                .limit(batch_size)).all()
+            rows = conn.execute(select(SECRETS).where(SECRETS.c.key_id != vault.primary_key_id).limit(batch_size)).all()
             moved = 0
             for row in rows:
                 context = secret_context(row.scope, row.name)
                 kid, ciphertext = vault.encrypt(vault.decrypt(row.ciphertext, context), context)
                 result = conn.execute(
                     update(SECRETS)
-                    .where(SECRETS.c.scope == row.scope, SECRETS.c.name == row.name,
-                           SECRETS.c.version == row.version)
-                    .values(key_id=kid, ciphertext=ciphertext, version=row.version + 1))
+                    .where(SECRETS.c.scope == row.scope, SECRETS.c.name == row.name, SECRETS.c.version == row.version)
+                    .values(key_id=kid, ciphertext=ciphertext, version=row.version + 1)
+                )
                 moved += result.rowcount
             return moved
 

@@ -31,8 +31,14 @@ class LinkTable(SQLModel, table=True):
     __table_args__ = (
         Index("ix_link_company_user", "company_id", "pipedrive_user_id"),
         # one live link per Pipedrive user: a second install of the same user re-activates the first
-        Index("ux_link_active_user", "company_id", "pipedrive_user_id", unique=True,
-              sqlite_where=text("status = 'active'"), postgresql_where=text("status = 'active'")),
+        Index(
+            "ux_link_active_user",
+            "company_id",
+            "pipedrive_user_id",
+            unique=True,
+            sqlite_where=text("status = 'active'"),
+            postgresql_where=text("status = 'active'"),
+        ),
     )
 
     id: str = Field(primary_key=True, max_length=64)

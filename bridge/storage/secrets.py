@@ -58,9 +58,15 @@ def _secret_upsert(dialect_insert: Callable[[Table], Any]) -> Any:
     and ``version`` must go up on every write (rotation relies on it).
     """
     statement = dialect_insert(SECRETS)
-    return statement.on_conflict_do_update(index_elements=["scope", "name"], set_={
-        "key_id": statement.excluded.key_id, "ciphertext": statement.excluded.ciphertext,
-        "version": SECRETS.c.version + 1, "updated_at": statement.excluded.updated_at})
+    return statement.on_conflict_do_update(
+        index_elements=["scope", "name"],
+        set_={
+            "key_id": statement.excluded.key_id,
+            "ciphertext": statement.excluded.ciphertext,
+            "version": SECRETS.c.version + 1,
+            "updated_at": statement.excluded.updated_at,
+        },
+    )
 
 
 def _lease_take(dialect_insert: Callable[[Table], Any]) -> Any:
@@ -69,12 +75,12 @@ def _lease_take(dialect_insert: Callable[[Table], Any]) -> Any:
     return statement.on_conflict_do_update(
         index_elements=["name"],
         set_={"holder": statement.excluded.holder, "expires_at": statement.excluded.expires_at},
-        where=LEASES.c.expires_at < bindparam("now"))
+        where=LEASES.c.expires_at < bindparam("now"),
+    )
 
 
 # built once, so SQLAlchemy's compiled cache always hits
-_SECRET = select(SECRETS.c.ciphertext).where(SECRETS.c.scope == bindparam("scope"),
-                                             SECRETS.c.name == bindparam("name"))
+_SECRET = select(SECRETS.c.ciphertext).where(SECRETS.c.scope == bindparam("scope"), SECRETS.c.name == bindparam("name"))
 _UPSERT_SECRET = {"sqlite": _secret_upsert(sqlite_insert), "postgresql": _secret_upsert(postgresql_insert)}
 _DELETE_SECRET = delete(SECRETS).where(SECRETS.c.scope == bindparam("scope"), SECRETS.c.name == bindparam("name"))
 _TAKE_LEASE = {"sqlite": _lease_take(sqlite_insert), "postgresql": _lease_take(postgresql_insert)}
@@ -92,16 +98,16 @@ def read_secret(conn: Connection, vault: Vault, scope: str, name: str, *, for_up
 def write_secret(conn: Connection, vault: Vault, scope: str, name: str, value: str) -> None:
     """Encrypt with the primary key and insert or overwrite the secret (its version goes up)."""
     kid, ciphertext = vault.encrypt(value, secret_context(scope, name))
-    conn.execute(_UPSERT_SECRET[conn.dialect.name], {"scope": scope, "name": name, "key_id": kid,
-                                                     "ciphertext": ciphertext, "version": 1,
-                                                     "updated_at": utcnow()})
+    conn.execute(
+        _UPSERT_SECRET[conn.dialect.name],
+        {"scope": scope, "name": name, "key_id": kid, "ciphertext": ciphertext, "version": 1, "updated_at": utcnow()},
+    )
 
 
 def erase_scope(conn: Connection, scope: str) -> int:
     """Delete every secret of a scope and of the scopes below it (``scope:...``); returns how many."""
     prefix = scope.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ":%"
-    result = conn.execute(delete(SECRETS).where(
-        (SECRETS.c.scope == scope) | SECRETS.c.scope.like(prefix, escape="\\")))
+    result = conn.execute(delete(SECRETS).where((SECRETS.c.scope == scope) | SECRETS.c.scope.like(prefix, escape="\\")))
     return int(result.rowcount)
 
 
@@ -153,8 +159,10 @@ class Secrets(Database):
         """Take the lease on ``name`` for ``seconds``, unless another holder's lease is still running."""
         now = time.time()
         with self._transaction(write=True) as conn:
-            conn.execute(_TAKE_LEASE[conn.dialect.name],
-                         {"name": name, "holder": holder, "expires_at": now + seconds, "now": now})
+            conn.execute(
+                _TAKE_LEASE[conn.dialect.name],
+                {"name": name, "holder": holder, "expires_at": now + seconds, "now": now},
+            )
             return bool(conn.execute(_LEASE_HOLDER, {"name": name}).scalar() == holder)
 
     @writes
@@ -175,8 +183,9 @@ class Secrets(Database):
         delay, longest = LEASE_POLL_SECONDS
         while not await self.take_lease(name, holder, seconds):
             if time.monotonic() >= deadline:
-                raise ServiceUnavailable("another request has been renewing the same token for too long; "
-                                         "please try again")
+                raise ServiceUnavailable(
+                    "another request has been renewing the same token for too long; please try again"
+                )
             await anyio.sleep(delay)
             delay = min(delay * 2, longest)
         try:

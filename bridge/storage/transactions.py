@@ -67,9 +67,12 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         memory = url.endswith(":memory:")
         # one pooled connection per store thread, so none is opened and closed per transaction
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               poolclass=NullPool if memory else None,
-                               **({} if memory else {"pool_size": STORE_THREADS, "max_overflow": STORE_THREADS}))
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            poolclass=NullPool if memory else None,
+            **({} if memory else {"pool_size": STORE_THREADS, "max_overflow": STORE_THREADS}),
+        )
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -150,8 +153,7 @@ class Database:
                         yield conn
                     except DBAPIError as exc:
                         if exc.connection_invalidated:  # nothing was committed: safe to run again
-                            raise Disconnected(f"database connection lost: {exc.orig.__class__.__name__}") \
-                                from exc
+                            raise Disconnected(f"database connection lost: {exc.orig.__class__.__name__}") from exc
                         raise
         except (IntegrityError, StoreError):
             raise

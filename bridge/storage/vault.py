@@ -49,11 +49,13 @@ def _decode_key(key: str) -> bytes:
     try:
         raw = base64.urlsafe_b64decode(key.strip().encode())
     except (binascii.Error, ValueError):
-        raise VaultError("a vault key is not valid base64; make one with "
-                         "`pipedrive-video-bridge keys generate`") from None
+        raise VaultError(
+            "a vault key is not valid base64; make one with `pipedrive-video-bridge keys generate`"
+        ) from None
     if len(raw) != 32:
-        raise VaultError(f"a vault key must be 32 bytes, got {len(raw)}; "
-                         "make one with `pipedrive-video-bridge keys generate`")
+        raise VaultError(
+            f"a vault key must be 32 bytes, got {len(raw)}; make one with `pipedrive-video-bridge keys generate`"
+        )
     return raw
 
 
@@ -71,8 +73,10 @@ class Vault:
                 ring[kid] = AESGCM(raw[kid])
                 order.append(kid)
         if not order:
-            raise VaultError("no vault key is configured: set [vault] keys or PVB_VAULT_KEYS "
-                             "(make one with `pipedrive-video-bridge keys generate`)")
+            raise VaultError(
+                "no vault key is configured: set [vault] keys or PVB_VAULT_KEYS "
+                "(make one with `pipedrive-video-bridge keys generate`)"
+            )
         self._ring = ring
         self._raw = raw
         self.primary_key_id = order[0]
@@ -95,22 +99,29 @@ class Vault:
             raise VaultError(f"a stored secret has unknown format {version!r}")
         aead = self._ring.get(kid)
         if aead is None:
-            raise VaultError(f"a stored secret was encrypted with key {kid}, which is not configured; "
-                             "add that key back to [vault] keys")
+            raise VaultError(
+                f"a stored secret was encrypted with key {kid}, which is not configured; "
+                "add that key back to [vault] keys"
+            )
         try:
             return aead.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], context.encode()).decode()
         except InvalidTag:
-            raise VaultError(f"a stored secret does not decrypt with key {kid} for its row "
-                             "(wrong key, or the value was moved or altered)") from None
+            raise VaultError(
+                f"a stored secret does not decrypt with key {kid} for its row "
+                "(wrong key, or the value was moved or altered)"
+            ) from None
 
     def knows(self, kid: str) -> bool:
         return kid in self._ring
 
     def derive(self, purpose: str) -> list[bytes]:
         """One 256-bit key per vault key (primary first) for another use, via HKDF."""
-        return [HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                     info=f"pipedrive-video-bridge/{purpose}".encode()).derive(self._raw[kid])
-                for kid in self.key_ids]
+        return [
+            HKDF(
+                algorithm=hashes.SHA256(), length=32, salt=None, info=f"pipedrive-video-bridge/{purpose}".encode()
+            ).derive(self._raw[kid])
+            for kid in self.key_ids
+        ]
 
 
 def load_or_create_key_file(path: Path) -> list[str]:
@@ -123,8 +134,10 @@ def load_or_create_key_file(path: Path) -> list[str]:
     else:
         with os.fdopen(fd, "w") as handle:
             handle.write(generate_key() + "\n")
-        log.warning("created a new vault key file", extra={"path": str(path),
-                    "hint": "keep it with the database; losing it loses every stored token"})
+        log.warning(
+            "created a new vault key file",
+            extra={"path": str(path), "hint": "keep it with the database; losing it loses every stored token"},
+        )
     lines = [line.strip() for line in path.read_text().splitlines()]
     keys = [line for line in lines if line and not line.startswith("#")]
     if not keys:

@@ -27,16 +27,18 @@ HOSTILE_TOPICS = [
 
 def _assert_room(room: Any, meeting: MeetingRequest) -> None:
     assert isinstance(room, Room), f"create/update must return bridge.backends.Room, got {type(room).__name__}"
-    assert isinstance(room.vendor_meeting_id, str) and 0 < len(room.vendor_meeting_id) <= 255, \
+    assert isinstance(room.vendor_meeting_id, str) and 0 < len(room.vendor_meeting_id) <= 255, (
         "vendor_meeting_id must be a non-empty string of at most 255 characters"
+    )
     url = urlsplit(room.join_url)
     assert url.scheme in ("https", "http") and url.netloc, f"join_url must be an absolute URL: {room.join_url!r}"
     assert not re.search(r"\s", room.join_url), "join_url must not contain whitespace"
     assert isinstance(room.invitation, str) and room.invitation.strip(), "invitation must be non-empty text"
     assert room.join_url in room.invitation, "the invitation must contain the join link"
     assert meeting.topic[:100] in room.invitation, "the invitation must name the topic"
-    assert room.password is None or (isinstance(room.password, str) and room.password), \
+    assert room.password is None or (isinstance(room.password, str) and room.password), (
         "password must be None or a non-empty string"
+    )
 
 
 class BackendConformance:
@@ -75,8 +77,7 @@ class BackendConformance:
     @pytest.mark.anyio
     async def test_update_returns_the_moved_room(self, backend: Backend, context: BackendContext) -> None:
         room = await backend.create(context, sample_meeting())
-        moved = sample_meeting(topic="Moved demo", start_time=datetime(2031, 6, 1, 16, 0, tzinfo=UTC),
-                               duration=90)
+        moved = sample_meeting(topic="Moved demo", start_time=datetime(2031, 6, 1, 16, 0, tzinfo=UTC), duration=90)
         updated = await backend.update(context, room.vendor_meeting_id, moved)
         if updated is not None:  # None: the vendor keeps the room's link; the core re-writes the invitation
             _assert_room(updated, moved)
@@ -87,9 +88,9 @@ class BackendConformance:
         return []
 
     @pytest.mark.anyio
-    async def test_secrets_stay_out_of_rooms_and_logs(self, backend: Backend, context: BackendContext,
-                                                      vendor_secrets: list[str],
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+    async def test_secrets_stay_out_of_rooms_and_logs(
+        self, backend: Backend, context: BackendContext, vendor_secrets: list[str], caplog: pytest.LogCaptureFixture
+    ) -> None:
         caplog.set_level(logging.DEBUG)
         room = await backend.create(context, sample_meeting())
         moved = await backend.update(context, room.vendor_meeting_id, sample_meeting(topic="Moved")) or room

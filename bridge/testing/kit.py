@@ -57,21 +57,34 @@ class InMemoryCredentials:
 
 
 def sample_user(**overrides: Any) -> UserIdentity:
-    fields: dict[str, Any] = {"link_id": "0b9f3c2e-5d7a-4e61-9a38-2f4c6d8e1a57", "user_id": 4242,
-                              "company_id": 777, "name": "Ada Lovelace", "email": "ada@example.com"}
+    fields: dict[str, Any] = {
+        "link_id": "0b9f3c2e-5d7a-4e61-9a38-2f4c6d8e1a57",
+        "user_id": 4242,
+        "company_id": 777,
+        "name": "Ada Lovelace",
+        "email": "ada@example.com",
+    }
     return UserIdentity(**{**fields, **overrides})
 
 
 def sample_meeting(**overrides: Any) -> MeetingRequest:
-    fields: dict[str, Any] = {"topic": "Demo with Acme", "duration": 45,
-                              "start_time": datetime(2031, 5, 14, 9, 30, tzinfo=UTC)}
+    fields: dict[str, Any] = {
+        "topic": "Demo with Acme",
+        "duration": 45,
+        "start_time": datetime(2031, 5, 14, 9, 30, tzinfo=UTC),
+    }
     return MeetingRequest(**{**fields, **overrides})
 
 
-def make_context(http: httpx.AsyncClient, user: UserIdentity | None = None, credentials: Any = None,
-                 shared: Any = None) -> BackendContext:
-    return BackendContext(user=user or sample_user(), http=http, credentials=credentials or InMemoryCredentials(),
-                          shared=shared or InMemoryCredentials())
+def make_context(
+    http: httpx.AsyncClient, user: UserIdentity | None = None, credentials: Any = None, shared: Any = None
+) -> BackendContext:
+    return BackendContext(
+        user=user or sample_user(),
+        http=http,
+        credentials=credentials or InMemoryCredentials(),
+        shared=shared or InMemoryCredentials(),
+    )
 
 
 def make_config(tmp_path: Path, database_url: str | None = None, **sections: Mapping[str, Any]) -> Config:
@@ -101,18 +114,25 @@ async def prepared_store(config: Config) -> AsyncIterator[Store]:
 
 
 @asynccontextmanager
-async def bridge_client(config: Config, plugins: Iterable[object] = (), *, entry_points: bool = False,
-                        transport: httpx.AsyncBaseTransport | None = None) -> AsyncIterator[httpx.AsyncClient]:
+async def bridge_client(
+    config: Config,
+    plugins: Iterable[object] = (),
+    *,
+    entry_points: bool = False,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> AsyncIterator[httpx.AsyncClient]:
     """The app with its lifespan running, behind an AsyncClient authenticated as Pipedrive."""
     from asgi_lifespan import LifespanManager
 
     from bridge.app import create_app
 
     app = create_app(config, load_plugins(plugins, entry_points=entry_points), transport=transport)
-    async with LifespanManager(app) as manager, httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app),
-                                 base_url="http://bridge.test",
-                                 headers=basic_auth(config.pipedrive.client_id,
-                                                    config.pipedrive.client_secret)) as client:
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app),
+            base_url="http://bridge.test",
+            headers=basic_auth(config.pipedrive.client_id, config.pipedrive.client_secret),
+        ) as client,
+    ):
         yield client
-
-

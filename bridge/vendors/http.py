@@ -69,8 +69,12 @@ def retry_after_seconds(response: httpx.Response, now: float | None = None) -> f
 class RetryTransport(httpx.AsyncBaseTransport):
     """Wraps a transport with the retry policy above; ``on_retry`` is told each retry (for metrics)."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, policy: RetryPolicy = RetryPolicy(),
-                 on_retry: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport,
+        policy: RetryPolicy = RetryPolicy(),
+        on_retry: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.inner = inner
         self.policy = policy
         self.on_retry = on_retry
@@ -108,8 +112,16 @@ class RetryTransport(httpx.AsyncBaseTransport):
             if wait is None:
                 wait = min(self.policy.max_delay, self.policy.base_delay * 2 ** (attempt - 1))
                 wait *= random.uniform(0.5, 1.0)
-            log.info("retrying vendor call", extra={"host": request.url.host, "method": request.method,
-                                                     "reason": reason, "attempt": attempt, "wait": round(wait, 2)})
+            log.info(
+                "retrying vendor call",
+                extra={
+                    "host": request.url.host,
+                    "method": request.method,
+                    "reason": reason,
+                    "attempt": attempt,
+                    "wait": round(wait, 2),
+                },
+            )
             if self.on_retry:
                 self.on_retry(request.url.host, reason)
             await anyio.sleep(wait)

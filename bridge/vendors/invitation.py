@@ -11,8 +11,14 @@ def format_start(meeting: MeetingRequest) -> str:
     return meeting.start_time.strftime("%A, %d %B %Y, %H:%M UTC")
 
 
-def render_invitation(meeting: MeetingRequest, join_url: str, *, user: UserIdentity | None = None,
-                      password: str | None = None, extra_lines: Iterable[str] = ()) -> str:
+def render_invitation(
+    meeting: MeetingRequest,
+    join_url: str,
+    *,
+    user: UserIdentity | None = None,
+    password: str | None = None,
+    extra_lines: Iterable[str] = (),
+) -> str:
     """A plain-text invitation: who invites, topic, time in UTC, length, link, passcode."""
     if user and user.name:
         opening = f"{user.name} is inviting you to a video meeting."

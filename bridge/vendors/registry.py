@@ -111,8 +111,9 @@ def _backend_problem(cls: object, known: dict[str, type[Backend]]) -> str | None
         return f"backend {name!r} has no title"
     if getattr(cls, "__abstractmethods__", None):
         return f"backend {name!r} does not implement {', '.join(sorted(cls.__abstractmethods__))}"
-    if cls.needs_user_account and (cls.connect_url is Backend.connect_url
-                                   or cls.connect_finish is Backend.connect_finish):
+    if cls.needs_user_account and (
+        cls.connect_url is Backend.connect_url or cls.connect_finish is Backend.connect_finish
+    ):
         return f"backend {name!r} needs a user account but does not implement connect_url and connect_finish"
     if name in known:
         return f"backend name {name!r} is already taken by {known[name].__module__}"

@@ -58,8 +58,13 @@ class Token:
         return not self.refused and self.expires_at - margin_seconds > (time.time() if now is None else now)
 
     def dump(self) -> str:
-        record = {**self.extra, "access_token": self.access_token, "expires_at": self.expires_at,
-                  "refresh_token": self.refresh_token, "refused": self.refused}
+        record = {
+            **self.extra,
+            "access_token": self.access_token,
+            "expires_at": self.expires_at,
+            "refresh_token": self.refresh_token,
+            "refused": self.refused,
+        }
         return json.dumps(record)
 
     @classmethod
@@ -73,8 +78,12 @@ class Token:
             return None
         access_token, expires_at = record.get("access_token"), record.get("expires_at")
         refresh_token = record.get("refresh_token")
-        if not isinstance(access_token, str) or isinstance(expires_at, bool) \
-                or not isinstance(expires_at, int | float) or not isinstance(refresh_token, str | None):
+        if (
+            not isinstance(access_token, str)
+            or isinstance(expires_at, bool)
+            or not isinstance(expires_at, int | float)
+            or not isinstance(refresh_token, str | None)
+        ):
             return None
         # ``needs_reconnect`` is how the Zoom plugin's first release stored the refused marker
         refused = bool(record.get("refused") or record.pop("needs_reconnect", False))
@@ -126,8 +135,14 @@ class TokenKeeper:
     app, say), so that it is replaced.
     """
 
-    def __init__(self, name: str, *, margin_seconds: float = 300.0, lease_seconds: float = LEASE_SECONDS,
-                 usable: Callable[[Token], bool] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        margin_seconds: float = 300.0,
+        lease_seconds: float = LEASE_SECONDS,
+        usable: Callable[[Token], bool] | None = None,
+    ) -> None:
         self.name = name
         self.margin = margin_seconds
         self.lease_seconds = lease_seconds
@@ -136,14 +151,19 @@ class TokenKeeper:
 
     def usable(self, token: Token | None, stale: str | None = None) -> bool:
         """Fresh, not refused, not the ``stale`` access token the vendor just refused, and accepted."""
-        return token is not None and token.fresh(self.margin) and token.access_token != stale \
+        return (
+            token is not None
+            and token.fresh(self.margin)
+            and token.access_token != stale
             and (self._usable is None or self._usable(token))
+        )
 
     async def stored(self, store: TokenStore) -> Token | None:
         return Token.load(await store.get(self.name))
 
-    async def token(self, store: TokenStore, refresh: Refresh, *, stale: str | None = None,
-                    key: object = None) -> Token:
+    async def token(
+        self, store: TokenStore, refresh: Refresh, *, stale: str | None = None, key: object = None
+    ) -> Token:
         """A usable token from ``store``, renewed with ``refresh`` when due; ``stale`` is an access token the
         vendor just refused, replaced even if it looks fresh.
 
@@ -184,8 +204,14 @@ class TokenKeeper:
                 stale = None  # the value changed under us: what is stored now decides
         raise TokenRefused(f"{self.name} keeps changing while it is refreshed")
 
-    def auth(self, store: TokenStore, refresh: Refresh, *, key: object = None,
-             refused: Callable[[httpx.Response], bool] | None = None) -> TokenAuth:
+    def auth(
+        self,
+        store: TokenStore,
+        refresh: Refresh,
+        *,
+        key: object = None,
+        refused: Callable[[httpx.Response], bool] | None = None,
+    ) -> TokenAuth:
         """An ``httpx.Auth`` for one request with this keeper's token (see :class:`TokenAuth`)."""
         return TokenAuth(self, store, refresh, key=key, refused=refused)
 
@@ -200,8 +226,15 @@ class TokenAuth(httpx.Auth):
 
     requires_response_body = True  # ``refused`` may read the vendor's error body
 
-    def __init__(self, keeper: TokenKeeper, store: TokenStore, refresh: Refresh, *, key: object = None,
-                 refused: Callable[[httpx.Response], bool] | None = None) -> None:
+    def __init__(
+        self,
+        keeper: TokenKeeper,
+        store: TokenStore,
+        refresh: Refresh,
+        *,
+        key: object = None,
+        refused: Callable[[httpx.Response], bool] | None = None,
+    ) -> None:
         self.keeper = keeper
         self.store = store
         self.refresh = refresh

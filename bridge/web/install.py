@@ -40,7 +40,6 @@ LOGIN = "/oauth/login"
 CALLBACK = "/oauth/callback"
 
 
-
 def redirect_uri(bridge: Bridge) -> str:
     return bridge.config.server.public_url + CALLBACK
 
@@ -76,25 +75,44 @@ async def _callback(request: Request) -> Response:
     if params.get("state") is not None or STATE_COOKIE in request.cookies:
         checked = check_state(request, bridge, params.get("state"))
         if checked is None:
-            return page(request, "This link has expired", "The sign-in or install link is invalid, expired, "
-                        "or was opened in another browser.", hint="Start again from Pipedrive.", status=400)
+            return page(
+                request,
+                "This link has expired",
+                "The sign-in or install link is invalid, expired, or was opened in another browser.",
+                hint="Start again from Pipedrive.",
+                status=400,
+            )
         purpose = checked
     if params.get("error"):
-        return page(request, "Nothing was installed", "You declined access in Pipedrive, so the video calling "
-                    "app was not connected.", hint="Install the app again from Pipedrive's Marketplace and "
-                    "allow access when asked.", status=400)
+        return page(
+            request,
+            "Nothing was installed",
+            "You declined access in Pipedrive, so the video calling app was not connected.",
+            hint="Install the app again from Pipedrive's Marketplace and allow access when asked.",
+            status=400,
+        )
     code = params.get("code", "")
     if not code or len(code) > 2048:
-        return page(request, "Nothing was installed", "Pipedrive's answer carried no authorization code.",
-                    hint="Start the installation again from Pipedrive.", status=400)
+        return page(
+            request,
+            "Nothing was installed",
+            "Pipedrive's answer carried no authorization code.",
+            hint="Start the installation again from Pipedrive.",
+            status=400,
+        )
     try:
         tokens = await bridge.pipedrive.exchange_code(code, redirect_uri(bridge))
         user = await bridge.pipedrive.me(tokens)
     except PipedriveError as exc:
         log.warning("install failed", extra={"step": exc.step, "error": exc.message})
-        return page(request, "Pipedrive did not complete the sign-in", f"The bridge could not {exc.step}: "
-                    f"{exc.message}.", hint="Authorization codes are valid for 5 minutes: start again from "
-                    "Pipedrive. If it keeps failing, tell your administrator the reference below.", status=502)
+        return page(
+            request,
+            "Pipedrive did not complete the sign-in",
+            f"The bridge could not {exc.step}: {exc.message}.",
+            hint="Authorization codes are valid for 5 minutes: start again from "
+            "Pipedrive. If it keeps failing, tell your administrator the reference below.",
+            status=502,
+        )
     if purpose == "login":
         return await _login(request, bridge, tokens, user)
     return await _install(request, bridge, tokens, user)
@@ -103,8 +121,13 @@ async def _callback(request: Request) -> Response:
 async def _login(request: Request, bridge: Bridge, tokens: TokenSet, user: PipedriveUser) -> Response:
     link = await bridge.store.find_active_link(user.company_id, user.id)
     if link is None:
-        return page(request, "The app is not installed for you", "Your Pipedrive user has no video calling "
-                    "connection yet.", hint="Install the app from Pipedrive's Marketplace first.", status=403)
+        return page(
+            request,
+            "The app is not installed for you",
+            "Your Pipedrive user has no video calling connection yet.",
+            hint="Install the app from Pipedrive's Marketplace first.",
+            status=403,
+        )
     await bridge.store.save_install(_link_row(link.id, user, tokens), dump_tokens(tokens))
     response = RedirectResponse("/settings", status_code=303)
     start_session(response, bridge, link.id, user.id, user.company_id)
@@ -121,9 +144,13 @@ async def _install(request: Request, bridge: Bridge, tokens: TokenSet, user: Pip
         pipedrive_redirect = await bridge.pipedrive.register_link(tokens, link_id, user)
     except PipedriveError as exc:
         log.warning("install failed", extra={"step": exc.step, "error": exc.message, "status": exc.status})
-        return page(request, "The video calling app could not be connected", f"The bridge could not "
-                    f"{exc.step}: {exc.message}.", hint="Check that the app has the video-calls scope in "
-                    "Pipedrive's Developer Hub, then install it again.", status=502)
+        return page(
+            request,
+            "The video calling app could not be connected",
+            f"The bridge could not {exc.step}: {exc.message}.",
+            hint="Check that the app has the video-calls scope in Pipedrive's Developer Hub, then install it again.",
+            status=502,
+        )
     try:
         await bridge.store.save_install(_link_row(link_id, user, tokens), dump_tokens(tokens))
     except Exception:
@@ -133,8 +160,13 @@ async def _install(request: Request, bridge: Bridge, tokens: TokenSet, user: Pip
                 await bridge.pipedrive.unregister_link(tokens, link_id)
             except PipedriveError as exc:
                 log.warning("could not withdraw the link", extra={"link_id": link_id, "error": exc.message})
-        return page(request, "The video calling app could not be connected", "The bridge could not save the "
-                    "connection, so nothing was installed.", hint="Try installing again in a minute.", status=503)
+        return page(
+            request,
+            "The video calling app could not be connected",
+            "The bridge could not save the connection, so nothing was installed.",
+            hint="Try installing again in a minute.",
+            status=503,
+        )
     log.info("installed", extra={"link_id": link_id, "reinstall": existing is not None})
     response = RedirectResponse(_safe_redirect(pipedrive_redirect, tokens.api_domain), status_code=302)
     start_session(response, bridge, link_id, user.id, user.company_id)
@@ -142,8 +174,14 @@ async def _install(request: Request, bridge: Bridge, tokens: TokenSet, user: Pip
 
 
 def _link_row(link_id: str, user: PipedriveUser, tokens: TokenSet) -> Link:
-    return new_link(link_id=link_id, pipedrive_user_id=user.id, company_id=user.company_id,
-                    user_name=user.name[:255], user_email=user.email[:320], api_domain=tokens.api_domain)
+    return new_link(
+        link_id=link_id,
+        pipedrive_user_id=user.id,
+        company_id=user.company_id,
+        user_name=user.name[:255],
+        user_email=user.email[:320],
+        api_domain=tokens.api_domain,
+    )
 
 
 def _safe_redirect(url: str | None, api_domain: str) -> str:
@@ -158,8 +196,9 @@ def _safe_redirect(url: str | None, api_domain: str) -> str:
 async def uninstall(request: Request) -> Response:
     """Pipedrive's notice that a user uninstalled: withdraw the link, revoke, erase. Idempotent."""
     bridge = bridge_of(request)
-    check_basic_auth(request.headers.get("authorization"), bridge.config.pipedrive.client_id,
-                     bridge.config.pipedrive.client_secret)
+    check_basic_auth(
+        request.headers.get("authorization"), bridge.config.pipedrive.client_id, bridge.config.pipedrive.client_secret
+    )
     body = _uninstall_body(await request.body())
     if body["client_id"] != bridge.config.pipedrive.client_id:
         raise BadRequest("client_id is not this app's client id")
@@ -173,8 +212,10 @@ async def uninstall(request: Request) -> Response:
             await bridge.pipedrive.unregister_link(fresh, link.id)
             tokens = fresh
         except Exception as exc:  # the local clean-up goes on whatever Pipedrive says
-            log.warning("could not remove the provider link", extra={"link_id": link.id,
-                                                                       "error": getattr(exc, "message", str(exc))})
+            log.warning(
+                "could not remove the provider link",
+                extra={"link_id": link.id, "error": getattr(exc, "message", str(exc))},
+            )
         try:
             await bridge.pipedrive.revoke(tokens.refresh_token)
         except PipedriveError as exc:

@@ -27,8 +27,13 @@ templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
 def page(request: Request, title: str, message: str, *, hint: str | None = None, status: int = 200) -> Response:
     """A plain HTML page for a person in a browser; an error page names the request id for the admin."""
-    context = {"title": title, "message": message, "hint": hint, "error": status >= 400,
-               "request_id": request_id_var.get() if status >= 400 else None}
+    context = {
+        "title": title,
+        "message": message,
+        "hint": hint,
+        "error": status >= 400,
+        "request_id": request_id_var.get() if status >= 400 else None,
+    }
     return templates.TemplateResponse(request, "message.html", context, status_code=status)
 
 
@@ -53,8 +58,13 @@ def browser_page(handler: Handler) -> Handler:
         except BridgeError as exc:
             if exc.status >= 500:
                 log.warning("page failed", extra={"status": exc.status, "error": str(exc)})
-            response = page(request, "That did not work", sentence(exc.message),
-                            hint="Go back and try again in a minute.", status=exc.status)
+            response = page(
+                request,
+                "That did not work",
+                sentence(exc.message),
+                hint="Go back and try again in a minute.",
+                status=exc.status,
+            )
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Frame-Options"] = "DENY"
         return response

@@ -37,13 +37,15 @@ def _secure(bridge: Bridge) -> bool:
 
 
 def set_cookie(response: Response, bridge: Bridge, name: str, value: str, max_age: int) -> None:
-    response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="lax", secure=_secure(bridge),
-                        path="/")
+    response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="lax", secure=_secure(bridge), path="/")
 
 
 def start_session(response: Response, bridge: Bridge, link_id: str, user_id: int, company_id: int) -> None:
-    token = bridge.signer.sign("session", {"link": link_id, "uid": user_id, "cid": company_id,
-                                           "sid": secrets.token_urlsafe(16)}, SESSION_SECONDS)
+    token = bridge.signer.sign(
+        "session",
+        {"link": link_id, "uid": user_id, "cid": company_id, "sid": secrets.token_urlsafe(16)},
+        SESSION_SECONDS,
+    )
     set_cookie(response, bridge, SESSION_COOKIE, token, SESSION_SECONDS)
 
 
@@ -56,8 +58,12 @@ def read_session(request: Request, bridge: Bridge) -> Session | None:
     if payload is None:
         return None
     try:
-        return Session(link_id=str(payload["link"]), user_id=int(payload["uid"]),
-                       company_id=int(payload["cid"]), sid=str(payload["sid"]))
+        return Session(
+            link_id=str(payload["link"]),
+            user_id=int(payload["uid"]),
+            company_id=int(payload["cid"]),
+            sid=str(payload["sid"]),
+        )
     except (KeyError, TypeError, ValueError):
         return None
 

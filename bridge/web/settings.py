@@ -40,7 +40,6 @@ CONNECT_CALLBACK = CONNECT + "/callback"
 LOGOUT = SETTINGS + "/logout"
 
 
-
 @dataclass(frozen=True)
 class BackendChoice:
     """One allowed backend as the page lists it."""
@@ -70,17 +69,28 @@ def _session(request: Request, bridge: Bridge, *, form: bool = False) -> Session
 
 
 def _forbidden(request: Request, message: str) -> Response:
-    return page(request, "The form was refused", message, hint="Open the settings again and resubmit the form.",
-                status=403)
+    return page(
+        request, "The form was refused", message, hint="Open the settings again and resubmit the form.", status=403
+    )
 
 
 async def _active_link(request: Request, bridge: Bridge, session: Session) -> Link:
     link = await bridge.store.get_link(session.link_id)
-    if link is None or link.status != LINK_ACTIVE or link.pipedrive_user_id != session.user_id \
-            or link.company_id != session.company_id:
-        raise Refuse(page(request, "The app is not connected for you any more", "Your Pipedrive user's video "
-                           "calling connection was removed or needs renewing.", hint="Install the app again "
-                           "from Pipedrive's Marketplace, then open these settings again.", status=403))
+    if (
+        link is None
+        or link.status != LINK_ACTIVE
+        or link.pipedrive_user_id != session.user_id
+        or link.company_id != session.company_id
+    ):
+        raise Refuse(
+            page(
+                request,
+                "The app is not connected for you any more",
+                "Your Pipedrive user's video calling connection was removed or needs renewing.",
+                hint="Install the app again from Pipedrive's Marketplace, then open these settings again.",
+                status=403,
+            )
+        )
     return link
 
 
@@ -88,8 +98,15 @@ async def _checked_form(request: Request, bridge: Bridge, session: Session) -> F
     try:
         form = await request.form(max_files=0, max_fields=20)
     except HTTPException:
-        raise Refuse(page(request, "The form was refused", "The form could not be read.",
-                           hint="Open the settings again and resubmit the form.", status=400)) from None
+        raise Refuse(
+            page(
+                request,
+                "The form was refused",
+                "The form could not be read.",
+                hint="Open the settings again and resubmit the form.",
+                status=400,
+            )
+        ) from None
     token = form.get("csrf")
     if not csrf_ok(bridge, session, token if isinstance(token, str) else None):
         raise Refuse(_forbidden(request, "The form was out of date or did not come from this page."))
@@ -98,22 +115,36 @@ async def _checked_form(request: Request, bridge: Bridge, session: Session) -> F
 
 # --- backends ---------------------------------------------------------------------------
 
+
 def _allowed_backend(request: Request, bridge: Bridge, name: object, *, status: int) -> Backend:
     backend = None
     if isinstance(name, str) and name in bridge.config.meetings.allowed_backends:
         backend = bridge.backends.available.get(name)
     if backend is None:
-        raise Refuse(page(request, "That video service cannot be chosen", "It is not one of the video services "
-                           "your company allows, or it is not available right now.",
-                           hint="Go back to the settings and pick one from the list.", status=status))
+        raise Refuse(
+            page(
+                request,
+                "That video service cannot be chosen",
+                "It is not one of the video services your company allows, or it is not available right now.",
+                hint="Go back to the settings and pick one from the list.",
+                status=status,
+            )
+        )
     return backend
 
 
 def _connectable_backend(request: Request, bridge: Bridge) -> Backend:
     backend = _allowed_backend(request, bridge, request.path_params["backend"], status=404)
     if not backend.needs_user_account:
-        raise Refuse(page(request, "Nothing to connect", f"{backend.title} needs no account of your own.",
-                           hint="Go back to the settings.", status=404))
+        raise Refuse(
+            page(
+                request,
+                "Nothing to connect",
+                f"{backend.title} needs no account of your own.",
+                hint="Go back to the settings.",
+                status=404,
+            )
+        )
     return backend
 
 
@@ -134,8 +165,15 @@ async def _choices(bridge: Bridge, link: Link) -> list[BackendChoice]:
             title = getattr(bridge.registry.backends.get(name), "title", name)
             choices.append(BackendChoice(name, title, available=False))
         elif backend.needs_user_account:
-            choices.append(BackendChoice(name, backend.title, available=True, needs_user_account=True,
-                                         connected=await _is_connected(bridge, link, backend)))
+            choices.append(
+                BackendChoice(
+                    name,
+                    backend.title,
+                    available=True,
+                    needs_user_account=True,
+                    connected=await _is_connected(bridge, link, backend),
+                )
+            )
         else:
             choices.append(BackendChoice(name, backend.title, available=True))
     return choices
@@ -146,11 +184,17 @@ def _callback_url(bridge: Bridge, backend: Backend) -> str:
 
 
 def _not_connected(request: Request, backend: Backend, message: str, *, status: int) -> Response:
-    return page(request, f"Your {backend.title} account is not connected", sentence(message),
-                hint="Go back to the settings and connect it again.", status=status)
+    return page(
+        request,
+        f"Your {backend.title} account is not connected",
+        sentence(message),
+        hint="Go back to the settings and connect it again.",
+        status=status,
+    )
 
 
 # --- the routes -------------------------------------------------------------------------
+
 
 @browser_page
 async def show(request: Request) -> Response:
@@ -166,9 +210,18 @@ async def show(request: Request) -> Response:
     connected = by_name.get(request.query_params.get("connected", ""))
     if connected is not None and connected.needs_user_account and connected.connected:
         notice = f"Your {connected.title} account is connected."
-    return templates.TemplateResponse(request, "settings.html", {
-        "link": link, "choices": choices, "selected": selected, "notice": notice,
-        "default_backend": bridge.config.meetings.default_backend, "csrf": csrf_token(bridge, session)})
+    return templates.TemplateResponse(
+        request,
+        "settings.html",
+        {
+            "link": link,
+            "choices": choices,
+            "selected": selected,
+            "notice": notice,
+            "default_backend": bridge.config.meetings.default_backend,
+            "csrf": csrf_token(bridge, session),
+        },
+    )
 
 
 @browser_page
@@ -192,14 +245,17 @@ async def connect_start(request: Request) -> Response:
     ctx = backend_context(bridge, link, backend.name)
     state = connect_state(bridge, session, backend.name)
     try:
-        url = await call_backend(bridge, backend, "start connecting your account",
-                                 lambda: backend.connect_url(ctx, _callback_url(bridge, backend), state))
+        url = await call_backend(
+            bridge,
+            backend,
+            "start connecting your account",
+            lambda: backend.connect_url(ctx, _callback_url(bridge, backend), state),
+        )
     except BridgeError as exc:
         return _not_connected(request, backend, exc.message, status=exc.status)
     if not isinstance(url, str) or urlsplit(url).scheme not in ("https", "http") or not urlsplit(url).netloc:
         log.error("connect_url is not a web address", extra={"backend": backend.name})
-        return _not_connected(request, backend, f"{backend.title} gave no address to connect your account.",
-                              status=502)
+        return _not_connected(request, backend, f"{backend.title} gave no address to connect your account.", status=502)
     return RedirectResponse(url, status_code=303)
 
 
@@ -211,14 +267,23 @@ async def connect_callback(request: Request) -> Response:
     backend = _connectable_backend(request, bridge)
     params = request.query_params
     if not connect_state_ok(bridge, session, backend.name, params.get("state")):
-        return page(request, "This link has expired", "The connect link is invalid, expired, or belongs to "
-                    "another sign-in.", hint="Go back to the settings and connect again.", status=400)
+        return page(
+            request,
+            "This link has expired",
+            "The connect link is invalid, expired, or belongs to another sign-in.",
+            hint="Go back to the settings and connect again.",
+            status=400,
+        )
     if params.get("error"):
         return _not_connected(request, backend, f"{backend.title} did not grant access.", status=400)
     ctx = backend_context(bridge, link, backend.name)
     try:
-        await call_backend(bridge, backend, "connect your account",
-                           lambda: backend.connect_finish(ctx, dict(params), _callback_url(bridge, backend)))
+        await call_backend(
+            bridge,
+            backend,
+            "connect your account",
+            lambda: backend.connect_finish(ctx, dict(params), _callback_url(bridge, backend)),
+        )
     except BridgeError as exc:
         return _not_connected(request, backend, exc.message, status=exc.status)
     log.info("account connected", extra={"link_id": link.id, "backend": backend.name})
@@ -231,8 +296,12 @@ async def logout(request: Request) -> Response:
     session = read_session(request, bridge)
     if session is not None:
         await _checked_form(request, bridge, session)
-    response = page(request, "You are signed out", "You signed out of the video calling settings.",
-                    hint="Open the settings again to sign in with Pipedrive.")
+    response = page(
+        request,
+        "You are signed out",
+        "You signed out of the video calling settings.",
+        hint="Open the settings again to sign in with Pipedrive.",
+    )
     end_session(response)
     return response
 

@@ -57,8 +57,20 @@ class JitsiSettings:
 
 
 def _settings(config: Mapping[str, Any]) -> JitsiSettings:
-    known = {"mode", "domain", "room_prefix", "app_id", "app_secret", "audience", "subject", "api_key_id",
-             "private_key", "private_key_file", "token_grace_minutes", "moderator"}
+    known = {
+        "mode",
+        "domain",
+        "room_prefix",
+        "app_id",
+        "app_secret",
+        "audience",
+        "subject",
+        "api_key_id",
+        "private_key",
+        "private_key_file",
+        "token_grace_minutes",
+        "moderator",
+    }
     unknown = sorted(set(config) - known)
     if unknown:
         raise ValueError(f"{', '.join(unknown)}: unknown setting (known: {', '.join(sorted(known))})")
@@ -86,15 +98,18 @@ def _settings(config: Mapping[str, Any]) -> JitsiSettings:
         return value.strip()
 
     if mode == "token":
-        return JitsiSettings(**base, app_id=required("app_id"), app_secret=required("app_secret"),
-                             audience=str(config.get("audience", "jitsi")),
-                             subject=str(config.get("subject", domain.split(":")[0])))
+        return JitsiSettings(
+            **base,
+            app_id=required("app_id"),
+            app_secret=required("app_secret"),
+            audience=str(config.get("audience", "jitsi")),
+            subject=str(config.get("subject", domain.split(":")[0])),
+        )
     if mode == "jaas":
         app_id = required("app_id")
         if not app_id.startswith(JAAS_APP_PREFIX):
             raise ValueError(f"app_id: a JaaS AppID starts with {JAAS_APP_PREFIX!r}")
-        return JitsiSettings(**base, app_id=app_id, api_key_id=required("api_key_id"),
-                             private_key=_private_key(config))
+        return JitsiSettings(**base, app_id=app_id, api_key_id=required("api_key_id"), private_key=_private_key(config))
     return JitsiSettings(**base)
 
 
@@ -142,8 +157,9 @@ class JitsiBackend(Backend):
 
     def _room(self, user: UserIdentity, room: str, meeting: MeetingRequest) -> Room:
         join_url = self.join_url(user, room, meeting)
-        return Room(vendor_meeting_id=room, join_url=join_url,
-                    invitation=render_invitation(meeting, join_url, user=user))
+        return Room(
+            vendor_meeting_id=room, join_url=join_url, invitation=render_invitation(meeting, join_url, user=user)
+        )
 
     def join_url(self, user: UserIdentity, room: str, meeting: MeetingRequest) -> str:
         s = self.settings
@@ -160,14 +176,33 @@ class JitsiBackend(Backend):
         exp = max(int(meeting.end_time.timestamp()), now) + s.token_grace_minutes * 60
         identity = {"id": str(user.user_id), "name": user.name, "email": user.email}
         if s.mode == "token":
-            claims = {"iss": s.app_id, "aud": s.audience, "sub": s.subject, "room": room,
-                      "iat": now, "exp": exp, "context": {"user": identity}}
+            claims = {
+                "iss": s.app_id,
+                "aud": s.audience,
+                "sub": s.subject,
+                "room": room,
+                "iat": now,
+                "exp": exp,
+                "context": {"user": identity},
+            }
             return jwt.encode(claims, s.app_secret, algorithm="HS256")
         identity["moderator"] = "true" if s.moderator else "false"
-        claims = {"iss": "chat", "aud": "jitsi", "sub": s.app_id, "room": room, "iat": now,
-                  "nbf": now - 10, "exp": exp, "context": {"user": identity, "features": {}}}
-        return jwt.encode(claims, s.private_key, algorithm="RS256",  # type: ignore[arg-type]
-                          headers={"kid": f"{s.app_id}/{s.api_key_id}"})
+        claims = {
+            "iss": "chat",
+            "aud": "jitsi",
+            "sub": s.app_id,
+            "room": room,
+            "iat": now,
+            "nbf": now - 10,
+            "exp": exp,
+            "context": {"user": identity, "features": {}},
+        }
+        return jwt.encode(
+            claims,
+            s.private_key,  # type: ignore[arg-type]  # set in JaaS mode, which from_config checks
+            algorithm="RS256",
+            headers={"kid": f"{s.app_id}/{s.api_key_id}"},
+        )
 
 
 @hookimpl

@@ -47,8 +47,14 @@ MAX_GRACE_MINUTES = 7 * 24 * 60
 MIN_ROOM_LIFETIME = timedelta(minutes=5)  # the shortest room made, e.g. for a meeting already over
 _PREFIX = re.compile(r"[a-z0-9-]{0,39}")  # Whereby's documented roomNamePrefix: lowercase, 39 characters at most
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
-KNOWN_SETTINGS = {"api_key", "api_base", "room_mode", "room_name_prefix", "end_grace_minutes",
-                  "host_link_in_invitation"}
+KNOWN_SETTINGS = {
+    "api_key",
+    "api_base",
+    "room_mode",
+    "room_name_prefix",
+    "end_grace_minutes",
+    "host_link_in_invitation",
+}
 
 
 @dataclass(frozen=True)
@@ -80,9 +86,14 @@ def _settings(config: Mapping[str, Any]) -> WherebySettings:
     host_link = config.get("host_link_in_invitation", False)
     if not isinstance(host_link, bool):
         raise ValueError("host_link_in_invitation: must be true or false")
-    return WherebySettings(api_key=api_key.strip(), api_base=_api_base(config.get("api_base", DEFAULT_API_BASE)),
-                           room_mode=room_mode, room_name_prefix=prefix, end_grace_minutes=grace,
-                           host_link_in_invitation=host_link)
+    return WherebySettings(
+        api_key=api_key.strip(),
+        api_base=_api_base(config.get("api_base", DEFAULT_API_BASE)),
+        room_mode=room_mode,
+        room_name_prefix=prefix,
+        end_grace_minutes=grace,
+        host_link_in_invitation=host_link,
+    )
 
 
 def _api_base(value: Any) -> str:
@@ -173,12 +184,15 @@ class WherebyBackend(Backend):
         if response.is_success:
             return
         if response.status_code == 401:
-            raise BackendError("Whereby refused the bridge's API key (HTTP 401): the bridge's administrator "
-                               "should check [backends.whereby] api_key (or PVB_BACKENDS_WHEREBY_API_KEY)")
+            raise BackendError(
+                "Whereby refused the bridge's API key (HTTP 401): the bridge's administrator "
+                "should check [backends.whereby] api_key (or PVB_BACKENDS_WHEREBY_API_KEY)"
+            )
         raise_for_vendor(response, self.title)  # 429 and 5xx, after the core's retries
         detail = _error_detail(response)
-        raise BackendError(f"Whereby refused to {action} (HTTP {response.status_code})"
-                           + (f": {detail}" if detail else ""))
+        raise BackendError(
+            f"Whereby refused to {action} (HTTP {response.status_code})" + (f": {detail}" if detail else "")
+        )
 
     def _room(self, ctx: BackendContext, meeting: MeetingRequest, response: httpx.Response) -> Room:
         try:
@@ -190,8 +204,9 @@ class WherebyBackend(Backend):
             raise BackendError("Whereby answered with a room this bridge cannot use (no meetingId or https roomUrl)")
         host_url = data.get("hostRoomUrl") if self.settings.host_link_in_invitation else None
         host_lines = ["", f"Host link, for the organiser only (it gives host rights; do not forward it): {host_url}"]
-        invitation = render_invitation(meeting, room_url, user=ctx.user,
-                                       extra_lines=host_lines if _is_https_url(host_url) else ())
+        invitation = render_invitation(
+            meeting, room_url, user=ctx.user, extra_lines=host_lines if _is_https_url(host_url) else ()
+        )
         return Room(vendor_meeting_id=meeting_id, join_url=room_url, invitation=invitation)
 
 

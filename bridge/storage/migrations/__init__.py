@@ -43,15 +43,23 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
-def compare_type(context: MigrationContext, _inspected: Any, _model: Any, inspected_type: TypeEngine[Any],
-                 model_type: TypeEngine[Any]) -> bool | None:
+def compare_type(
+    context: MigrationContext,
+    _inspected: Any,
+    _model: Any,
+    inspected_type: TypeEngine[Any],
+    model_type: TypeEngine[Any],
+) -> bool | None:
     """Alembic's type comparison, except that SQLite reads ``TIMESTAMP WITH TIME ZONE`` back as NUMERIC.
 
     SQLite has no such type (it reflects the declaration by affinity); the column holds
     what SQLAlchemy's ``DateTime`` writes. Anything else: Alembic's own answer (None).
     """
-    if (context.dialect.name == "sqlite" and isinstance(inspected_type, NUMERIC)
-            and isinstance(model_type.impl if isinstance(model_type, TypeDecorator) else model_type, DateTime)):
+    if (
+        context.dialect.name == "sqlite"
+        and isinstance(inspected_type, NUMERIC)
+        and isinstance(model_type.impl if isinstance(model_type, TypeDecorator) else model_type, DateTime)
+    ):
         return False
     return None
 

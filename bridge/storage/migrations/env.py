@@ -11,7 +11,11 @@ from bridge.storage.migrations import compare_type
 connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError("bridge migrations run on a connection: use bridge.storage.migrations.migrate(engine)")
-context.configure(connection=connection, target_metadata=SQLModel.metadata, compare_type=compare_type,
-                  on_version_apply=context.config.attributes.get("on_version_apply"))
+context.configure(
+    connection=connection,
+    target_metadata=SQLModel.metadata,
+    compare_type=compare_type,
+    on_version_apply=context.config.attributes.get("on_version_apply"),
+)
 with context.begin_transaction():
     context.run_migrations()

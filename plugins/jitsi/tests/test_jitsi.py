@@ -58,18 +58,23 @@ def rsa_key() -> rsa.RSAPrivateKey:
 
 
 def pem(key: Any) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 def token_config(**overrides: Any) -> dict[str, Any]:
-    return {"mode": "token", "domain": "meet.example.org", "app_id": APP_ID, "app_secret": APP_SECRET,
-            **overrides}
+    return {"mode": "token", "domain": "meet.example.org", "app_id": APP_ID, "app_secret": APP_SECRET, **overrides}
 
 
 def jaas_config(**overrides: Any) -> dict[str, Any]:
-    return {"mode": "jaas", "app_id": JAAS_APP_ID, "api_key_id": JAAS_KEY_ID, "private_key": pem(rsa_key()),
-            **overrides}
+    return {
+        "mode": "jaas",
+        "app_id": JAAS_APP_ID,
+        "api_key_id": JAAS_KEY_ID,
+        "private_key": pem(rsa_key()),
+        **overrides,
+    }
 
 
 def room_of(join_url: str) -> str:
@@ -102,6 +107,7 @@ async def create(backend: Backend, context: BackendContext, meeting: MeetingRequ
 
 # --- the conformance kit, once per mode ------------------------------------------------------
 
+
 class TestPublicConformance(BackendConformance):
     @pytest.fixture
     def backend(self) -> Backend:
@@ -125,6 +131,7 @@ class TestJaasConformance(BackendConformance):
 
 
 # --- room names and URLs ---------------------------------------------------------------------
+
 
 @pytest.mark.anyio
 async def test_public_room_is_an_unguessable_name_on_meet_jit_si(context: BackendContext) -> None:
@@ -163,6 +170,7 @@ async def test_self_hosted_domain_from_config(context: BackendContext) -> None:
 
 # --- token mode (self-hosted jitsi-meet-tokens) ----------------------------------------------
 
+
 @pytest.mark.anyio
 async def test_token_mode_jwt_claims(context: BackendContext) -> None:
     meeting = sample_meeting()
@@ -187,8 +195,7 @@ async def test_token_mode_jwt_claims(context: BackendContext) -> None:
 
 @pytest.mark.anyio
 async def test_token_mode_audience_subject_and_grace_from_config(context: BackendContext) -> None:
-    backend = JitsiBackend.from_config(token_config(audience="my-aud", subject="tenant",
-                                                    token_grace_minutes=30))
+    backend = JitsiBackend.from_config(token_config(audience="my-aud", subject="tenant", token_grace_minutes=30))
     meeting = sample_meeting()
     room = await create(backend, context, meeting)
     claims = jwt.decode(jwt_of(room.join_url), APP_SECRET, algorithms=["HS256"], audience="my-aud")
@@ -208,8 +215,9 @@ async def test_token_for_a_past_meeting_is_valid_from_now(context: BackendContex
 async def test_token_signed_with_another_secret_does_not_verify(context: BackendContext) -> None:
     room = await create(JitsiBackend.from_config(token_config()), context)
     with pytest.raises(jwt.InvalidSignatureError):
-        jwt.decode(jwt_of(room.join_url), "another-secret-that-is-also-long-enough-000",
-                   algorithms=["HS256"], audience="jitsi")
+        jwt.decode(
+            jwt_of(room.join_url), "another-secret-that-is-also-long-enough-000", algorithms=["HS256"], audience="jitsi"
+        )
     other = JitsiBackend.from_config(token_config(app_secret="another-secret-that-is-also-long-enough-000"))
     forged = await create(other, context)
     with pytest.raises(jwt.InvalidSignatureError):
@@ -217,6 +225,7 @@ async def test_token_signed_with_another_secret_does_not_verify(context: Backend
 
 
 # --- jaas mode (8x8 Jitsi as a Service) --------------------------------------------------------
+
 
 @pytest.mark.anyio
 async def test_jaas_jwt_header_claims_and_url(context: BackendContext) -> None:
@@ -267,6 +276,7 @@ async def test_jaas_private_key_file(tmp_path: Path, context: BackendContext) ->
 
 
 # --- update and invitation ----------------------------------------------------------------------
+
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("config", [{}, token_config(), jaas_config()], ids=["public", "token", "jaas"])
@@ -333,34 +343,39 @@ async def test_delete_is_a_no_op(context: BackendContext) -> None:
 
 # --- configuration errors -----------------------------------------------------------------------
 
-@pytest.mark.parametrize(("config", "setting"), [
-    ({"colour": "blue"}, "colour"),
-    ({"mode": "private"}, "mode"),
-    ({"domain": "meet.jit.si/x"}, "domain"),
-    ({"domain": "http://x"}, "domain"),
-    ({"domain": "https://meet.example.org"}, "domain"),
-    ({"domain": ""}, "domain"),
-    ({"domain": "meet.example.org\n"}, "domain"),
-    ({"domain": "meet example.org"}, "domain"),
-    ({"room_prefix": "acme-"}, "room_prefix"),
-    ({"room_prefix": "Acme"}, "room_prefix"),
-    ({"room_prefix": "acme\n"}, "room_prefix"),
-    ({"room_prefix": "a" * 25}, "room_prefix"),
-    ({"room_prefix": 7}, "room_prefix"),
-    ({"token_grace_minutes": -1}, "token_grace_minutes"),
-    ({"token_grace_minutes": "60"}, "token_grace_minutes"),
-    ({"moderator": "yes"}, "moderator"),
-    ({"mode": "token", "app_id": APP_ID}, "app_secret"),
-    ({"mode": "token", "app_id": APP_ID, "app_secret": "   "}, "app_secret"),
-    ({"mode": "token", "app_secret": APP_SECRET}, "app_id"),
-    (jaas_config(app_id="my-app"), "app_id"),
-    (jaas_config(api_key_id=""), "api_key_id"),
-    (jaas_config(private_key="garbage"), "private_key"),
-    (jaas_config(private_key="-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), "private_key"),
-    (jaas_config(private_key=pem(ec.generate_private_key(ec.SECP256R1()))), "private_key"),
-    ({**jaas_config(), "private_key": "", "private_key_file": "/nonexistent/jaas.pem"}, "private_key_file"),
-    ({k: v for k, v in jaas_config().items() if k != "private_key"}, "private_key"),
-], ids=lambda value: value if isinstance(value, str) else None)
+
+@pytest.mark.parametrize(
+    ("config", "setting"),
+    [
+        ({"colour": "blue"}, "colour"),
+        ({"mode": "private"}, "mode"),
+        ({"domain": "meet.jit.si/x"}, "domain"),
+        ({"domain": "http://x"}, "domain"),
+        ({"domain": "https://meet.example.org"}, "domain"),
+        ({"domain": ""}, "domain"),
+        ({"domain": "meet.example.org\n"}, "domain"),
+        ({"domain": "meet example.org"}, "domain"),
+        ({"room_prefix": "acme-"}, "room_prefix"),
+        ({"room_prefix": "Acme"}, "room_prefix"),
+        ({"room_prefix": "acme\n"}, "room_prefix"),
+        ({"room_prefix": "a" * 25}, "room_prefix"),
+        ({"room_prefix": 7}, "room_prefix"),
+        ({"token_grace_minutes": -1}, "token_grace_minutes"),
+        ({"token_grace_minutes": "60"}, "token_grace_minutes"),
+        ({"moderator": "yes"}, "moderator"),
+        ({"mode": "token", "app_id": APP_ID}, "app_secret"),
+        ({"mode": "token", "app_id": APP_ID, "app_secret": "   "}, "app_secret"),
+        ({"mode": "token", "app_secret": APP_SECRET}, "app_id"),
+        (jaas_config(app_id="my-app"), "app_id"),
+        (jaas_config(api_key_id=""), "api_key_id"),
+        (jaas_config(private_key="garbage"), "private_key"),
+        (jaas_config(private_key="-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), "private_key"),
+        (jaas_config(private_key=pem(ec.generate_private_key(ec.SECP256R1()))), "private_key"),
+        ({**jaas_config(), "private_key": "", "private_key_file": "/nonexistent/jaas.pem"}, "private_key_file"),
+        ({k: v for k, v in jaas_config().items() if k != "private_key"}, "private_key"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
 def test_config_errors_name_the_setting(config: dict[str, Any], setting: str) -> None:
     with pytest.raises(ValueError) as excinfo:
         JitsiBackend.from_config(config)
@@ -373,16 +388,26 @@ def test_jaas_with_an_ec_key_says_rsa_is_needed() -> None:
 
 
 def test_jaas_with_an_encrypted_key_is_refused() -> None:
-    encrypted = rsa_key().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                        serialization.BestAvailableEncryption(b"passphrase")).decode()
+    encrypted = (
+        rsa_key()
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+        .decode()
+    )
     with pytest.raises(ValueError, match="private_key"):
         JitsiBackend.from_config(jaas_config(private_key=encrypted))
 
 
 def test_jaas_private_key_file_in_der_is_refused_naming_the_setting(tmp_path: Path) -> None:
     key_file = tmp_path / "jaas.der"
-    key_file.write_bytes(rsa_key().private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                                 serialization.NoEncryption()))
+    key_file.write_bytes(
+        rsa_key().private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     config = {k: v for k, v in jaas_config().items() if k != "private_key"}
     with pytest.raises(ValueError, match="private_key"):
         JitsiBackend.from_config({**config, "private_key_file": str(key_file)})
@@ -396,6 +421,7 @@ def test_defaults_are_public_on_meet_jit_si() -> None:
 
 
 # --- end to end, in-process, plugin found through its entry point -------------------------------
+
 
 async def create_link(config: Any, **fields: Any) -> str:
     async with prepared_store(config) as store:
@@ -451,12 +477,16 @@ async def test_end_to_end_refuses_wrong_credentials(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     link_id = await create_link(config)
     async with bridge_client(config, entry_points=True) as client:
-        response = await client.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY,
-                                     headers=basic_auth(config.pipedrive.client_id, "wrong"))
+        response = await client.post(
+            f"/api/v1/links/{link_id}/meetings",
+            json=MEETING_BODY,
+            headers=basic_auth(config.pipedrive.client_id, "wrong"),
+        )
         assert response.status_code == 401
 
 
 # --- end to end on a real socket: the CLI, uvicorn, the installed plugin ------------------------
+
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
@@ -464,25 +494,45 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
     from bridge.testing import generate_key
 
     client_secret = "e2e-secret-" + generate_key()[:16]
-    config_file = write_toml(tmp_path / "bridge.toml", {
-        "pipedrive": {"client_id": "e2e-client", "client_secret": client_secret},
-        "database": {"url": f"sqlite:///{tmp_path / 'bridge.sqlite3'}"},
-        "vault": {"keys": [generate_key()]},
-        "logging": {"level": "WARNING"},
-        "backends.jitsi": {"domain": "meet.example.org"},
-    })
+    config_file = write_toml(
+        tmp_path / "bridge.toml",
+        {
+            "pipedrive": {"client_id": "e2e-client", "client_secret": client_secret},
+            "database": {"url": f"sqlite:///{tmp_path / 'bridge.sqlite3'}"},
+            "vault": {"keys": [generate_key()]},
+            "logging": {"level": "WARNING"},
+            "backends.jitsi": {"domain": "meet.example.org"},
+        },
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PVB_")}
-    with running(BridgeProcess.serve(config_file, tmp_path / "serve.log", env=env, name="serve"),
-                 "/healthz", 20) as server:
+    with running(
+        BridgeProcess.serve(config_file, tmp_path / "serve.log", env=env, name="serve"), "/healthz", 20
+    ) as server:
         yield server.url, config_file, basic_auth("e2e-client", client_secret)
 
 
 def test_end_to_end_on_a_real_socket(served: tuple[str, Path, dict[str, str]]) -> None:
     base_url, config_file, auth = served
     env = {k: v for k, v in os.environ.items() if not k.startswith("PVB_")}
-    created = subprocess.run([sys.executable, "-m", "bridge.cli", "--config", str(config_file), "links", "create",
-                              "--user-id", "5", "--company-id", "6"],
-                             capture_output=True, text=True, timeout=20, env=env)
+    created = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bridge.cli",
+            "--config",
+            str(config_file),
+            "links",
+            "create",
+            "--user-id",
+            "5",
+            "--company-id",
+            "6",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=env,
+    )
     assert created.returncode == 0, created.stderr
     link_id = created.stdout.strip()
     assert re.fullmatch(r"[0-9a-f-]{36}", link_id)
@@ -500,7 +550,8 @@ def test_end_to_end_on_a_real_socket(served: tuple[str, Path, dict[str, str]]) -
         assert client.delete(meeting_url).status_code == 204
         assert client.patch(meeting_url, json=MOVED_BODY).status_code == 404
 
-        unauthenticated = client.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY,
-                                      headers={"Authorization": ""})
+        unauthenticated = client.post(
+            f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY, headers={"Authorization": ""}
+        )
         assert unauthenticated.status_code == 401
         assert unauthenticated.json()["success"] is False

@@ -87,8 +87,11 @@ def whereby_error(status: int, message: str, headers: dict[str, str] | None = No
 
 
 def throttled(retry_after: str) -> Response:
-    return JSONResponse({"error": "Rate limit active for throttle key: organization:1", "data": {"msLeft": 1000}},
-                        status_code=429, headers={"Retry-After": retry_after})
+    return JSONResponse(
+        {"error": "Rate limit active for throttle key: organization:1", "data": {"msLeft": 1000}},
+        status_code=429,
+        headers={"Retry-After": retry_after},
+    )
 
 
 def iso(moment: datetime) -> str:
@@ -116,12 +119,23 @@ class FakeWhereby:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         raw = await request.body()
-        self.seen.append(Seen(request.method, scope["raw_path"].decode(), request.headers.get("authorization", ""),
-                              json.loads(raw) if raw else None))
+        self.seen.append(
+            Seen(
+                request.method,
+                scope["raw_path"].decode(),
+                request.headers.get("authorization", ""),
+                json.loads(raw) if raw else None,
+            )
+        )
         answer = self.script.pop(0) if self.script else None
         if answer == DROP:
-            await send({"type": "http.response.start", "status": 201,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", b"200")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 201,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"200")],
+                }
+            )
             await send({"type": "http.response.body", "body": b'{"meetingId": ', "more_body": True})
             return  # uvicorn closes the connection with the answer half sent
         if isinstance(answer, Slow):
@@ -164,8 +178,13 @@ class FakeWhereby:
         self.counter += 1
         meeting_id = str(self.counter)
         room_name = f"/{prefix}{uuid.uuid4()}"
-        room = {"meetingId": meeting_id, "roomName": room_name, "roomUrl": f"https://acme.whereby.com{room_name}",
-                "startDate": iso(now), "endDate": iso(end)}
+        room = {
+            "meetingId": meeting_id,
+            "roomName": room_name,
+            "roomUrl": f"https://acme.whereby.com{room_name}",
+            "startDate": iso(now),
+            "endDate": iso(end),
+        }
         if "hostRoomUrl" in fields:
             room["hostRoomUrl"] = f"{room['roomUrl']}?roomKey={secrets.token_urlsafe(24)}"
         self.rooms[meeting_id] = room
@@ -204,6 +223,7 @@ def parse_time(value: str) -> datetime:
 
 # --- the conformance kit ---------------------------------------------------------------------------
 
+
 class TestWherebyConformance(BackendConformance):
     @pytest.fixture
     def backend(self, whereby: FakeWhereby) -> Backend:
@@ -222,6 +242,7 @@ class TestWherebyWithHostLinkConformance(TestWherebyConformance):
 
 # --- create --------------------------------------------------------------------------------------
 
+
 @pytest.mark.anyio
 async def test_create_sends_the_documented_request(whereby: FakeWhereby, context: BackendContext) -> None:
     meeting = sample_meeting()
@@ -230,8 +251,11 @@ async def test_create_sends_the_documented_request(whereby: FakeWhereby, context
     [seen] = whereby.seen
     assert (seen.method, seen.path, seen.authorization) == ("POST", "/v1/meetings", f"Bearer {API_KEY}")
     end = meeting.end_time + timedelta(minutes=30)  # the default end_grace_minutes
-    assert seen.body == {"endDate": end.strftime("%Y-%m-%dT%H:%M:%SZ"), "roomMode": "group",
-                         "roomNamePrefix": "acme-sales"}
+    assert seen.body == {
+        "endDate": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "roomMode": "group",
+        "roomNamePrefix": "acme-sales",
+    }
     assert "startDate" not in seen.body, "Whereby ignores startDate; the bridge does not send it"
     made = whereby.rooms[room.vendor_meeting_id]
     assert room.join_url == made["roomUrl"] and made["roomName"].startswith("/acme-sales")
@@ -256,8 +280,9 @@ async def test_end_grace_minutes_moves_the_end_date(whereby: FakeWhereby, contex
 
 
 @pytest.mark.anyio
-async def test_a_meeting_already_over_gets_a_room_ending_soon_not_in_the_past(whereby: FakeWhereby,
-                                                                             context: BackendContext) -> None:
+async def test_a_meeting_already_over_gets_a_room_ending_soon_not_in_the_past(
+    whereby: FakeWhereby, context: BackendContext
+) -> None:
     past = sample_meeting(start_time=datetime(2020, 1, 6, 9, 0, tzinfo=UTC))
     before = datetime.now(UTC)
     room = await backend_for(whereby).create(context, past)
@@ -266,8 +291,9 @@ async def test_a_meeting_already_over_gets_a_room_ending_soon_not_in_the_past(wh
 
 
 @pytest.mark.anyio
-async def test_host_link_goes_into_the_invitation_only_when_asked(whereby: FakeWhereby,
-                                                                  context: BackendContext) -> None:
+async def test_host_link_goes_into_the_invitation_only_when_asked(
+    whereby: FakeWhereby, context: BackendContext
+) -> None:
     room = await backend_for(whereby, host_link_in_invitation=True).create(context, sample_meeting())
 
     assert whereby.seen[0].body["fields"] == ["hostRoomUrl"]
@@ -285,8 +311,9 @@ async def test_past_end_date_refused_by_whereby_says_why(whereby: FakeWhereby, c
         await backend_for(whereby).create(context, sample_meeting(start_time=datetime(2020, 1, 6, tzinfo=UTC)))
 
     assert caught.value.status == 502
-    assert caught.value.message == ('Whereby refused to create the room (HTTP 400): '
-                                    '"endDate" must be greater than or equal to "now"')
+    assert caught.value.message == (
+        'Whereby refused to create the room (HTTP 400): "endDate" must be greater than or equal to "now"'
+    )
     assert whereby.calls("POST") == 1, "a 400 is not retried"
 
 
@@ -313,13 +340,17 @@ async def test_forbidden_is_a_clear_error(whereby: FakeWhereby, context: Backend
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("answer", [
-    JSONResponse({"meetingId": "7"}, status_code=201),
-    JSONResponse({"meetingId": "7", "roomUrl": "javascript:alert(1)"}, status_code=201),
-    Response("<html>created</html>", status_code=201),
-])
-async def test_an_unusable_answer_is_a_clear_error(whereby: FakeWhereby, context: BackendContext,
-                                                   answer: Response) -> None:
+@pytest.mark.parametrize(
+    "answer",
+    [
+        JSONResponse({"meetingId": "7"}, status_code=201),
+        JSONResponse({"meetingId": "7", "roomUrl": "javascript:alert(1)"}, status_code=201),
+        Response("<html>created</html>", status_code=201),
+    ],
+)
+async def test_an_unusable_answer_is_a_clear_error(
+    whereby: FakeWhereby, context: BackendContext, answer: Response
+) -> None:
     whereby.answer_next(answer)
     with pytest.raises(BackendError, match="Whereby"):
         await backend_for(whereby).create(context, sample_meeting())
@@ -327,9 +358,11 @@ async def test_an_unusable_answer_is_a_clear_error(whereby: FakeWhereby, context
 
 # --- the core's retries, seen from Whereby -------------------------------------------------------
 
+
 @pytest.mark.anyio
-async def test_throttled_create_waits_retry_after_seconds_then_succeeds(whereby: FakeWhereby,
-                                                                        context: BackendContext) -> None:
+async def test_throttled_create_waits_retry_after_seconds_then_succeeds(
+    whereby: FakeWhereby, context: BackendContext
+) -> None:
     whereby.answer_next(throttled("1"))
     started = time.monotonic()
     room = await backend_for(whereby).create(context, sample_meeting())
@@ -338,8 +371,9 @@ async def test_throttled_create_waits_retry_after_seconds_then_succeeds(whereby:
 
 
 @pytest.mark.anyio
-async def test_throttled_create_honours_retry_after_as_an_http_date(whereby: FakeWhereby,
-                                                                    context: BackendContext) -> None:
+async def test_throttled_create_honours_retry_after_as_an_http_date(
+    whereby: FakeWhereby, context: BackendContext
+) -> None:
     when = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=2), usegmt=True)
     whereby.answer_next(throttled(when))
     started = time.monotonic()
@@ -349,8 +383,9 @@ async def test_throttled_create_honours_retry_after_as_an_http_date(whereby: Fak
 
 
 @pytest.mark.anyio
-async def test_throttled_until_the_attempts_run_out_is_503_with_the_wait(whereby: FakeWhereby,
-                                                                         context: BackendContext) -> None:
+async def test_throttled_until_the_attempts_run_out_is_503_with_the_wait(
+    whereby: FakeWhereby, context: BackendContext
+) -> None:
     whereby.answer_next(*[throttled("0") for _ in range(ATTEMPTS)])
     with pytest.raises(BackendUnavailable) as caught:
         await backend_for(whereby).create(context, sample_meeting())
@@ -403,8 +438,7 @@ async def test_a_slow_create_is_not_repeated(whereby: FakeWhereby, context: Back
 
 
 @pytest.mark.anyio
-async def test_a_create_whose_connection_drops_is_not_repeated(whereby: FakeWhereby,
-                                                              context: BackendContext) -> None:
+async def test_a_create_whose_connection_drops_is_not_repeated(whereby: FakeWhereby, context: BackendContext) -> None:
     whereby.answer_next(DROP)
     with pytest.raises(httpx.TransportError):  # the core answers it as 503
         await backend_for(whereby).create(context, sample_meeting())
@@ -421,10 +455,19 @@ async def test_an_unreachable_whereby_is_retried_then_raised(context: BackendCon
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("trouble", [Slow(READ_TIMEOUT * 2), DROP, whereby_error(500, "Internal Server Error"),
-                                     whereby_error(502, "Bad Gateway"), throttled("0")])
-async def test_delete_is_retried_through_trouble(whereby: FakeWhereby, context: BackendContext,
-                                                 trouble: Response | str | Slow) -> None:
+@pytest.mark.parametrize(
+    "trouble",
+    [
+        Slow(READ_TIMEOUT * 2),
+        DROP,
+        whereby_error(500, "Internal Server Error"),
+        whereby_error(502, "Bad Gateway"),
+        throttled("0"),
+    ],
+)
+async def test_delete_is_retried_through_trouble(
+    whereby: FakeWhereby, context: BackendContext, trouble: Response | str | Slow
+) -> None:
     backend = backend_for(whereby)
     room = await backend.create(context, sample_meeting())
     whereby.answer_next(trouble)
@@ -433,6 +476,7 @@ async def test_delete_is_retried_through_trouble(whereby: FakeWhereby, context: 
 
 
 # --- delete ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.anyio
 async def test_delete_removes_the_room(whereby: FakeWhereby, context: BackendContext) -> None:
@@ -444,8 +488,9 @@ async def test_delete_removes_the_room(whereby: FakeWhereby, context: BackendCon
 
 
 @pytest.mark.anyio
-async def test_delete_of_a_room_whereby_no_longer_knows_counts_as_deleted(whereby: FakeWhereby,
-                                                                         context: BackendContext) -> None:
+async def test_delete_of_a_room_whereby_no_longer_knows_counts_as_deleted(
+    whereby: FakeWhereby, context: BackendContext
+) -> None:
     whereby.answer_next(whereby_error(404, "Meeting not found"))
     assert await backend_for(whereby).delete(context, "4711") is None
 
@@ -465,6 +510,7 @@ async def test_delete_with_a_wrong_api_key_is_an_error(whereby: FakeWhereby, con
 
 # --- update ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.anyio
 async def test_moving_a_meeting_later_makes_a_new_room(whereby: FakeWhereby, context: BackendContext) -> None:
     backend = backend_for(whereby)
@@ -480,11 +526,12 @@ async def test_moving_a_meeting_later_makes_a_new_room(whereby: FakeWhereby, con
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("change", [{"topic": "Renamed demo"},
-                                    {"start_time": datetime(2031, 5, 13, 8, 0, tzinfo=UTC)},
-                                    {"duration": 30}])
-async def test_a_room_that_still_covers_the_meeting_is_kept(whereby: FakeWhereby, context: BackendContext,
-                                                            change: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "change", [{"topic": "Renamed demo"}, {"start_time": datetime(2031, 5, 13, 8, 0, tzinfo=UTC)}, {"duration": 30}]
+)
+async def test_a_room_that_still_covers_the_meeting_is_kept(
+    whereby: FakeWhereby, context: BackendContext, change: dict[str, Any]
+) -> None:
     backend = backend_for(whereby)
     room = await backend.create(context, sample_meeting())
 
@@ -506,36 +553,46 @@ async def test_a_room_whereby_removed_is_replaced_on_update(whereby: FakeWhereby
 
 # --- settings ---------------------------------------------------------------------------------------
 
+
 def test_defaults() -> None:
     s = WherebyBackend.from_config({"api_key": API_KEY}).settings
-    assert (s.api_base, s.room_mode, s.room_name_prefix, s.end_grace_minutes, s.host_link_in_invitation) == \
-        (DEFAULT_API_BASE, "normal", "", 30, False)
+    assert (s.api_base, s.room_mode, s.room_name_prefix, s.end_grace_minutes, s.host_link_in_invitation) == (
+        DEFAULT_API_BASE,
+        "normal",
+        "",
+        30,
+        False,
+    )
     assert API_KEY not in repr(s)
 
 
 def test_a_39_character_prefix_with_hyphens_is_accepted() -> None:
     prefix = "acme-" + "x" * 34
-    assert WherebyBackend.from_config({"api_key": API_KEY, "room_name_prefix": prefix}).settings.room_name_prefix \
-        == prefix
+    assert (
+        WherebyBackend.from_config({"api_key": API_KEY, "room_name_prefix": prefix}).settings.room_name_prefix == prefix
+    )
 
 
-@pytest.mark.parametrize(("config", "setting"), [
-    ({}, "api_key"),
-    ({"api_key": "  "}, "api_key"),
-    ({"api_key": API_KEY, "room_mode": "large"}, "room_mode"),
-    ({"api_key": API_KEY, "room_name_prefix": "Acme"}, "room_name_prefix"),
-    ({"api_key": API_KEY, "room_name_prefix": "acme sales"}, "room_name_prefix"),
-    ({"api_key": API_KEY, "room_name_prefix": "x" * 40}, "room_name_prefix"),
-    ({"api_key": API_KEY, "end_grace_minutes": -1}, "end_grace_minutes"),
-    ({"api_key": API_KEY, "end_grace_minutes": "30"}, "end_grace_minutes"),
-    ({"api_key": API_KEY, "end_grace_minutes": True}, "end_grace_minutes"),
-    ({"api_key": API_KEY, "end_grace_minutes": 7 * 24 * 60 + 1}, "end_grace_minutes"),
-    ({"api_key": API_KEY, "host_link_in_invitation": "yes"}, "host_link_in_invitation"),
-    ({"api_key": API_KEY, "api_base": "http://api.whereby.dev/v1"}, "api_base"),
-    ({"api_key": API_KEY, "api_base": "api.whereby.dev"}, "api_base"),
-    ({"api_key": API_KEY, "api_base": 1}, "api_base"),
-    ({"api_key": API_KEY, "fields": ["hostRoomUrl"]}, "fields"),
-])
+@pytest.mark.parametrize(
+    ("config", "setting"),
+    [
+        ({}, "api_key"),
+        ({"api_key": "  "}, "api_key"),
+        ({"api_key": API_KEY, "room_mode": "large"}, "room_mode"),
+        ({"api_key": API_KEY, "room_name_prefix": "Acme"}, "room_name_prefix"),
+        ({"api_key": API_KEY, "room_name_prefix": "acme sales"}, "room_name_prefix"),
+        ({"api_key": API_KEY, "room_name_prefix": "x" * 40}, "room_name_prefix"),
+        ({"api_key": API_KEY, "end_grace_minutes": -1}, "end_grace_minutes"),
+        ({"api_key": API_KEY, "end_grace_minutes": "30"}, "end_grace_minutes"),
+        ({"api_key": API_KEY, "end_grace_minutes": True}, "end_grace_minutes"),
+        ({"api_key": API_KEY, "end_grace_minutes": 7 * 24 * 60 + 1}, "end_grace_minutes"),
+        ({"api_key": API_KEY, "host_link_in_invitation": "yes"}, "host_link_in_invitation"),
+        ({"api_key": API_KEY, "api_base": "http://api.whereby.dev/v1"}, "api_base"),
+        ({"api_key": API_KEY, "api_base": "api.whereby.dev"}, "api_base"),
+        ({"api_key": API_KEY, "api_base": 1}, "api_base"),
+        ({"api_key": API_KEY, "fields": ["hostRoomUrl"]}, "fields"),
+    ],
+)
 def test_config_errors_name_the_setting(config: dict[str, Any], setting: str) -> None:
     with pytest.raises(ValueError) as caught:
         WherebyBackend.from_config(config)
@@ -555,8 +612,9 @@ def test_every_setting_is_documented_in_the_example_config() -> None:
 
 
 def test_api_key_from_the_environment() -> None:
-    config = parse_config({"backends": {"whereby": {"room_mode": "group"}}},
-                          env={"PVB_BACKENDS_WHEREBY_API_KEY": API_KEY})
+    config = parse_config(
+        {"backends": {"whereby": {"room_mode": "group"}}}, env={"PVB_BACKENDS_WHEREBY_API_KEY": API_KEY}
+    )
     backend = WherebyBackend.from_config(config.backend_table("whereby"))
     assert backend.settings.api_key == API_KEY and backend.settings.room_mode == "group"
     assert API_KEY in config.secret_values(), "the log redactor knows the key"
@@ -571,15 +629,21 @@ MOVED_BODY = {"topic": "Moved demo", "start_time": "2031-06-01 16:00", "duration
 
 @pytest.fixture
 def config(tmp_path: Path, whereby: FakeWhereby) -> Config:
-    return make_config(tmp_path, backends={"whereby": settings(whereby)},
-                       meetings={"default_backend": "whereby", "allowed_backends": ["whereby"]},
-                       server={"vendor_max_retry_after_seconds": 2})
+    return make_config(
+        tmp_path,
+        backends={"whereby": settings(whereby)},
+        meetings={"default_backend": "whereby", "allowed_backends": ["whereby"]},
+        server={"vendor_max_retry_after_seconds": 2},
+    )
 
 
 def changed(config: Config, whereby: dict[str, Any] | None = None, **server: Any) -> Config:
     """The same bridge (database, vault keys) with other Whereby settings or server limits."""
-    return dataclasses.replace(config, server=dataclasses.replace(config.server, **server),
-                               backends={"whereby": {**config.backend_table("whereby"), **(whereby or {})}})
+    return dataclasses.replace(
+        config,
+        server=dataclasses.replace(config.server, **server),
+        backends={"whereby": {**config.backend_table("whereby"), **(whereby or {})}},
+    )
 
 
 @pytest.fixture
@@ -611,8 +675,9 @@ def assert_error(response: httpx.Response, status: int) -> str:
 
 
 @pytest.mark.anyio
-async def test_end_to_end_create_rename_move_delete(pipedrive: httpx.AsyncClient, whereby: FakeWhereby,
-                                                    store: Store, link_id: str) -> None:
+async def test_end_to_end_create_rename_move_delete(
+    pipedrive: httpx.AsyncClient, whereby: FakeWhereby, store: Store, link_id: str
+) -> None:
     response = await pipedrive.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY)
     assert response.status_code == 201, response.text
     data = response.json()["data"]
@@ -627,8 +692,11 @@ async def test_end_to_end_create_rename_move_delete(pipedrive: httpx.AsyncClient
     assert (await pipedrive.patch(meeting_url, json=MOVED_BODY)).status_code == 204
     [moved] = whereby.rooms.values()
     assert moved["meetingId"] != room["meetingId"]
-    assert whereby.events == [("create", room["meetingId"]), ("create", moved["meetingId"]),
-                              ("delete", room["meetingId"])]
+    assert whereby.events == [
+        ("create", room["meetingId"]),
+        ("create", moved["meetingId"]),
+        ("delete", room["meetingId"]),
+    ]
     stored = await store.get_meeting(link_id, data["meeting_id"])
     assert stored is not None and stored.vendor_meeting_id == moved["meetingId"]
 
@@ -639,8 +707,8 @@ async def test_end_to_end_create_rename_move_delete(pipedrive: httpx.AsyncClient
 
 @pytest.mark.anyio
 async def test_end_to_end_move_deletes_the_old_room_only_after_storing_the_new(
-        pipedrive: httpx.AsyncClient, whereby: FakeWhereby, store: Store, link_id: str,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    pipedrive: httpx.AsyncClient, whereby: FakeWhereby, store: Store, link_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     response = await pipedrive.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY)
     meeting_id = response.json()["data"]["meeting_id"]
     [old] = list(whereby.rooms)
@@ -666,8 +734,8 @@ async def test_end_to_end_move_deletes_the_old_room_only_after_storing_the_new(
 
 @pytest.mark.anyio
 async def test_end_to_end_a_move_not_stored_deletes_the_new_room_and_keeps_the_old(
-        pipedrive: httpx.AsyncClient, whereby: FakeWhereby, store: Store, link_id: str,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    pipedrive: httpx.AsyncClient, whereby: FakeWhereby, store: Store, link_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     response = await pipedrive.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY)
     meeting_id = response.json()["data"]["meeting_id"]
     [old] = list(whereby.rooms)
@@ -689,16 +757,16 @@ async def test_end_to_end_a_move_not_stored_deletes_the_new_room_and_keeps_the_o
 
 @pytest.mark.anyio
 async def test_end_to_end_wrong_api_key_is_a_502_for_the_admin(config: Config, link_id: str) -> None:
-    async with bridge_client(changed(config, {"api_key": "revoked-key-0123456789abcdef"}),
-                             entry_points=True) as client:
+    async with bridge_client(changed(config, {"api_key": "revoked-key-0123456789abcdef"}), entry_points=True) as client:
         response = await client.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY)
     message = assert_error(response, 502)
     assert "api_key" in message and "revoked-key" not in message
 
 
 @pytest.mark.anyio
-async def test_end_to_end_throttled_then_created(pipedrive: httpx.AsyncClient, whereby: FakeWhereby,
-                                                 link_id: str) -> None:
+async def test_end_to_end_throttled_then_created(
+    pipedrive: httpx.AsyncClient, whereby: FakeWhereby, link_id: str
+) -> None:
     whereby.answer_next(throttled("1"), whereby_error(503, "Service Unavailable"))
     response = await pipedrive.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY)
     assert response.status_code == 201, response.text
@@ -706,8 +774,9 @@ async def test_end_to_end_throttled_then_created(pipedrive: httpx.AsyncClient, w
 
 
 @pytest.mark.anyio
-async def test_end_to_end_throttled_for_long_is_503_at_once(pipedrive: httpx.AsyncClient, whereby: FakeWhereby,
-                                                            link_id: str) -> None:
+async def test_end_to_end_throttled_for_long_is_503_at_once(
+    pipedrive: httpx.AsyncClient, whereby: FakeWhereby, link_id: str
+) -> None:
     whereby.answer_next(throttled("60"))
     message = assert_error(await pipedrive.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY), 503)
     assert "Whereby" in message and "61 seconds" in message
@@ -724,9 +793,9 @@ async def test_end_to_end_slow_whereby_is_504(config: Config, whereby: FakeWhere
 
 
 @pytest.mark.anyio
-async def test_end_to_end_dropped_connection_is_503(pipedrive: httpx.AsyncClient, whereby: FakeWhereby,
-                                                    link_id: str) -> None:
+async def test_end_to_end_dropped_connection_is_503(
+    pipedrive: httpx.AsyncClient, whereby: FakeWhereby, link_id: str
+) -> None:
     whereby.answer_next(DROP)
-    assert "Whereby" in assert_error(await pipedrive.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY),
-                                     503)
+    assert "Whereby" in assert_error(await pipedrive.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY), 503)
     assert whereby.calls("POST") == 1

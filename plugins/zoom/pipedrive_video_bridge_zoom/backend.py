@@ -74,17 +74,21 @@ class ZoomBackend(Backend):
         vendor_id = str(meeting_id)  # Zoom's ids exceed 32 bits; kept as text
         password = password if isinstance(password, str) and password else None
         invitation = await self._invitation(ctx, vendor_id) or render_invitation(
-            meeting, join_url, user=ctx.user, password=password)
+            meeting, join_url, user=ctx.user, password=password
+        )
         log.info("zoom meeting created", extra={"vendor_meeting_id": vendor_id})
         return Room(vendor_meeting_id=vendor_id, join_url=join_url, invitation=invitation, password=password)
 
     async def update(self, ctx: BackendContext, vendor_meeting_id: str, meeting: MeetingRequest) -> None:
         """Zoom keeps the join link and passcode (it answers 204 without a body), so the core keeps them too."""
-        response = await self._request(ctx, "PATCH", f"/meetings/{_meeting_path(vendor_meeting_id)}",
-                                       json=self._schedule(meeting))
+        response = await self._request(
+            ctx, "PATCH", f"/meetings/{_meeting_path(vendor_meeting_id)}", json=self._schedule(meeting)
+        )
         if is_missing_meeting(response):
-            raise BackendError("this Zoom meeting no longer exists (it was deleted in Zoom); remove the video call "
-                               "from the activity and add a new one")
+            raise BackendError(
+                "this Zoom meeting no longer exists (it was deleted in Zoom); remove the video call "
+                "from the activity and add a new one"
+            )
         raise_for_zoom(response, "move the meeting")
 
     async def delete(self, ctx: BackendContext, vendor_meeting_id: str) -> None:
@@ -97,8 +101,11 @@ class ZoomBackend(Backend):
 
     def _schedule(self, meeting: MeetingRequest) -> dict[str, Any]:
         """Topic, start (UTC) and length: what a create sends and a move changes."""
-        return {"topic": meeting.topic[:TOPIC_MAX_LENGTH],
-                "start_time": meeting.start_time.strftime("%Y-%m-%dT%H:%M:00Z"), "duration": meeting.duration}
+        return {
+            "topic": meeting.topic[:TOPIC_MAX_LENGTH],
+            "start_time": meeting.start_time.strftime("%Y-%m-%dT%H:%M:00Z"),
+            "duration": meeting.duration,
+        }
 
     def _new_meeting(self, meeting: MeetingRequest) -> dict[str, Any]:
         body = {**self._schedule(meeting), "type": SCHEDULED_MEETING}
@@ -116,15 +123,18 @@ class ZoomBackend(Backend):
         if self.settings.fallback_host and self.settings.fallback_host not in hosts:
             hosts.append(self.settings.fallback_host)
         if not hosts:
-            raise BackendError("your Pipedrive user has no e-mail address to find your Zoom user by, and no "
-                               "fallback_host is configured; ask your admin to set [backends.zoom] fallback_host")
+            raise BackendError(
+                "your Pipedrive user has no e-mail address to find your Zoom user by, and no "
+                "fallback_host is configured; ask your admin to set [backends.zoom] fallback_host"
+            )
         return hosts
 
     async def _create_for_host(self, ctx: BackendContext, meeting: MeetingRequest) -> tuple[httpx.Response, str]:
         hosts = self._hosts(ctx)
         for host in hosts:
-            response = await self._request(ctx, "POST", f"/users/{quote(host, safe='@')}/meetings",
-                                           json=self._new_meeting(meeting))
+            response = await self._request(
+                ctx, "POST", f"/users/{quote(host, safe='@')}/meetings", json=self._new_meeting(meeting)
+            )
             if not is_missing_user(response) or host == hosts[-1]:
                 break
             log.info("no such zoom user; trying the fallback host", extra={"link_id": ctx.user.link_id})
@@ -146,12 +156,18 @@ class ZoomBackend(Backend):
 
     # --- calling Zoom ---------------------------------------------------------------
 
-    async def _request(self, ctx: BackendContext, method: str, path: str,
-                       json: dict[str, Any] | None = None) -> httpx.Response:
+    async def _request(
+        self, ctx: BackendContext, method: str, path: str, json: dict[str, Any] | None = None
+    ) -> httpx.Response:
         """One API call; a token Zoom calls invalid (401, code 124) is replaced once and the call repeated once."""
         try:
-            return await ctx.http.request(method, self.settings.api_base + path, json=json,
-                                          auth=self.tokens.auth(ctx), extensions={RETRY_EXTENSION: worth_retrying})
+            return await ctx.http.request(
+                method,
+                self.settings.api_base + path,
+                json=json,
+                auth=self.tokens.auth(ctx),
+                extensions={RETRY_EXTENSION: worth_retrying},
+            )
         except TokenRefused:
             raise await self.tokens.refused(ctx) from None
 

@@ -48,8 +48,11 @@ def zoom_error(response: httpx.Response) -> ZoomError:
     body = json_object(response)
     code = body.get("code")
     message = body.get("message")
-    return ZoomError(response.status_code, code if isinstance(code, int) else None,
-                     message.strip()[:300] if isinstance(message, str) else "")
+    return ZoomError(
+        response.status_code,
+        code if isinstance(code, int) else None,
+        message.strip()[:300] if isinstance(message, str) else "",
+    )
 
 
 def is_invalid_token(response: httpx.Response) -> bool:
@@ -100,7 +103,8 @@ def daily_limit_error(response: httpx.Response, now: datetime | None = None) -> 
     return BackendUnavailable(
         f"Zoom's daily limit for this Zoom user is reached (Zoom allows {DAILY_LIMIT_PER_USER} meeting "
         f"creates and updates per user per day); it resets at {reset:%H:%M} UTC, {_in_about(reset - now)}. "
-        "Please try again after that")
+        "Please try again after that"
+    )
 
 
 def _in_about(wait: timedelta) -> str:
@@ -120,17 +124,24 @@ def raise_for_zoom(response: httpx.Response, action: str, *, host: str = "") -> 
     error = zoom_error(response)
     who = f"the Zoom user {host}" if host and host != "me" else "your Zoom user"
     if is_invalid_token(response):
-        raise BackendError(f"Zoom did not accept the bridge's access token (code {INVALID_TOKEN}) even after "
-                           "getting a new one; check that the Zoom app is activated and try again")
+        raise BackendError(
+            f"Zoom did not accept the bridge's access token (code {INVALID_TOKEN}) even after "
+            "getting a new one; check that the Zoom app is activated and try again"
+        )
     if is_missing_scope(response):
-        raise BackendError(f"the Zoom app lacks a scope it needs to {action} ({error.message}); add it to the "
-                           "app in the Zoom App Marketplace")
+        raise BackendError(
+            f"the Zoom app lacks a scope it needs to {action} ({error.message}); add it to the "
+            "app in the Zoom App Marketplace"
+        )
     if error.code == MAY_NOT_HOST:
-        raise BackendError(f"Zoom does not let {who} host or schedule meetings (the user is deactivated or has "
-                           "no license that allows it); ask your Zoom admin to activate or license the user")
+        raise BackendError(
+            f"Zoom does not let {who} host or schedule meetings (the user is deactivated or has "
+            "no license that allows it); ask your Zoom admin to activate or license the user"
+        )
     if error.code in USER_MISSING:
-        raise BackendError(f"{who} does not exist in your company's Zoom account; ask your Zoom admin to add "
-                           "or activate the user")
+        raise BackendError(
+            f"{who} does not exist in your company's Zoom account; ask your Zoom admin to add or activate the user"
+        )
     detail = f"{error.message} (" if error.message else "("
     code = f"code {error.code}, " if error.code is not None else ""
     raise BackendError(f"Zoom refused to {action}: {detail}{code}HTTP {response.status_code})")

@@ -44,8 +44,10 @@ from bridge.testing import serve_on_loopback
 
 _START_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 _PASSCODE = re.compile(r"[A-Za-z0-9@\-_*]{1,10}")
-DAILY_LIMIT_MESSAGE = ("You have exceeded the daily rate limit (100) of Meeting Create/Update API requests "
-                       "permitted for this particular user. You may resume these requests at GMT 00:00:00.")
+DAILY_LIMIT_MESSAGE = (
+    "You have exceeded the daily rate limit (100) of Meeting Create/Update API requests "
+    "permitted for this particular user. You may resume these requests at GMT 00:00:00."
+)
 PER_SECOND_MESSAGE = "You have reached the maximum per-second rate limit for this API. Try again later."
 
 
@@ -58,8 +60,10 @@ class FakeZoomUser:
 
 
 def _default_users() -> list[FakeZoomUser]:
-    return [FakeZoomUser("KDcuGIm1QgePTO8WbOqwIQ", "ada@example.com", "Ada Lovelace"),
-            FakeZoomUser("z8yCxjabcdEFGhijkLMnop", "host@example.com", "Front Desk")]
+    return [
+        FakeZoomUser("KDcuGIm1QgePTO8WbOqwIQ", "ada@example.com", "Ada Lovelace"),
+        FakeZoomUser("z8yCxjabcdEFGhijkLMnop", "host@example.com", "Front Desk"),
+    ]
 
 
 @dataclass
@@ -99,8 +103,13 @@ class FakeZoomState:
 
     def backend_config(self, auth: str = "account", **overrides: Any) -> dict[str, Any]:
         """A ``[backends.zoom]`` table pointing at this fake."""
-        table: dict[str, Any] = {"auth": auth, "client_id": self.client_id, "client_secret": self.client_secret,
-                                 "api_base": self.api_base, "oauth_base": self.base_url}
+        table: dict[str, Any] = {
+            "auth": auth,
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "api_base": self.api_base,
+            "oauth_base": self.base_url,
+        }
         if auth == "account":
             table["account_id"] = self.account_id
         return {**table, **overrides}
@@ -132,8 +141,13 @@ class FakeZoomState:
         self.access_tokens[access] = (user_id, time.time() + self.access_ttl)
         self.issued_secrets.append(access)
         scope = "meeting:write:meeting:admin" if user_id is None else "meeting:write:meeting"
-        return {"access_token": access, "token_type": "bearer", "expires_in": self.access_ttl, "scope": scope,
-                "api_url": self.base_url}
+        return {
+            "access_token": access,
+            "token_type": "bearer",
+            "expires_in": self.access_ttl,
+            "scope": scope,
+            "api_url": self.base_url,
+        }
 
 
 def _zoom_error(status: int, code: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -200,8 +214,12 @@ def create_fake_zoom(state: FakeZoomState) -> ASGIApp:
             return True
 
     def daily_limit_reached() -> JSONResponse:
-        headers = {"X-RateLimit-Type": "Daily-limit", "X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "0",
-                   "Retry-After": _next_midnight().strftime("%Y-%m-%dT%H:%M:%SZ")}
+        headers = {
+            "X-RateLimit-Type": "Daily-limit",
+            "X-RateLimit-Limit": "100",
+            "X-RateLimit-Remaining": "0",
+            "Retry-After": _next_midnight().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
         return _zoom_error(429, 429, DAILY_LIMIT_MESSAGE, headers if state.daily_limit_headers else None)
 
     def schedule_problem(body: Any, *, partial: bool) -> str | None:
@@ -232,8 +250,11 @@ def create_fake_zoom(state: FakeZoomState) -> ASGIApp:
 
     async def authorize(request: Request) -> Response:
         params = request.query_params
-        if params.get("response_type") != "code" or params.get("client_id") != state.client_id \
-                or not params.get("redirect_uri"):
+        if (
+            params.get("response_type") != "code"
+            or params.get("client_id") != state.client_id
+            or not params.get("redirect_uri")
+        ):
             return _oauth_error(400, "invalid_request", "Invalid client_id, response_type or redirect_uri")
         user = state.user(state.authorizing_user)
         assert user is not None, "authorizing_user must be one of the fake's users"
@@ -282,8 +303,9 @@ def create_fake_zoom(state: FakeZoomState) -> ASGIApp:
         if user is None or (own_id is not None and user.id != own_id):
             return _zoom_error(404, 1001, f"User does not exist: {wanted}.")
         if not user.may_host:
-            return _zoom_error(400, 3161, "Your user account is not allowed meeting hosting and scheduling "
-                                          "capabilities.")
+            return _zoom_error(
+                400, 3161, "Your user account is not allowed meeting hosting and scheduling capabilities."
+            )
         body = await request.json()
         problem = schedule_problem(body, partial=False)
         if problem:
@@ -293,13 +315,21 @@ def create_fake_zoom(state: FakeZoomState) -> ASGIApp:
         meeting_id = secrets.randbelow(9 * 10**10) + 10**10  # 11 digits, beyond 32 bits like Zoom's
         zak = "zak-" + secrets.token_urlsafe(24)
         meeting = {
-            "id": meeting_id, "uuid": secrets.token_urlsafe(16), "host_id": user.id, "host_email": user.email,
-            "topic": body["topic"], "type": 2, "start_time": body["start_time"], "duration": body["duration"],
-            "timezone": "UTC", "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "id": meeting_id,
+            "uuid": secrets.token_urlsafe(16),
+            "host_id": user.id,
+            "host_email": user.email,
+            "topic": body["topic"],
+            "type": 2,
+            "start_time": body["start_time"],
+            "duration": body["duration"],
+            "timezone": "UTC",
+            "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "password": body.get("password") or f"{secrets.randbelow(10**6):06d}",
             "join_url": f"https://zoom.us/j/{meeting_id}?pwd={secrets.token_urlsafe(16)}",
             "start_url": f"https://zoom.us/s/{meeting_id}?zak={zak}",
-            "settings": body.get("settings", {}), "default_password": body.get("default_password", False),
+            "settings": body.get("settings", {}),
+            "default_password": body.get("default_password", False),
         }
         with state.lock:
             state.meetings[str(meeting_id)] = meeting
@@ -346,28 +376,36 @@ def create_fake_zoom(state: FakeZoomState) -> ASGIApp:
         if not valid:
             return invalid_token()
         if not state.invitation_scope:
-            return _zoom_error(400, 4711, "Invalid access token, does not contain scopes:[meeting:read:invitation, "
-                                          "meeting:read:invitation:admin].")
+            return _zoom_error(
+                400,
+                4711,
+                "Invalid access token, does not contain scopes:[meeting:read:invitation, "
+                "meeting:read:invitation:admin].",
+            )
         meeting = meeting_of(request, own_id)
         if meeting is None:
             return meeting_missing(request)
         host = state.user(meeting["host_id"])
         number = str(meeting["id"])
-        text = (f"{host.name if host else 'Zoom'} is inviting you to a scheduled Zoom meeting.\n\n"
-                f"Topic: {meeting['topic']}\nTime: {meeting['start_time']} Universal Time UTC\n\n"
-                f"Join Zoom Meeting\n{meeting['join_url']}\n\n"
-                f"Meeting ID: {number[:3]} {number[3:7]} {number[7:]}\nPasscode: {meeting['password']}\n")
+        text = (
+            f"{host.name if host else 'Zoom'} is inviting you to a scheduled Zoom meeting.\n\n"
+            f"Topic: {meeting['topic']}\nTime: {meeting['start_time']} Universal Time UTC\n\n"
+            f"Join Zoom Meeting\n{meeting['join_url']}\n\n"
+            f"Meeting ID: {number[:3]} {number[3:7]} {number[7:]}\nPasscode: {meeting['password']}\n"
+        )
         return JSONResponse({"invitation": text})
 
-    app = Starlette(routes=[
-        Route("/oauth/authorize", authorize, methods=["GET"]),
-        Route("/oauth/token", token, methods=["POST"]),
-        Route("/v2/users/{user_id}/meetings", create_meeting, methods=["POST"]),
-        Route("/v2/meetings/{meeting_id}", get_meeting, methods=["GET"]),
-        Route("/v2/meetings/{meeting_id}", update_meeting, methods=["PATCH"]),
-        Route("/v2/meetings/{meeting_id}", delete_meeting, methods=["DELETE"]),
-        Route("/v2/meetings/{meeting_id}/invitation", invitation, methods=["GET"]),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/oauth/authorize", authorize, methods=["GET"]),
+            Route("/oauth/token", token, methods=["POST"]),
+            Route("/v2/users/{user_id}/meetings", create_meeting, methods=["POST"]),
+            Route("/v2/meetings/{meeting_id}", get_meeting, methods=["GET"]),
+            Route("/v2/meetings/{meeting_id}", update_meeting, methods=["PATCH"]),
+            Route("/v2/meetings/{meeting_id}", delete_meeting, methods=["DELETE"]),
+            Route("/v2/meetings/{meeting_id}/invitation", invitation, methods=["GET"]),
+        ]
+    )
     return _Faults(app, state)
 
 

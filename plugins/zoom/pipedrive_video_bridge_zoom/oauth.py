@@ -64,25 +64,34 @@ class ZoomOAuth:
         self._client_secret = client_secret
 
     def authorize_url(self, redirect_uri: str, state: str) -> str:
-        query = urlencode({"response_type": "code", "client_id": self.client_id, "redirect_uri": redirect_uri,
-                           "state": state})
+        query = urlencode(
+            {"response_type": "code", "client_id": self.client_id, "redirect_uri": redirect_uri, "state": state}
+        )
         return f"{self.base}/oauth/authorize?{query}"
 
     async def token(self, http: httpx.AsyncClient, grant: dict[str, str]) -> TokenAnswer:
         """POST ``/oauth/token`` with the app's Basic credentials; raise GrantRefused for a refused grant."""
-        response = await http.post(f"{self.base}/oauth/token", data=grant,
-                                   headers=basic_auth(self.client_id, self._client_secret))
+        response = await http.post(
+            f"{self.base}/oauth/token", data=grant, headers=basic_auth(self.client_id, self._client_secret)
+        )
         raise_for_vendor(response, TITLE)
         body = json_object(response)
         if response.status_code in (400, 401):
             raise GrantRefused(str(body.get("error") or "refused"), str(body.get("reason") or "")[:200])
         access_token, expires_in = body.get("access_token"), body.get("expires_in")
-        if response.status_code != 200 or not isinstance(access_token, str) or not access_token \
-                or not isinstance(expires_in, int | float):
+        if (
+            response.status_code != 200
+            or not isinstance(access_token, str)
+            or not access_token
+            or not isinstance(expires_in, int | float)
+        ):
             raise BackendError(f"Zoom's token endpoint gave no usable answer (HTTP {response.status_code})")
         refresh_token = body.get("refresh_token")
-        return TokenAnswer(access_token, time.time() + float(expires_in),
-                           refresh_token if isinstance(refresh_token, str) and refresh_token else None)
+        return TokenAnswer(
+            access_token,
+            time.time() + float(expires_in),
+            refresh_token if isinstance(refresh_token, str) and refresh_token else None,
+        )
 
 
 class TokenSource(Protocol):
@@ -101,13 +110,17 @@ class TokenSource(Protocol):
 
 # --- Server-to-Server OAuth: one token for the company ------------------------------------
 
+
 class AccountTokens:
     def __init__(self, oauth: ZoomOAuth, account_id: str) -> None:
         self.oauth = oauth
         self.account_id = account_id
         # a token of another Zoom app (the config changed) is not this app's: fetch one
-        self.keeper = TokenKeeper(ACCOUNT_TOKEN, margin_seconds=REFRESH_MARGIN_SECONDS,
-                                  usable=lambda token: token.extra.get("client_id") == oauth.client_id)
+        self.keeper = TokenKeeper(
+            ACCOUNT_TOKEN,
+            margin_seconds=REFRESH_MARGIN_SECONDS,
+            usable=lambda token: token.extra.get("client_id") == oauth.client_id,
+        )
 
     async def access_token(self, ctx: BackendContext, stale: str | None = None) -> str:
         token = await self.keeper.token(ctx.shared, lambda _stored: self._fetch(ctx), stale=stale)
@@ -118,12 +131,15 @@ class AccountTokens:
 
     async def _fetch(self, ctx: BackendContext) -> Token:
         try:
-            answer = await self.oauth.token(ctx.http, {"grant_type": "account_credentials",
-                                                       "account_id": self.account_id})
+            answer = await self.oauth.token(
+                ctx.http, {"grant_type": "account_credentials", "account_id": self.account_id}
+            )
         except GrantRefused as exc:
-            raise BackendError(f"Zoom refused the bridge's Server-to-Server OAuth credentials "
-                               f"({exc.reason or exc.error}); check client_id, client_secret and account_id in "
-                               "[backends.zoom] and that the app is activated in the Zoom App Marketplace") from None
+            raise BackendError(
+                f"Zoom refused the bridge's Server-to-Server OAuth credentials "
+                f"({exc.reason or exc.error}); check client_id, client_secret and account_id in "
+                "[backends.zoom] and that the app is activated in the Zoom App Marketplace"
+            ) from None
         log.info("zoom account token fetched")
         return Token(answer.access_token, answer.expires_at, extra={"client_id": self.oauth.client_id})
 
@@ -133,10 +149,11 @@ class AccountTokens:
 
 # --- user OAuth: each user's own Zoom account ---------------------------------------------
 
+
 def settings_url_of(callback_url: str, backend: str) -> str:
     """The settings page the connect flow started from (its callback is ``…/connect/<backend>/callback``)."""
     tail = f"/connect/{backend}/callback"
-    return callback_url[:-len(tail)] if callback_url.endswith(tail) else ""
+    return callback_url[: -len(tail)] if callback_url.endswith(tail) else ""
 
 
 class UserTokens:
@@ -148,15 +165,18 @@ class UserTokens:
 
     async def connect(self, ctx: BackendContext, code: str, callback_url: str, settings_url: str) -> None:
         try:
-            answer = await self.oauth.token(ctx.http, {"grant_type": "authorization_code", "code": code,
-                                                       "redirect_uri": callback_url})
+            answer = await self.oauth.token(
+                ctx.http, {"grant_type": "authorization_code", "code": code, "redirect_uri": callback_url}
+            )
         except GrantRefused as exc:
-            raise BackendError(f"Zoom did not accept the sign-in ({exc.reason or exc.error}); please connect "
-                               "Zoom again") from None
+            raise BackendError(
+                f"Zoom did not accept the sign-in ({exc.reason or exc.error}); please connect Zoom again"
+            ) from None
         if answer.refresh_token is None:
             raise BackendError("Zoom's sign-in gave no refresh token; please connect Zoom again")
-        token = Token(answer.access_token, answer.expires_at, answer.refresh_token,
-                      extra={"settings_url": settings_url})
+        token = Token(
+            answer.access_token, answer.expires_at, answer.refresh_token, extra={"settings_url": settings_url}
+        )
         await ctx.credentials.set(USER_TOKENS, token.dump())
 
     async def is_connected(self, ctx: BackendContext) -> bool:
@@ -166,35 +186,44 @@ class UserTokens:
     async def access_token(self, ctx: BackendContext, stale: str | None = None) -> str:
         """The user's fresh token; ``stale`` is one Zoom just refused, which is replaced even if it looks fresh."""
         try:
-            token = await self.keeper.token(ctx.credentials, lambda stored: self._refresh(ctx, stored), stale=stale,
-                                            key=ctx.user.link_id)
+            token = await self.keeper.token(
+                ctx.credentials, lambda stored: self._refresh(ctx, stored), stale=stale, key=ctx.user.link_id
+            )
         except TokenRefused:
             raise await self.refused(ctx) from None
         return token.access_token
 
     def auth(self, ctx: BackendContext) -> httpx.Auth:
-        return self.keeper.auth(ctx.credentials, lambda stored: self._refresh(ctx, stored), key=ctx.user.link_id,
-                                refused=is_invalid_token)
+        return self.keeper.auth(
+            ctx.credentials, lambda stored: self._refresh(ctx, stored), key=ctx.user.link_id, refused=is_invalid_token
+        )
 
     async def _refresh(self, ctx: BackendContext, stored: Token | None) -> Token:
         if stored is None or stored.refresh_token is None:
-            raise BackendError(f"connect your Zoom account first: open {SETTINGS_PAGE}, sign in with Pipedrive "
-                               "and click Connect next to Zoom")
+            raise BackendError(
+                f"connect your Zoom account first: open {SETTINGS_PAGE}, sign in with Pipedrive "
+                "and click Connect next to Zoom"
+            )
         try:
-            answer = await self.oauth.token(ctx.http, {"grant_type": "refresh_token",
-                                                       "refresh_token": stored.refresh_token})
+            answer = await self.oauth.token(
+                ctx.http, {"grant_type": "refresh_token", "refresh_token": stored.refresh_token}
+            )
         except GrantRefused as exc:
             if exc.error != "invalid_grant":
-                raise BackendError(f"Zoom refused to renew your Zoom connection ({exc.reason or exc.error}); "
-                                   "please try again") from None
+                raise BackendError(
+                    f"Zoom refused to renew your Zoom connection ({exc.reason or exc.error}); please try again"
+                ) from None
             log.warning("zoom refused a refresh token: the user has to reconnect Zoom")
             raise TokenRefused("Zoom refused the refresh token") from None
         # Zoom rotates refresh tokens: the old one is spent, so keep the new one with its access token
-        return Token(answer.access_token, answer.expires_at, answer.refresh_token or stored.refresh_token,
-                     extra=stored.extra)
+        return Token(
+            answer.access_token, answer.expires_at, answer.refresh_token or stored.refresh_token, extra=stored.extra
+        )
 
     async def refused(self, ctx: BackendContext) -> BackendError:
         stored = await self.keeper.stored(ctx.credentials)
         where = str(stored.extra.get("settings_url") or "") if stored is not None else ""
-        return BackendError(f"Zoom no longer accepts your connection (it was revoked or has expired): reconnect "
-                            f"Zoom on {where or SETTINGS_PAGE}")
+        return BackendError(
+            f"Zoom no longer accepts your connection (it was revoked or has expired): reconnect "
+            f"Zoom on {where or SETTINGS_PAGE}"
+        )

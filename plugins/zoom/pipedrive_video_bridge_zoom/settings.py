@@ -12,8 +12,18 @@ AUTH_MODES = ("account", "user")
 MEETING_SWITCHES = ("waiting_room", "join_before_host", "mute_upon_entry")
 """Zoom meeting settings a company may fix; unset ones follow the host's own Zoom settings."""
 
-KNOWN_SETTINGS = {"auth", "client_id", "client_secret", "account_id", "fallback_host", "api_base", "oauth_base",
-          "default_password", "passcode", *MEETING_SWITCHES}
+KNOWN_SETTINGS = {
+    "auth",
+    "client_id",
+    "client_secret",
+    "account_id",
+    "fallback_host",
+    "api_base",
+    "oauth_base",
+    "default_password",
+    "passcode",
+    *MEETING_SWITCHES,
+}
 _ACCOUNT_ONLY = ("account_id", "fallback_host")
 # Zoom's passcode rule: at most 10 of a-z, A-Z, 0-9, @ - _ *
 _PASSCODE = re.compile(r"[A-Za-z0-9@\-_*]{1,10}")
@@ -59,8 +69,7 @@ def parse_settings(config: Mapping[str, Any]) -> ZoomSettings:
         fallback_host=_optional_text(config, "fallback_host") or "",
         api_base=_base_url(config, "api_base", ZoomSettings.api_base),
         oauth_base=_base_url(config, "oauth_base", ZoomSettings.oauth_base),
-        switches={key: value for key in MEETING_SWITCHES
-                  if (value := _optional_bool(config, key)) is not None},
+        switches={key: value for key in MEETING_SWITCHES if (value := _optional_bool(config, key)) is not None},
         default_password=default_password,
         passcode=passcode,
     )

@@ -64,14 +64,19 @@ def connect(zoom: FakeZoomState) -> Connect:
     """``connect(credentials, expires_in=3600, settings_url="")`` stores a connected Zoom account for Ada,
     as the settings page's connect flow would, and returns the fake's token answer."""
 
-    def connect_user(credentials: InMemoryCredentials, *, expires_in: float = 3600,
-                     settings_url: str = "") -> dict[str, Any]:
+    def connect_user(
+        credentials: InMemoryCredentials, *, expires_in: float = 3600, settings_url: str = ""
+    ) -> dict[str, Any]:
         user = zoom.user("ada@example.com")
         assert user is not None
         with zoom.lock:
             answer = zoom.issue_user_tokens(user.id)
-        credentials.values[USER_TOKENS] = Token(answer["access_token"], time.time() + expires_in,
-                                                answer["refresh_token"], extra={"settings_url": settings_url}).dump()
+        credentials.values[USER_TOKENS] = Token(
+            answer["access_token"],
+            time.time() + expires_in,
+            answer["refresh_token"],
+            extra={"settings_url": settings_url},
+        ).dump()
         return answer
 
     return connect_user

@@ -43,8 +43,7 @@ def zoom_config(tmp_path: Path, zoom: FakeZoomState, auth: str = "account", **se
 
 async def create_link(config: Config, email: str = "ada@example.com") -> str:
     async with prepared_store(config) as store:
-        link = await store.create_link(pipedrive_user_id=5, company_id=6, user_name="Ada Lovelace",
-                                       user_email=email)
+        link = await store.create_link(pipedrive_user_id=5, company_id=6, user_name="Ada Lovelace", user_email=email)
     return link.id
 
 
@@ -54,6 +53,7 @@ def meetings_path(link_id: str, meeting_id: str = "") -> str:
 
 # --- Server-to-Server OAuth through the reverse API ------------------------------------------------
 
+
 async def test_create_move_delete_as_pipedrive_does(tmp_path: Path, zoom: FakeZoomState) -> None:
     config = zoom_config(tmp_path, zoom)
     link_id = await create_link(config)
@@ -61,11 +61,9 @@ async def test_create_move_delete_as_pipedrive_does(tmp_path: Path, zoom: FakeZo
         created = await client.post(meetings_path(link_id), json=MEETING)
         assert created.status_code == 201, created.text
         body = created.json()
-        assert body["success"] is True and set(body["data"]) == {"meeting_id", "join_url", "password",
-                                                                  "invitation"}
+        assert body["success"] is True and set(body["data"]) == {"meeting_id", "join_url", "password", "invitation"}
         [(zoom_id, made)] = zoom.meetings.items()
-        assert (made["topic"], made["start_time"], made["duration"]) == ("Demo with Acme", "2031-05-14T09:30:00Z",
-                                                                         30)
+        assert (made["topic"], made["start_time"], made["duration"]) == ("Demo with Acme", "2031-05-14T09:30:00Z", 30)
         assert made["host_email"] == "ada@example.com"
         data = body["data"]
         assert data["join_url"] == made["join_url"] and data["password"] == made["password"]
@@ -74,8 +72,7 @@ async def test_create_move_delete_as_pipedrive_does(tmp_path: Path, zoom: FakeZo
 
         moved = await client.patch(meetings_path(link_id, data["meeting_id"]), json=MOVED)
         assert moved.status_code == 204 and moved.content == b""
-        assert (made["topic"], made["start_time"], made["duration"]) == (MOVED["topic"], "2031-05-15T16:00:00Z",
-                                                                         60)
+        assert (made["topic"], made["start_time"], made["duration"]) == (MOVED["topic"], "2031-05-15T16:00:00Z", 60)
         assert made["join_url"] == data["join_url"], "Zoom keeps the meeting's link"
 
         deleted = await client.delete(meetings_path(link_id, data["meeting_id"]))
@@ -99,9 +96,11 @@ async def test_two_replicas_fetch_the_shared_token_once(tmp_path: Path, zoom: Fa
     zoom.token_delay = 0.3
     answers: list[int] = []
     async with bridge_client(config, entry_points=True) as one, bridge_client(config, entry_points=True) as two:
+
         async def post(client: httpx.AsyncClient, n: int) -> None:
-            answers.append((await client.post(meetings_path(link_id), json={**MEETING, "topic": f"Call {n}"})
-                            ).status_code)
+            answers.append(
+                (await client.post(meetings_path(link_id), json={**MEETING, "topic": f"Call {n}"})).status_code
+            )
 
         async with anyio.create_task_group() as tasks:
             for n in range(20):
@@ -164,9 +163,18 @@ def pipedrive() -> Iterator[FakePipedriveState]:
 
 @pytest.fixture
 async def app(tmp_path: Path, zoom: FakeZoomState, pipedrive: FakePipedriveState) -> AsyncIterator[Any]:
-    config = zoom_config(tmp_path, zoom, "user", server={"public_url": PUBLIC_URL},
-                         pipedrive={"client_id": pipedrive.client_id, "client_secret": pipedrive.client_secret,
-                                    "oauth_base": pipedrive.api_domain, "api_base": pipedrive.api_domain})
+    config = zoom_config(
+        tmp_path,
+        zoom,
+        "user",
+        server={"public_url": PUBLIC_URL},
+        pipedrive={
+            "client_id": pipedrive.client_id,
+            "client_secret": pipedrive.client_secret,
+            "oauth_base": pipedrive.api_domain,
+            "api_base": pipedrive.api_domain,
+        },
+    )
     async with LifespanManager(create_app(config, load_plugins(entry_points=True))) as manager:
         yield manager.app
 
@@ -179,8 +187,11 @@ async def browser(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def pipedrive_api(app: Any, pipedrive: FakePipedriveState) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PUBLIC_URL,
-                                 headers=basic_auth(pipedrive.client_id, pipedrive.client_secret)) as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url=PUBLIC_URL,
+        headers=basic_auth(pipedrive.client_id, pipedrive.client_secret),
+    ) as client:
         yield client
 
 
@@ -206,7 +217,8 @@ async def signed_in(browser: httpx.AsyncClient, app: Any) -> str:
 
 
 async def test_connecting_zoom_on_the_settings_page_then_meeting_with_it(
-        app: Any, browser: httpx.AsyncClient, pipedrive_api: httpx.AsyncClient, zoom: FakeZoomState) -> None:
+    app: Any, browser: httpx.AsyncClient, pipedrive_api: httpx.AsyncClient, zoom: FakeZoomState
+) -> None:
     link_id = await signed_in(browser, app)
     page = (await browser.get("/settings")).text
     assert "Connect your Zoom account" in page and 'id="connect-warning"' in page
@@ -228,7 +240,8 @@ async def test_connecting_zoom_on_the_settings_page_then_meeting_with_it(
 
 
 async def test_user_tokens_are_refreshed_once_and_a_refused_refresh_asks_to_reconnect(
-        app: Any, browser: httpx.AsyncClient, pipedrive_api: httpx.AsyncClient, zoom: FakeZoomState) -> None:
+    app: Any, browser: httpx.AsyncClient, pipedrive_api: httpx.AsyncClient, zoom: FakeZoomState
+) -> None:
     link_id = await signed_in(browser, app)
     await elsewhere(browser, "/settings/connect/zoom")
 
@@ -237,8 +250,9 @@ async def test_user_tokens_are_refreshed_once_and_a_refused_refresh_asks_to_reco
     answers: list[int] = []
 
     async def post(n: int) -> None:
-        answers.append((await pipedrive_api.post(meetings_path(link_id), json={**MEETING, "topic": f"Call {n}"})
-                        ).status_code)
+        answers.append(
+            (await pipedrive_api.post(meetings_path(link_id), json={**MEETING, "topic": f"Call {n}"})).status_code
+        )
 
     async with anyio.create_task_group() as tasks:
         for n in range(20):
@@ -251,8 +265,10 @@ async def test_user_tokens_are_refreshed_once_and_a_refused_refresh_asks_to_reco
         zoom.refresh_tokens.clear()  # the user removed the app in Zoom
     refused = await pipedrive_api.post(meetings_path(link_id), json={**MEETING, "topic": "After"})
     assert refused.status_code == 502
-    assert refused.json()["error"] == ("Zoom no longer accepts your connection (it was revoked or has expired): "
-                                       f"reconnect Zoom on {PUBLIC_URL}/settings")
+    assert refused.json()["error"] == (
+        "Zoom no longer accepts your connection (it was revoked or has expired): "
+        f"reconnect Zoom on {PUBLIC_URL}/settings"
+    )
     assert zoom.spent_refresh_tokens.isdisjoint(zoom.refused_refresh_tokens), "a spent token is never sent again"
     page = (await browser.get("/settings")).text
     assert "Connect your Zoom account" in page and 'id="connect-warning"' in page

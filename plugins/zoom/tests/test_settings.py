@@ -30,8 +30,16 @@ def test_user_auth_is_the_backend_with_a_connect_flow() -> None:
 
 
 def test_meeting_settings_and_bases_are_read() -> None:
-    backend = ZoomBackend.from_config({**ACCOUNT, "api_base": "http://127.0.0.1:9/v2/", "waiting_room": True,
-                                       "join_before_host": False, "passcode": "a1@-_*", "fallback_host": "x@y.z"})
+    backend = ZoomBackend.from_config(
+        {
+            **ACCOUNT,
+            "api_base": "http://127.0.0.1:9/v2/",
+            "waiting_room": True,
+            "join_before_host": False,
+            "passcode": "a1@-_*",
+            "fallback_host": "x@y.z",
+        }
+    )
     assert backend.settings.api_base == "http://127.0.0.1:9/v2"
     assert backend.settings.switches == {"waiting_room": True, "join_before_host": False}
     assert backend.settings.passcode == "a1@-_*" and backend.settings.fallback_host == "x@y.z"
@@ -42,22 +50,25 @@ def test_the_client_secret_is_not_in_the_settings_repr() -> None:
     assert "s3cr3t-value" not in repr(backend.settings)
 
 
-@pytest.mark.parametrize(("config", "setting"), [
-    ({**ACCOUNT, "nope": 1}, "nope"),
-    ({**ACCOUNT, "auth": "jwt"}, "auth"),
-    ({k: v for k, v in ACCOUNT.items() if k != "client_id"}, "client_id"),
-    ({**ACCOUNT, "client_secret": " "}, "client_secret"),
-    ({k: v for k, v in ACCOUNT.items() if k != "account_id"}, "account_id"),
-    ({**USER, "account_id": "acct"}, "account_id"),
-    ({**USER, "fallback_host": "x@y.z"}, "fallback_host"),
-    ({**ACCOUNT, "api_base": "api.zoom.us/v2"}, "api_base"),
-    ({**ACCOUNT, "oauth_base": "ftp://zoom.us"}, "oauth_base"),
-    ({**ACCOUNT, "waiting_room": "yes"}, "waiting_room"),
-    ({**ACCOUNT, "default_password": 1}, "default_password"),
-    ({**ACCOUNT, "passcode": "eleven-char"}, "passcode"),
-    ({**ACCOUNT, "passcode": "white space"}, "passcode"),
-    ({**ACCOUNT, "passcode": "abc", "default_password": True}, "passcode"),
-])
+@pytest.mark.parametrize(
+    ("config", "setting"),
+    [
+        ({**ACCOUNT, "nope": 1}, "nope"),
+        ({**ACCOUNT, "auth": "jwt"}, "auth"),
+        ({k: v for k, v in ACCOUNT.items() if k != "client_id"}, "client_id"),
+        ({**ACCOUNT, "client_secret": " "}, "client_secret"),
+        ({k: v for k, v in ACCOUNT.items() if k != "account_id"}, "account_id"),
+        ({**USER, "account_id": "acct"}, "account_id"),
+        ({**USER, "fallback_host": "x@y.z"}, "fallback_host"),
+        ({**ACCOUNT, "api_base": "api.zoom.us/v2"}, "api_base"),
+        ({**ACCOUNT, "oauth_base": "ftp://zoom.us"}, "oauth_base"),
+        ({**ACCOUNT, "waiting_room": "yes"}, "waiting_room"),
+        ({**ACCOUNT, "default_password": 1}, "default_password"),
+        ({**ACCOUNT, "passcode": "eleven-char"}, "passcode"),
+        ({**ACCOUNT, "passcode": "white space"}, "passcode"),
+        ({**ACCOUNT, "passcode": "abc", "default_password": True}, "passcode"),
+    ],
+)
 def test_bad_settings_name_the_setting(config: dict[str, Any], setting: str) -> None:
     with pytest.raises(ValueError) as raised:
         ZoomBackend.from_config(config)

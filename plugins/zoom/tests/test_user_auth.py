@@ -29,15 +29,21 @@ def stored(ctx: BackendContext) -> dict[str, object]:
 
 
 async def test_connect_url_is_zooms_authorize_page_with_the_state(
-        zoom: FakeZoomState, user_backend: ZoomBackend, user_context: BackendContext) -> None:
+    zoom: FakeZoomState, user_backend: ZoomBackend, user_context: BackendContext
+) -> None:
     url = urlsplit(await user_backend.connect_url(user_context, CALLBACK, "signed-state"))
     assert f"{url.scheme}://{url.netloc}{url.path}" == f"{zoom.base_url}/oauth/authorize"
-    assert parse_qs(url.query) == {"response_type": ["code"], "client_id": [zoom.client_id],
-                                   "redirect_uri": [CALLBACK], "state": ["signed-state"]}
+    assert parse_qs(url.query) == {
+        "response_type": ["code"],
+        "client_id": [zoom.client_id],
+        "redirect_uri": [CALLBACK],
+        "state": ["signed-state"],
+    }
 
 
 async def test_connect_finish_exchanges_the_code_and_keeps_both_tokens(
-        zoom: FakeZoomState, user_backend: ZoomBackend, http: httpx.AsyncClient) -> None:
+    zoom: FakeZoomState, user_backend: ZoomBackend, http: httpx.AsyncClient
+) -> None:
     ctx = make_context(http)
     assert not await user_backend.is_connected(ctx)
     async with httpx.AsyncClient() as browser:
@@ -55,7 +61,8 @@ async def test_connect_finish_exchanges_the_code_and_keeps_both_tokens(
 
 
 async def test_a_refused_or_missing_code_is_a_clear_error_and_stores_nothing(
-        user_backend: ZoomBackend, http: httpx.AsyncClient) -> None:
+    user_backend: ZoomBackend, http: httpx.AsyncClient
+) -> None:
     ctx = make_context(http)
     for params in ({"code": "made-up"}, {}):
         with pytest.raises(BackendError) as raised:
@@ -65,7 +72,8 @@ async def test_a_refused_or_missing_code_is_a_clear_error_and_stores_nothing(
 
 
 async def test_a_user_who_never_connected_is_told_to_connect(
-        zoom: FakeZoomState, user_backend: ZoomBackend, http: httpx.AsyncClient) -> None:
+    zoom: FakeZoomState, user_backend: ZoomBackend, http: httpx.AsyncClient
+) -> None:
     with pytest.raises(BackendError) as raised:
         await user_backend.create(make_context(http), sample_meeting())
     assert raised.value.message.startswith("connect your Zoom account first")
@@ -74,7 +82,8 @@ async def test_a_user_who_never_connected_is_told_to_connect(
 
 
 async def test_an_expired_token_is_refreshed_once_for_a_hundred_concurrent_calls(
-        zoom: FakeZoomState, user_backend: ZoomBackend, http: httpx.AsyncClient, connect: Connect) -> None:
+    zoom: FakeZoomState, user_backend: ZoomBackend, http: httpx.AsyncClient, connect: Connect
+) -> None:
     ctx = make_context(http)
     first = connect(ctx.credentials, expires_in=-10)
     zoom.token_delay = 0.2
@@ -101,7 +110,8 @@ async def test_an_expired_token_is_refreshed_once_for_a_hundred_concurrent_calls
 
 
 async def test_an_invalid_token_is_refreshed_once_and_the_call_repeated_once(
-        zoom: FakeZoomState, user_backend: ZoomBackend, user_context: BackendContext) -> None:
+    zoom: FakeZoomState, user_backend: ZoomBackend, user_context: BackendContext
+) -> None:
     zoom.expire_access_tokens()  # the clock says fresh, Zoom says 124
     room = await user_backend.create(user_context, sample_meeting())
     assert room.vendor_meeting_id in zoom.meetings
@@ -110,7 +120,8 @@ async def test_an_invalid_token_is_refreshed_once_and_the_call_repeated_once(
 
 
 async def test_a_refused_refresh_marks_the_connection_and_says_to_reconnect(
-        zoom: FakeZoomState, user_backend: ZoomBackend, http: httpx.AsyncClient, connect: Connect) -> None:
+    zoom: FakeZoomState, user_backend: ZoomBackend, http: httpx.AsyncClient, connect: Connect
+) -> None:
     ctx = make_context(http)
     answer = connect(ctx.credentials, expires_in=-10, settings_url="https://bridge.example.com/settings")
     with zoom.lock:
@@ -118,8 +129,10 @@ async def test_a_refused_refresh_marks_the_connection_and_says_to_reconnect(
     for _ in range(2):
         with pytest.raises(BackendError) as raised:
             await user_backend.create(ctx, sample_meeting())
-        assert raised.value.message == ("Zoom no longer accepts your connection (it was revoked or has expired): "
-                                        "reconnect Zoom on https://bridge.example.com/settings")
+        assert raised.value.message == (
+            "Zoom no longer accepts your connection (it was revoked or has expired): "
+            "reconnect Zoom on https://bridge.example.com/settings"
+        )
     assert zoom.refused_refresh_tokens == [answer["refresh_token"]], "once refused, Zoom is not asked again"
     assert stored(ctx)["refused"] is True
     assert not await user_backend.is_connected(ctx)
@@ -127,7 +140,8 @@ async def test_a_refused_refresh_marks_the_connection_and_says_to_reconnect(
 
 
 async def test_reconnecting_clears_the_mark(
-        zoom: FakeZoomState, user_backend: ZoomBackend, http: httpx.AsyncClient, connect: Connect) -> None:
+    zoom: FakeZoomState, user_backend: ZoomBackend, http: httpx.AsyncClient, connect: Connect
+) -> None:
     ctx = make_context(http)
     connect(ctx.credentials, expires_in=-10)
     with zoom.lock:
@@ -143,7 +157,8 @@ async def test_reconnecting_clears_the_mark(
 
 
 async def test_a_refresh_refused_for_another_reason_keeps_the_connection(
-        zoom: FakeZoomState, user_backend: ZoomBackend, http: httpx.AsyncClient, connect: Connect) -> None:
+    zoom: FakeZoomState, user_backend: ZoomBackend, http: httpx.AsyncClient, connect: Connect
+) -> None:
     ctx = make_context(http)
     connect(ctx.credentials, expires_in=-10)
     before = stored(ctx)

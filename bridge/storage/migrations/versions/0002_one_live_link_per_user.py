@@ -12,5 +12,6 @@ depends_on = None
 
 def upgrade() -> None:
     op.execute("ALTER TABLE link ADD COLUMN tokens_refreshed_at TIMESTAMP WITH TIME ZONE")
-    op.execute("CREATE UNIQUE INDEX ux_link_active_user ON link (company_id, pipedrive_user_id) "
-               "WHERE status = 'active'")
+    op.execute(
+        "CREATE UNIQUE INDEX ux_link_active_user ON link (company_id, pipedrive_user_id) WHERE status = 'active'"
+    )
