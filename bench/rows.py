@@ -12,8 +12,7 @@ import asyncio
 import base64
 import random
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from bridge.storage.schema import LINKS, MEETINGS, SECRETS
 from bridge.storage.secrets import meeting_scope, secret_context
 from bridge.storage.store import Store, make_engine
 from bridge.storage.vault import Vault
+from bridge.testing import prepared_store
 
 Row = dict[str, Any]
 
@@ -45,18 +45,9 @@ def migrate(db_url: str) -> None:
         db.dispose()
 
 
-@asynccontextmanager
-async def opened_store(config_path: Path) -> AsyncIterator[Store]:
+def opened_store(config_path: Path) -> AbstractAsyncContextManager[Store]:
     """The store of the config at ``config_path``, its database migrated as at start-up."""
-    from bridge.runtime import open_store, prepare_database
-
-    config = load_config(config_path)
-    store = open_store(config)
-    try:
-        await prepare_database(store, config)
-        yield store
-    finally:
-        store.close()
+    return prepared_store(load_config(config_path))
 
 
 def create_links(config_path: Path, count: int) -> list[str]:
