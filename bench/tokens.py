@@ -214,7 +214,7 @@ def run(r: Run) -> None:
             lambda: (state.token_requests["refresh_token"], state.invalid_grants),
             lambda token: (state.access_tokens[token] - state.access_ttl) if token in state.access_tokens else None,
         )
-    _report_token_run(r, result, "pipedrive (TokenKeeper.fresh_tokens)")
+    _report_token_run(r, result, "pipedrive (PipedriveTokens.fresh_tokens)")
     _zoom_tokens(r, lifetimes)
 
 
