@@ -11,7 +11,7 @@ NAME is one of: overhead, slow_vendor, scale, tokens (repeat --only for several)
                 throughput at 64 connections vs. the ideal 64 / 0.1 s.
 3. scale        postMeeting p50 with 1,000 vs. 1,000,000 links and meetings in the database
                 (--quick: 100,000).
-4. tokens       10,000 concurrent TokenKeeper.fresh_tokens calls in 2 processes sharing PostgreSQL
+4. tokens       10,000 concurrent PipedriveTokens.fresh_tokens calls in 2 processes sharing PostgreSQL
                 while the access token expires k times: Pipedrive must see exactly k refreshes;
                 the same for the Zoom plugin's Server-to-Server token when it is installed.
 5. peak RSS of every process started (VmHWM).

@@ -4,11 +4,11 @@
                                  --t0 EPOCH --duration SECONDS
 
 The bridge is opened exactly as the service opens it (``open_bridge``: store,
-Pipedrive client, TokenKeeper, backends built from the config). All ``N`` calls
+Pipedrive client, PipedriveTokens, backends built from the config). All ``N`` calls
 are started at once as tasks: ``B`` of them call at ``t0`` together, the others
 at evenly spaced moments until ``t0 + duration``. Each call is
 
-- ``pipedrive``: ``TokenKeeper.fresh_tokens(link)``, the link's Pipedrive tokens;
+- ``pipedrive``: ``PipedriveTokens.fresh_tokens(link)``, the link's Pipedrive tokens;
 - ``zoom``: the Zoom backend's ``tokens.access_token(ctx)``, the company's
   Server-to-Server token kept in ``ctx.shared``.
 

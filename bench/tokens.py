@@ -1,6 +1,6 @@
 """4. tokens: 10,000 concurrent token look-ups in 2 processes sharing PostgreSQL while the access token expires k times.
 
-Pipedrive's fake token server must see exactly k refreshes (``TokenKeeper.fresh_tokens``);
+Pipedrive's fake token server must see exactly k refreshes (``PipedriveTokens.fresh_tokens``);
 the same for the Zoom plugin's Server-to-Server token when the plugin is installed. Each
 process is a ``python -m bench.token_worker``.
 """
