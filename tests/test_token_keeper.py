@@ -372,3 +372,29 @@ async def test_while_a_token_request_takes_seconds_other_users_meetings_are_not_
     assert served["tokens"] == 1 and timings["tokened"] >= 3.0
     slowest = max(value for label, value in timings.items() if label != "tokened")
     assert slowest < 0.5, f"another user's meeting took {slowest:.2f} s while a token request took 3 s"
+
+
+async def test_one_keeper_serves_many_users_without_mixing_their_tokens(store: Store) -> None:
+    """A plugin keeps one keeper per backend; each user's store refreshes on its own, never shared."""
+    keeper, issued = TokenKeeper(NAME), count(1)
+    users = [f"link:user-{n}:backend:test" for n in range(4)]
+    for scope in users:
+        await store.put_secret(scope, NAME, expired())
+
+    async def refresh_for(scope: str) -> Any:
+        async def refresh(_current: Token | None) -> Token:
+            await anyio.sleep(0.2)  # all four in flight at once
+            return Token(f"{scope}-{next(issued)}", time.time() + 3600, "r")
+
+        return refresh
+
+    tokens: dict[str, Token] = {}
+
+    async def call(scope: str) -> None:
+        tokens[scope] = await keeper.token(ScopedCredentials(store, scope), await refresh_for(scope))
+
+    async with anyio.create_task_group() as tasks:
+        for scope in users * 3:
+            tasks.start_soon(call, scope)
+    assert all(token.access_token.startswith(scope) for scope, token in tokens.items())
+    assert sorted(int(token.access_token.rsplit("-", 1)[1]) for token in tokens.values()) == [1, 2, 3, 4]

@@ -17,23 +17,23 @@ class ScopedCredentials:
 
     def __init__(self, store: Store, scope: str, on_refresh: Callable[[str], None] | None = None) -> None:
         self._store = store
-        self._scope = scope
+        self.scope = scope
         self._on_refresh = on_refresh
 
     async def get(self, name: str) -> str | None:
-        return await self._store.get_secret(self._scope, name)
+        return await self._store.get_secret(self.scope, name)
 
     async def set(self, name: str, value: str) -> None:
-        await self._store.put_secret(self._scope, name, value)
+        await self._store.put_secret(self.scope, name, value)
 
     async def delete(self, name: str) -> None:
-        await self._store.delete_secret(self._scope, name)
+        await self._store.delete_secret(self.scope, name)
 
     def lease(self, name: str, seconds: float) -> AbstractAsyncContextManager[None]:
-        return self._store.lease(f"{self._scope}/{name}", seconds)
+        return self._store.lease(f"{self.scope}/{name}", seconds)
 
     async def swap(self, name: str, expected: str | None, new: str) -> bool:
-        return await self._store.swap_secret(self._scope, name, expected, new)
+        return await self._store.swap_secret(self.scope, name, expected, new)
 
     def count_refresh(self, outcome: str) -> None:
         if self._on_refresh is not None:

@@ -167,8 +167,8 @@ class TokenKeeper:
         """A usable token from ``store``, renewed with ``refresh`` when due; ``stale`` is an access token the
         vendor just refused, replaced even if it looks fresh.
 
-        ``key`` tells apart stores that share this keeper (one per user, say): callers with
-        the same key and ``stale`` share one refresh.
+        Callers with the same store scope (``store.scope``; ``key`` when given) and the same
+        ``stale`` share one refresh, so one keeper serves every user's store safely.
         """
         current = await self.stored(store)
         if self.usable(current, stale):
@@ -176,7 +176,8 @@ class TokenKeeper:
             return current
         if current is not None and current.refused:
             raise TokenRefused(f"{self.name} was refused")
-        return await self._flights.run((key, stale), lambda: self._renew(store, refresh, stale))
+        flight = (key if key is not None else getattr(store, "scope", id(store)), stale)
+        return await self._flights.run(flight, lambda: self._renew(store, refresh, stale))
 
     async def _renew(self, store: TokenStore, refresh: Refresh, stale: str | None) -> Token:
         async with store.lease(self.name, self.lease_seconds):
