@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from bridge.api.auth import basic_auth
-from bridge.config import Config
+from bridge.config import Config, parse_config
+from bridge.errors import ConfigError
 from bridge.testing import BridgeProcess, make_config, running, write_config_toml
 
 START_SECONDS = 60
@@ -245,3 +246,15 @@ def test_serve_raises_its_open_files_limit(tmp_path: Path, config: Config) -> No
         limits = Path(f"/proc/{process.process.pid}/limits").read_text()
     row = next(line for line in limits.splitlines() if line.startswith("Max open files"))
     assert row.split()[3:5] == [str(hard), str(hard)], row
+
+
+def test_bad_limits_are_config_problems() -> None:
+    raw = {"server": {"max_header_bytes": 100, "header_timeout_seconds": 0, "max_connections": "many"}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, {})
+    problems = caught.value.problems
+    assert any(
+        p.startswith("[server] max_header_bytes: must be a whole number of bytes, at least 1024") for p in problems
+    )
+    assert any(p.startswith("[server] header_timeout_seconds: must be a positive number") for p in problems)
+    assert any(p.startswith("[server] max_connections: must be a positive integer") for p in problems)
