@@ -51,9 +51,11 @@ class LimitedHttpTools(HttpToolsProtocol):
         self._idle_since = time.monotonic()
         self._head_timer: TimerHandle | None = None
         self._body_timer: TimerHandle | None = None
-        if len(self.connections) > self.max_connections and not self._evict_idle():
+        self._turned_away = len(self.connections) > self.max_connections and not self._evict_idle()
+        if self._turned_away:
+            # answered 503 at its first bytes (to pick JSON or HTML), or closed after a second of silence
             log.warning("connection refused: all %d connections are busy", self.max_connections)
-            self._refuse(503, "the server is busy, try again shortly")
+            self._head_timer = self.loop.call_later(min(1.0, self.limits.header_timeout_seconds), self._turn_away)
             return
         self._arm_head_timer()
 
@@ -62,6 +64,10 @@ class LimitedHttpTools(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._turned_away:
+            self.url = data.split(b" ", 2)[1] if data.count(b" ") >= 2 else b""
+            self._turn_away()
+            return
         if not self._in_head:
             self._feed(data)
             return
@@ -166,6 +172,10 @@ class LimitedHttpTools(HttpToolsProtocol):
         oldest.transport.close()
         self.connections.discard(oldest)
         return True
+
+    def _turn_away(self) -> None:
+        if not self.transport.is_closing():
+            self._refuse(503, "the server is busy, try again shortly")
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer ``status`` with ``message`` (JSON on the reverse API, HTML elsewhere) and close."""

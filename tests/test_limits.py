@@ -224,6 +224,9 @@ def test_busy_connections_over_the_cap_are_refused_with_503(tmp_path: Path, conf
             answer = httpx.post(server.url + "/api/v1/links/x/meetings", timeout=5)
             assert answer.status_code == 503
             assert answer.headers["retry-after"] == "1"
+            assert answer.json() == {"success": False, "error": "the server is busy, try again shortly"}
+            page = httpx.get(server.url + "/healthz", timeout=5)
+            assert page.status_code == 503 and page.headers["content-type"].startswith("text/html")
         finally:
             for sock in busy:
                 sock.close()
