@@ -25,9 +25,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bridge.config import ServerConfig
+from bridge.serving import uvicorn_settings
+
 HOST = "127.0.0.1"
-# the settings bridge.cli.cmd_serve passes to uvicorn.run (host and port aside)
-UVICORN_SETTINGS: Mapping[str, Any] = dict(log_config=None, access_log=False, proxy_headers=True, server_header=False)
+# the settings bridge.cli.cmd_serve passes to uvicorn.run (host and port aside), with the default limits
+UVICORN_SETTINGS: Mapping[str, Any] = uvicorn_settings(ServerConfig())
 
 # the shape of a postMeeting answer (a Jitsi room), so both sides send the same bytes
 BARE_ANSWER = {
@@ -109,7 +112,8 @@ def serve_bridge_with_plugin(config_path: Path, port: int) -> int:
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(create_app(config, load_plugins([slow_backend])), host=HOST, port=port, **UVICORN_SETTINGS)
+    settings = uvicorn_settings(config.server)
+    uvicorn.run(create_app(config, load_plugins([slow_backend])), host=HOST, port=port, **settings)
     return 0
 
 

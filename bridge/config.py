@@ -37,6 +37,12 @@ class ServerConfig:
     backend_timeout_seconds: float = 15.0
     vendor_attempts: int = 3
     vendor_max_retry_after_seconds: float = 10.0
+    # connection limits (bridge/serving.py enforces them)
+    max_header_bytes: int = 16 * 1024
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 10.0
+    keep_alive_timeout_seconds: float = 5.0
+    max_connections: int = 1000
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,11 @@ def _check_non_negative_int(value: Any) -> int | None:
     return value if ok else None
 
 
+def _check_header_bytes(value: Any) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1024
+    return value if ok else None
+
+
 def _check_positive_number(value: Any) -> float | None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
     return float(value) if ok else None
@@ -223,6 +234,11 @@ _SCHEMA: dict[str, dict[str, tuple[_Checker, str]]] = {
         "backend_timeout_seconds": (_check_positive_number, "a positive number of seconds"),
         "vendor_attempts": (_check_positive_int, "a positive integer (1 = no retries)"),
         "vendor_max_retry_after_seconds": (_check_positive_number, "a positive number of seconds"),
+        "max_header_bytes": (_check_header_bytes, "a whole number of bytes, at least 1024"),
+        "header_timeout_seconds": (_check_positive_number, "a positive number of seconds"),
+        "body_timeout_seconds": (_check_positive_number, "a positive number of seconds"),
+        "keep_alive_timeout_seconds": (_check_positive_number, "a positive number of seconds"),
+        "max_connections": (_check_positive_int, "a positive integer"),
     },
     "pipedrive": {
         "client_id": (_string, "a non-empty string (Developer Hub > OAuth & access scopes)"),
