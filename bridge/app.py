@@ -4,9 +4,10 @@ Errors are rendered here and nowhere else: a BridgeError becomes
 ``{"success": false, "error": message}`` with its status; routing's 404/405 the
 same; anything unexpected a logged 500 in the same shape, never a traceback.
 
-Headers are set here and nowhere else (``SecurityHeaders``), and no redirect is
-built from the request's ``Host``: the slash redirect is absolute on
-``public_url``, the others are path-only or point at Pipedrive or the vendor.
+Headers are set here and nowhere else (``SecurityHeaders``), and nothing the app
+answers is built from the request's ``Host``: the slash redirect is absolute on
+``public_url``, the other redirects are path-only or point at Pipedrive or the
+vendor, and a request naming another host is refused (``host_rule``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Match, Route, Router
@@ -173,6 +176,26 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+# Probes and scrapes name whatever address they reach the process at; these answer no page and build no URL.
+_ANY_HOST_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def host_rule(app: ASGIApp, public_url: str) -> ASGIApp:
+    """Refuse (400) a request whose ``Host`` is neither ``public_url``'s host nor loopback (a proxy on the
+    same machine that does not pass the Host on), except health checks and metrics."""
+    public_host = urlsplit(public_url).hostname or ""
+    checked = TrustedHostMiddleware(app, allowed_hosts=[public_host, *_LOOPBACK_HOSTS], www_redirect=False)
+
+    async def rule(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in _ANY_HOST_PATHS:
+            await app(scope, receive, send)
+        else:
+            await checked(scope, receive, send)
+
+    return rule
+
+
 def redirect_slashes_to(router: Router, public_url: str) -> None:
     """Starlette's slash redirect, but on ``public_url``: its own builds the ``Location`` from the ``Host``."""
     router.redirect_slashes = False
@@ -254,6 +277,7 @@ def create_app(
         exception_handlers={BridgeError: _bridge_error, HTTPException: _http_error},
     )
     redirect_slashes_to(app.router, config.server.public_url)
+    app.add_middleware(host_rule, public_url=config.server.public_url)
     app.add_middleware(RequestMiddleware, max_body_bytes=config.server.max_body_bytes)
     app.add_middleware(SecurityHeaders)
     return app

@@ -165,13 +165,13 @@ async def test_json_answers_are_not_sniffed_and_carry_no_page_policy(bridge: Bri
         assert "content-security-policy" not in response.headers
 
 
-# --- Host: never echoed ---------------------------------------------------------------
+# --- Host: never echoed, and only the bridge's own accepted ------------------------------
 
 
 @pytest.mark.anyio
 async def test_a_slash_redirect_is_built_on_public_url_whatever_the_host(tmp_path: Path) -> None:
     async with bridge_client(make_config(tmp_path)) as client:
-        for host in ("bridge.example.com", "127.0.0.1:8000", "localhost", EVIL):
+        for host in ("bridge.example.com", "127.0.0.1:8000", "localhost"):
             response = await client.get("/settings/?saved=1", headers={"host": host})
             assert response.status_code == 307, (host, response.text)
             assert response.headers["location"] == PUBLIC_URL + "/settings?saved=1", host
@@ -179,6 +179,24 @@ async def test_a_slash_redirect_is_built_on_public_url_whatever_the_host(tmp_pat
         moved = await client.post("/api/v1/links/abc/meetings/", json={})
         assert moved.headers["location"] == PUBLIC_URL + "/api/v1/links/abc/meetings"
         assert (await client.get("//evil.example/", headers={"host": "localhost"})).status_code == 404
+
+
+@pytest.mark.anyio
+async def test_a_request_for_another_host_is_refused_except_health_checks(tmp_path: Path) -> None:
+    async with bridge_client(make_config(tmp_path)) as client:
+        for path in ("/settings/", "/settings", "/oauth/install", "/oauth/callback?code=x", "/manifest.json"):
+            for host in (EVIL, f"{EVIL}:443", "bridge.example.com.evil.example", "[::2]"):
+                response = await client.get(path, headers={"host": host})
+                assert response.status_code == 400, (path, host, response.status_code)
+                assert "location" not in response.headers and EVIL not in response.text
+                assert_answer_headers(response)
+        refused = await client.post("/api/v1/links/abc/meetings", json={}, headers={"host": EVIL})
+        assert refused.status_code == 400
+        for path in ("/healthz", "/readyz", "/metrics"):
+            for host in (EVIL, "10.0.3.7:8000"):
+                assert (await client.get(path, headers={"host": host})).status_code == 200, (path, host)
+        for host in ("bridge.example.com", "BRIDGE.example.com:443", "127.0.0.1:8000", "localhost", "[::1]:8000"):
+            assert (await client.get("/oauth/install", headers={"host": host})).status_code == 302, host
 
 
 def test_a_real_server_behind_a_proxy(tmp_path: Path) -> None:
@@ -197,7 +215,8 @@ def test_a_real_server_behind_a_proxy(tmp_path: Path) -> None:
             direct = http.get("/settings/")  # a proxy that keeps its own upstream Host (127.0.0.1:port)
             assert direct.status_code == 307 and direct.headers["location"] == PUBLIC_URL + "/settings"
             evil = http.get("/settings/", headers={**proxied, "host": EVIL})
-            assert EVIL not in evil.headers.get("location", "")
+            assert evil.status_code == 400 and "location" not in evil.headers
+            assert http.get("/healthz", headers={"host": "10.0.3.7:8000"}).status_code == 200
             api = http.post(
                 "/api/v1/links/abc/meetings",
                 json={},
