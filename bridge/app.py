@@ -1,8 +1,13 @@
-"""The ASGI application: routes, the lifespan that builds the bridge, and error rendering.
+"""The ASGI application: routes, the lifespan that builds the bridge, error rendering, and the headers.
 
 Errors are rendered here and nowhere else: a BridgeError becomes
 ``{"success": false, "error": message}`` with its status; routing's 404/405 the
 same; anything unexpected a logged 500 in the same shape, never a traceback.
+
+Headers are set here and nowhere else (``SecurityHeaders``), and nothing the app
+answers is built from the request's ``Host``: the slash redirect is absolute on
+``public_url``, the other redirects are path-only or point at Pipedrive or the
+vendor, and a request naming another host is refused (``host_rule``).
 """
 
 from __future__ import annotations
@@ -14,14 +19,16 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Match, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge.api import routes as reverse_api
@@ -36,6 +43,7 @@ from bridge.runtime import bridge_of, open_bridge
 from bridge.vendors.registry import PluginRegistry
 from bridge.web import install
 from bridge.web import settings as settings_page
+from bridge.web.pages import EVERY_RESPONSE_HEADERS, PAGE_HEADERS
 
 log = logging.getLogger("bridge.http")
 
@@ -139,6 +147,74 @@ def _too_large(limit: int) -> Response:
     return error_response(413, f"the body is larger than {limit} bytes")
 
 
+class SecurityHeaders:
+    """The one place response headers for browsers are set: ``nosniff`` and no referrer on every answer;
+    the pages' CSP, no framing and no caching on every HTML answer and every redirect (the install and
+    settings flows), whichever route or error handler made it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.every = [(name.lower().encode(), value.encode()) for name, value in EVERY_RESPONSE_HEADERS.items()]
+        self.page = [(name.lower().encode(), value.encode()) for name, value in PAGE_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                added = self.every
+                content_type = next((value for name, value in headers if name.lower() == b"content-type"), b"")
+                if content_type.startswith(b"text/html") or 300 <= message["status"] < 400:
+                    added = added + self.page
+                names = {name for name, _ in added}
+                message["headers"] = [(n, v) for n, v in headers if n.lower() not in names] + added
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+# Probes and scrapes name whatever address they reach the process at; these answer no page and build no URL.
+_ANY_HOST_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def host_rule(app: ASGIApp, public_url: str) -> ASGIApp:
+    """Refuse (400) a request whose ``Host`` is neither ``public_url``'s host nor loopback (a proxy on the
+    same machine that does not pass the Host on), except health checks and metrics."""
+    public_host = urlsplit(public_url).hostname or ""
+    checked = TrustedHostMiddleware(app, allowed_hosts=[public_host, *_LOOPBACK_HOSTS], www_redirect=False)
+
+    async def rule(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in _ANY_HOST_PATHS:
+            await app(scope, receive, send)
+        else:
+            await checked(scope, receive, send)
+
+    return rule
+
+
+def redirect_slashes_to(router: Router, public_url: str) -> None:
+    """Starlette's slash redirect, but on ``public_url``: its own builds the ``Location`` from the ``Host``."""
+    router.redirect_slashes = False
+    not_found = router.default
+
+    async def default(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path != "/":
+            other = {**scope, "path": path.rstrip("/") if path.endswith("/") else path + "/"}
+            if any(route.matches(other)[0] != Match.NONE for route in router.routes):
+                query = scope.get("query_string", b"").decode("latin-1")
+                location = public_url.rstrip("/") + other["path"] + (f"?{query}" if query else "")
+                await RedirectResponse(location, status_code=307)(scope, receive, send)
+                return
+        await not_found(scope, receive, send)
+
+    router.default = default
+
+
 async def healthz(_request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -200,5 +276,8 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={BridgeError: _bridge_error, HTTPException: _http_error},
     )
+    redirect_slashes_to(app.router, config.server.public_url)
+    app.add_middleware(host_rule, public_url=config.server.public_url)
     app.add_middleware(RequestMiddleware, max_body_bytes=config.server.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
     return app

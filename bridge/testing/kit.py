@@ -121,7 +121,7 @@ async def bridge_client(
     entry_points: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan running, behind an AsyncClient authenticated as Pipedrive."""
+    """The app with its lifespan running, behind an AsyncClient authenticated as Pipedrive, at ``public_url``."""
     from asgi_lifespan import LifespanManager
 
     from bridge.app import create_app
@@ -131,7 +131,7 @@ async def bridge_client(
         LifespanManager(app) as manager,
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=manager.app),
-            base_url="http://bridge.test",
+            base_url=config.server.public_url,
             headers=basic_auth(config.pipedrive.client_id, config.pipedrive.client_secret),
         ) as client,
     ):

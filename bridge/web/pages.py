@@ -6,8 +6,11 @@ errors are pages with a hint of what to do, never the reverse API's JSON.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -22,7 +25,42 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
-templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+TEMPLATES = Path(__file__).parent / "templates"
+templates = Jinja2Templates(directory=str(TEMPLATES))
+
+
+def _style_source() -> str:
+    """The one stylesheet, inline in ``base.html``: the CSP allows exactly its hash, so no other style runs."""
+    found = re.search(r"<style>(.*?)</style>", (TEMPLATES / "base.html").read_text(encoding="utf-8"), re.S)
+    if found is None or "{" + "{" in found.group(1) or "{" + "%" in found.group(1):
+        raise RuntimeError("base.html must keep its stylesheet in one <style> element without template tags")
+    return found.group(1)
+
+
+def _csp_hash(source: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(source.encode()).digest()).decode() + "'"
+
+
+# No script at all; the one stylesheet by its hash; forms post only to the bridge (the OAuth flows are
+# links and redirects, not form posts); no framing, no <base>.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'none'",
+        f"style-src {_csp_hash(_style_source())}",
+        "img-src 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    ]
+)
+
+# What every response carries, and what a page (HTML) or a redirect of the browser flows carries besides.
+EVERY_RESPONSE_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
 
 
 def page(request: Request, title: str, message: str, *, hint: str | None = None, status: int = 200) -> Response:
@@ -47,7 +85,7 @@ class Refuse(Exception):
 
 def browser_page(handler: Handler) -> Handler:
     """The error path of every browser route: refusals and failures answered as pages (never the reverse
-    API's JSON, never a traceback), and every page kept out of caches and frames."""
+    API's JSON, never a traceback). Their headers are the app's, set on every page (``PAGE_HEADERS``)."""
 
     @functools.wraps(handler)
     async def wrapper(request: Request) -> Response:
@@ -65,8 +103,6 @@ def browser_page(handler: Handler) -> Handler:
                 hint="Go back and try again in a minute.",
                 status=exc.status,
             )
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["X-Frame-Options"] = "DENY"
         return response
 
     return wrapper
