@@ -24,7 +24,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from schemathesis.specs.openapi.checks import (
 from bridge.api.auth import MAX_HEADER_LENGTH, basic_auth, check_basic_auth
 from bridge.api.openapi import build_openapi
 from bridge.api.routes import ID_PATTERN, MEETING, POST_MEETING
-from bridge.api.validation import MAX_DURATION_MINUTES, MAX_TOPIC_LENGTH, parse_meeting
+from bridge.api.validation import LATEST_END, MAX_DURATION_MINUTES, MAX_TOPIC_LENGTH, parse_meeting
 from bridge.app import create_app
 from bridge.config import Config
 from bridge.errors import BadRequest, Unauthorized
@@ -353,6 +353,10 @@ def test_valid_meetings_round_trip(topic: str, moment: datetime, duration: float
         "start_time": _form(moment),
         "duration": duration,
     }
+    if LATEST_END - moment < timedelta(minutes=math.ceil(duration)):
+        with pytest.raises(BadRequest, match="start_time plus duration"):
+            parse_meeting(json.loads(json.dumps(body)))
+        return
     meeting = parse_meeting(json.loads(json.dumps(body)))
     assert meeting == MeetingRequest(topic=topic, start_time=moment, duration=math.ceil(duration))
     # what the bridge understood, written back the way Pipedrive writes it, reads the same
