@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
@@ -235,12 +236,27 @@ def _uninstall_body(raw: bytes) -> dict[str, Any]:
     if not isinstance(body.get("client_id"), str):
         raise BadRequest("client_id is required")
     for key in ("company_id", "user_id"):
-        value = body.get(key)
-        if isinstance(value, str) and value.isdigit():
-            body[key] = int(value)
-        elif isinstance(value, bool) or not isinstance(value, int):
-            raise BadRequest(f"{key} must be a number")
+        body[key] = _pipedrive_id(body.get(key), key)
     return body
+
+
+MAX_ID = 2**63 - 1  # the largest value the BIGINT id columns hold
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def _pipedrive_id(value: Any, key: str) -> int:
+    """A Pipedrive id as a number or a string of ASCII digits, from 1 to ``MAX_ID``; anything else is a 400.
+
+    Bounded before it is converted: ``int()`` would read other scripts' digits
+    (``"١٢"`` as 12) and spend time on a digit string of any length.
+    """
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{key} must be a number")
+    if not 0 < value <= MAX_ID:
+        raise BadRequest(f"{key} must be a number from 1 to {MAX_ID}")
+    return value
 
 
 routes = [
