@@ -479,6 +479,19 @@ async def test_missing_code_says_so(client: httpx.AsyncClient, store: Store, pip
     assert_nothing_stored(store)
 
 
+async def test_a_code_no_oauth_server_issues_is_400_without_asking_pipedrive(
+    client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState
+) -> None:
+    # control characters, other scripts, and what %ED%A0%80 (a lone surrogate in UTF-8) decodes to
+    for query in ("code=%00", "code=abc%0Adef", "code=%C3%A9t%C3%A9", "code=%ED%A0%80", "code=%FF", "code=\u0661"):
+        response = await client.get(f"{CALLBACK}?{query}")
+        assert response.status_code == 400, (query, response.text)
+        assert response.headers["content-type"].startswith("text/html")
+        assert "no authorization code" in page_text(response), query
+    assert pipedrive.token_requests["authorization_code"] == 0
+    assert_nothing_stored(store)
+
+
 async def test_a_spent_code_gives_a_clear_page_and_stores_nothing(
     client: httpx.AsyncClient,
     store: Store,

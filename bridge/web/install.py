@@ -41,6 +41,10 @@ LOGIN = "/oauth/login"
 CALLBACK = "/oauth/callback"
 
 
+# an OAuth authorization code is 1*VSCHAR (RFC 6749, appendix A.11): printable ASCII; bounded in length too
+_CODE = re.compile(r"[\x20-\x7e]{1,2048}")
+
+
 def redirect_uri(bridge: Bridge) -> str:
     return bridge.config.server.public_url + CALLBACK
 
@@ -93,7 +97,7 @@ async def _callback(request: Request) -> Response:
             status=400,
         )
     code = params.get("code", "")
-    if not code or len(code) > 2048:
+    if not _CODE.fullmatch(code):  # nothing Pipedrive could have issued: not worth a call to its token endpoint
         return page(
             request,
             "Nothing was installed",
