@@ -9,12 +9,17 @@ validation and the vendor), and without credentials. Whatever arrives, the
 bridge never answers 5xx and every 4xx is ``{"success": false, "error": "..."}``.
 
 Hypothesis checks the two parsers every request goes through: ``parse_meeting``
-on any JSON value, ``check_basic_auth`` on any header.
+on any JSON value, ``check_basic_auth`` on any header. It also sends what the
+document cannot describe to the running app: topics with lone surrogates and
+other odd Unicode, boundary dates (years 0001 and 9999, Feb 29 and 30, 23:59)
+with long meetings, and uninstall notices with every field of any type and size
+(numbers past 2**63, 5,000-digit strings, other scripts' digits).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import os
@@ -24,14 +29,16 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import jsonschema
 import pytest
 import schemathesis
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -46,7 +53,7 @@ from schemathesis.specs.openapi.checks import (
 from bridge.api.auth import MAX_HEADER_LENGTH, basic_auth, check_basic_auth
 from bridge.api.openapi import build_openapi
 from bridge.api.routes import ID_PATTERN, MEETING, POST_MEETING
-from bridge.api.validation import MAX_DURATION_MINUTES, MAX_TOPIC_LENGTH, parse_meeting
+from bridge.api.validation import LATEST_END, MAX_DURATION_MINUTES, MAX_TOPIC_LENGTH, parse_meeting
 from bridge.app import create_app
 from bridge.config import Config
 from bridge.errors import BadRequest, Unauthorized
@@ -272,21 +279,34 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=20,
 )
+SURROGATES = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+ODD_CHARACTERS = st.characters(whitelist_categories=("Cs", "Cc", "Cf", "Co", "Cn", "Zl", "Zp", "Zs", "Mn", "Nd", "No"))
 TOPICS = (
     st.text()
     | st.text(alphabet=" \t\n\u00a0\u2003\x1c\x85x", max_size=20)
+    | st.text(alphabet=ODD_CHARACTERS, max_size=20)
+    | st.builds(lambda head, bad, tail: head + bad + tail, st.text(max_size=5), SURROGATES, st.text(max_size=5))
     | st.just("x" * MAX_TOPIC_LENGTH)
     | st.just("x" * (MAX_TOPIC_LENGTH + 1))
     | JSON_VALUES
 )
+BOUNDARY_TIMES = st.builds(
+    lambda year, month_day, clock: f"{year:04d}-{month_day} {clock}",
+    st.sampled_from([1, 2, 4, 100, 1900, 2000, 2024, 2100, 9996, 9998, 9999]),
+    st.sampled_from(["01-01", "02-28", "02-29", "02-30", "12-01", "12-31"]),
+    st.sampled_from(["00:00", "00:01", "12:00", "23:00", "23:58", "23:59"]),
+)
 START_TIMES = (
-    st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}", fullmatch=True)
+    BOUNDARY_TIMES
+    | st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}", fullmatch=True)
     | st.from_regex(r"[0-9٠-٩]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}(:00)?Z?\n?", fullmatch=True)
     | JSON_VALUES
 )
 DURATIONS = (
     st.integers()
     | st.floats()
+    | st.integers(MAX_DURATION_MINUTES - 2, MAX_DURATION_MINUTES)
+    | st.integers(1, 3)
     | st.sampled_from(
         [
             0,
@@ -315,6 +335,9 @@ MEETING_LIKE = st.fixed_dictionaries(
 @example(body={"topic": "x", "start_time": "0000-01-01 10:00", "duration": 1})
 @example(body={"topic": "x", "start_time": "2024-01-01 10:00", "duration": 10**400})
 @example(body={"topic": "x", "start_time": "2024-01-01 10:00", "duration": float("nan")})
+@example(body={"topic": "\ud800", "start_time": "2024-01-01 10:00", "duration": 1})
+@example(body={"topic": "x", "start_time": "9999-12-31 23:59", "duration": MAX_DURATION_MINUTES})
+@example(body={"topic": "x", "start_time": "0001-01-01 00:00", "duration": MAX_DURATION_MINUTES})
 def test_parse_meeting_answers_a_meeting_or_bad_request(body: Any) -> None:
     try:
         meeting = parse_meeting(body)
@@ -325,6 +348,151 @@ def test_parse_meeting_answers_a_meeting_or_bad_request(body: Any) -> None:
     assert 0 < len(meeting.topic) <= MAX_TOPIC_LENGTH and meeting.topic == " ".join(meeting.topic.split())
     assert meeting.start_time.tzinfo is UTC
     assert isinstance(meeting.duration, int) and 0 < meeting.duration <= MAX_DURATION_MINUTES
+    # what the core and every backend do with it next: encode the topic, compute the end
+    meeting.topic.encode()
+    assert meeting.end_time <= LATEST_END
+
+
+# --- bodies and uninstall notices through HTTP ---------------------------------------------
+# schemathesis builds bodies from the document, which never holds a lone surrogate, a boundary date or an
+# uninstall notice; these send the strategies above to the running app, one app for all examples.
+
+
+class Browserless:
+    """The app (lifespan running, in a portal's event loop) behind the test kit's client, called synchronously."""
+
+    def __init__(self, portal: BlockingPortal, http: httpx.AsyncClient, config: Config, link_id: str) -> None:
+        self.portal, self.http, self.config, self.link_id = portal, http, config, link_id
+
+    def send(self, method: str, url: str, body: Any) -> httpx.Response:
+        # ensure_ascii writes a lone surrogate as its escape, the way a hostile client would send it
+        content = json.dumps(body, ensure_ascii=True, allow_nan=True).encode()
+        call = functools.partial(
+            self.http.request, method, url, content=content, headers={"Content-Type": "application/json"}
+        )
+        return self.portal.call(call)
+
+
+@pytest.fixture
+def client(tmp_path: Path, fake_plugin: Any) -> Iterator[Browserless]:
+    """A link of user 7 at company 8, and a body limit that lets long ids in."""
+    config = make_config(
+        tmp_path,
+        server={"max_body_bytes": 65536},
+        meetings={"default_backend": "fake", "allowed_backends": ["fake", "other"]},
+    )
+
+    async def seed() -> str:
+        store = open_store(config)
+        try:
+            await prepare_database(store, config)
+            return (await store.create_link(pipedrive_user_id=7, company_id=8, user_name="Fuzz")).id
+        finally:
+            store.close()
+
+    link_id = anyio.run(seed)
+    with (
+        start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(bridge_client(config, [fake_plugin])) as http,
+    ):
+        yield Browserless(portal, http, config, link_id)
+
+
+def assert_json_answer(response: Any) -> None:
+    """No 5xx, and a 4xx is Pipedrive's error shape."""
+    assert response.status_code < 500, (response.status_code, response.text)
+    if response.status_code >= 400:
+        body = response.json()
+        assert set(body) == {"success", "error"} and body["success"] is False and body["error"].strip(), body
+
+
+# bodies that mostly reach the backend: odd but often valid topics, boundary dates, long meetings
+NEARLY_VALID = st.fixed_dictionaries(
+    {
+        "topic": st.text(min_size=1, max_size=20)
+        | st.builds(lambda head, bad: head + bad, st.text(max_size=5), SURROGATES),
+        "start_time": BOUNDARY_TIMES,
+        "duration": st.integers(1, MAX_DURATION_MINUTES) | st.sampled_from([1, 61, MAX_DURATION_MINUTES]),
+    }
+)
+
+
+@fuzz_settings(150 * SCALE)
+@given(body=MEETING_LIKE | NEARLY_VALID, patch=st.booleans())
+@example(body={"topic": "\ud800", "start_time": "2031-01-01 10:00", "duration": 30}, patch=False)
+@example(body={"topic": "\ud800", "start_time": "2031-01-01 10:00", "duration": 30}, patch=True)
+@example(body={"topic": "x", "start_time": "9999-12-31 23:59", "duration": MAX_DURATION_MINUTES}, patch=False)
+@example(body={"topic": "x", "start_time": "9999-12-31 23:59", "duration": MAX_DURATION_MINUTES}, patch=True)
+def test_odd_meeting_bodies_never_get_a_5xx(client: Browserless, body: Any, patch: bool) -> None:
+    url = f"/api/v1/links/{client.link_id}/meetings"
+    if patch:
+        made = client.send("POST", url, {"topic": "moved", "start_time": "2031-01-01 10:00", "duration": 30})
+        assert made.status_code == 201, made.text
+        url += "/" + made.json()["data"]["meeting_id"]
+    response = client.send("PATCH" if patch else "POST", url, body)
+    assert_json_answer(response)
+    try:
+        parse_meeting(body)
+    except BadRequest as exc:
+        assert response.status_code == 400 and response.json()["error"] == exc.message, response.text
+    else:
+        assert response.status_code == (204 if patch else 201), response.text
+
+
+UNINSTALL_IDS = (
+    st.integers()
+    | st.integers(min_value=-(10**40), max_value=10**40)
+    | st.from_regex(r"[0-9]{1,25}", fullmatch=True)
+    | st.text(alphabet=st.characters(whitelist_categories=("Nd", "No", "Nl")), min_size=1, max_size=25)
+    | st.builds(
+        lambda digits, pad: pad + digits + pad, st.from_regex(r"[0-9]{1,5}", fullmatch=True), st.text(max_size=2)
+    )
+    | st.sampled_from([0, 1, 7, 8, 2**63 - 1, 2**63, -1, 10**30, "9" * 5000, "²", "١٢", "１２", "0", "007", 1.0, 1e300])
+    | JSON_VALUES
+)
+
+
+def _expected_id(value: Any) -> int | None:
+    """The uninstall notice's rule for an id, written out: a whole number from 1 to 2**63 - 1, as a JSON
+    number or a string of at most 19 ASCII digits."""
+    if isinstance(value, str) and 1 <= len(value) <= 19 and all(c in "0123456789" for c in value):
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value < 2**63:
+        return value
+    return None
+
+
+@fuzz_settings(250 * SCALE)
+@example(body={"client_id": "test-client", "company_id": "²", "user_id": 1})
+@example(body={"client_id": "test-client", "company_id": 1, "user_id": "9" * 5000})
+@example(body={"client_id": "test-client", "company_id": 10**30, "user_id": 1})
+@example(body={"client_id": "test-client", "company_id": "١٢", "user_id": "١٢"})
+@given(
+    body=st.fixed_dictionaries(
+        {},
+        optional={
+            "client_id": st.just("test-client") | JSON_VALUES,
+            "company_id": UNINSTALL_IDS,
+            "user_id": UNINSTALL_IDS,
+            "timestamp": st.just("2030-01-01T10:00:00.000Z") | JSON_VALUES,
+            "extra": JSON_VALUES,
+        },
+    )
+    | JSON_VALUES
+)
+def test_odd_uninstall_notices_never_get_a_5xx(client: Browserless, body: Any) -> None:
+    config = client.config
+    if isinstance(body, dict) and body.get("client_id") == "test-client":
+        body["client_id"] = config.pipedrive.client_id
+    response = client.send("DELETE", "/oauth/callback", body)
+    assert_json_answer(response)
+    valid = (
+        isinstance(body, dict)
+        and body.get("client_id") == config.pipedrive.client_id
+        and _expected_id(body.get("company_id")) is not None
+        and _expected_id(body.get("user_id")) is not None
+    )
+    assert response.status_code == (200 if valid else 400), (str(body)[:200], response.text)
 
 
 def _form(moment: datetime) -> str:
@@ -354,6 +522,10 @@ def test_valid_meetings_round_trip(topic: str, moment: datetime, duration: float
         "start_time": _form(moment),
         "duration": duration,
     }
+    if LATEST_END - moment < timedelta(minutes=math.ceil(duration)):
+        with pytest.raises(BadRequest, match="start_time plus duration"):
+            parse_meeting(json.loads(json.dumps(body)))
+        return
     meeting = parse_meeting(json.loads(json.dumps(body)))
     assert meeting == MeetingRequest(topic=topic, start_time=moment, duration=math.ceil(duration))
     # what the bridge understood, written back the way Pipedrive writes it, reads the same

@@ -479,6 +479,19 @@ async def test_missing_code_says_so(client: httpx.AsyncClient, store: Store, pip
     assert_nothing_stored(store)
 
 
+async def test_a_code_no_oauth_server_issues_is_400_without_asking_pipedrive(
+    client: httpx.AsyncClient, store: Store, pipedrive: FakePipedriveState
+) -> None:
+    # control characters, other scripts, and what %ED%A0%80 (a lone surrogate in UTF-8) decodes to
+    for query in ("code=%00", "code=abc%0Adef", "code=%C3%A9t%C3%A9", "code=%ED%A0%80", "code=%FF", "code=\u0661"):
+        response = await client.get(f"{CALLBACK}?{query}")
+        assert response.status_code == 400, (query, response.text)
+        assert response.headers["content-type"].startswith("text/html")
+        assert "no authorization code" in page_text(response), query
+    assert pipedrive.token_requests["authorization_code"] == 0
+    assert_nothing_stored(store)
+
+
 async def test_a_spent_code_gives_a_clear_page_and_stores_nothing(
     client: httpx.AsyncClient,
     store: Store,
@@ -974,6 +987,66 @@ async def test_uninstall_with_a_bad_body_is_400(
         assert response.json()["success"] is False and words in response.json()["error"], body
     assert len(active_links(store)) == 1
     assert pipedrive.removed_links == [] and pipedrive.revoked == []
+
+
+BAD_IDS: list[Any] = [
+    "²",  # a digit to str.isdigit, no number to int()
+    "١٢",  # Arabic-Indic digits, which int() reads as 12
+    "１２",  # fullwidth digits
+    "9" * 5000,  # more digits than int() converts by default
+    10**30,
+    2**63,  # one past what the BIGINT column holds
+    -1,
+    0,
+    "0",
+    "-5",
+    " 12",
+    "12\n",
+    "1e3",
+    1.5,
+    1e300,
+    None,
+    [1],
+    {"id": 1},
+]
+
+
+async def test_uninstall_with_an_id_out_of_bounds_is_400_naming_it(
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+    config: Config,
+) -> None:
+    assert (await marketplace_install(client, fake_http, pipedrive, pipedrive_url)).status_code == 302
+    for key in ("company_id", "user_id"):
+        for value in BAD_IDS:
+            response = await client.request("DELETE", CALLBACK, json=uninstall_body(config, pipedrive, **{key: value}))
+            assert response.status_code == 400, (key, str(value)[:20], response.text)
+            assert response.json()["success"] is False and key in response.json()["error"], (key, str(value)[:20])
+    assert len(active_links(store)) == 1
+    assert pipedrive.removed_links == [] and pipedrive.revoked == []
+
+
+async def test_uninstall_takes_ids_as_numbers_or_ascii_digit_strings(
+    client: httpx.AsyncClient,
+    store: Store,
+    pipedrive: FakePipedriveState,
+    pipedrive_url: str,
+    fake_http: httpx.AsyncClient,
+    config: Config,
+) -> None:
+    assert (await marketplace_install(client, fake_http, pipedrive, pipedrive_url)).status_code == 302
+    largest = uninstall_body(config, pipedrive, company_id=2**63 - 1, user_id=str(2**63 - 1))
+    response = await client.request("DELETE", CALLBACK, json=largest)
+    assert response.status_code == 200 and response.json() == {"success": True}, response.text
+    assert len(active_links(store)) == 1  # nobody of that id installed the app
+
+    as_strings = uninstall_body(config, pipedrive, company_id=str(pipedrive.user.company_id))
+    response = await client.request("DELETE", CALLBACK, json=as_strings)
+    assert response.status_code == 200, response.text
+    assert active_links(store) == []
 
 
 async def test_uninstall_cleans_up_when_the_refresh_fails(

@@ -154,6 +154,28 @@ async def test_a_bad_topic_is_400_naming_the_field(client, target):
     target.assert_vendor_untouched()
 
 
+async def test_a_topic_with_a_lone_surrogate_is_400_before_anything_encodes_it(client, target, store):
+    """``"\\ud800"`` is valid JSON but no Unicode text: refused, never hashed, stored or sent to a vendor."""
+    rows_before = await all_rows(store)
+    for escaped in ["\\ud800", "Demo \\udfff", "\\udc00\\ud83d", "\\ud83d Demo", "Demo\\ud800\\ud800"]:
+        raw = json.dumps({**BODY, "topic": "@"}).replace('"@"', f'"{escaped}"')
+        assert_error(await send_json_text(client, target, raw), 400, "topic", "surrogate", case=escaped)
+    # the same code point as (invalid) UTF-8 bytes
+    raw_bytes = json.dumps({**BODY, "topic": "@"}).encode().replace(b"@", b"\xed\xa0\x80")
+    assert_error(await send_json_text(client, target, raw_bytes), 400, "topic", case=raw_bytes)
+    target.assert_vendor_untouched()
+    assert await all_rows(store) == rows_before
+
+
+async def test_a_surrogate_pair_is_an_ordinary_character(client, link, vendor):
+    raw = json.dumps({**BODY, "topic": "Demo \U0001f600"})  # ensure_ascii: the emoji as "\\ud83d\\ude00"
+    assert "\\ud83d\\ude00" in raw
+    response = await client.post(meetings_url(link.id), content=raw, headers={"Content-Type": "application/json"})
+
+    assert response.status_code == 201, response.text
+    assert vendor.rooms["fake-1"].topic == "Demo \U0001f600"
+
+
 async def test_a_missing_field_is_400_naming_it(client, target):
     for field in ("topic", "start_time", "duration"):
         body = {name: value for name, value in BODY.items() if name != field}
@@ -204,6 +226,32 @@ async def test_a_start_time_that_is_not_a_real_time_is_400(client, target):
         response = await client.request(target.method, target.url, json={**BODY, "start_time": start_time})
         assert_error(response, 400, "start_time", start_time, case=start_time)
     target.assert_vendor_untouched()
+
+
+async def test_a_meeting_ending_after_year_9999_is_400(client, target, store):
+    """The end (start plus duration) is checked before any backend adds to it, so none overflows."""
+    rows_before = await all_rows(store)
+    for start_time, duration in [
+        ("9999-12-31 23:59", 31 * 24 * 60),
+        ("9999-12-31 23:59", 1),
+        ("9999-12-31 23:58", 1.5),
+        ("9999-12-31 23:00", 60.001),
+        ("9999-12-01 00:00", 31 * 24 * 60),
+    ]:
+        body = {**BODY, "start_time": start_time, "duration": duration}
+        response = await client.request(target.method, target.url, json=body)
+        assert_error(response, 400, "start_time", "duration", "9999-12-31 23:59", case=body)
+    target.assert_vendor_untouched()
+    assert await all_rows(store) == rows_before
+
+
+async def test_meetings_at_the_ends_of_the_calendar_are_accepted(client, link, vendor):
+    await create(client, link.id, start_time="9999-12-31 23:58", duration=1)
+    await create(client, link.id, start_time="9999-11-30 23:59", duration=31 * 24 * 60)
+    await create(client, link.id, start_time="0001-01-01 00:00", duration=31 * 24 * 60)
+
+    ends = sorted(room.end_time.isoformat() for room in vendor.rooms.values())
+    assert ends == ["0001-02-01T00:00:00+00:00", "9999-12-31T23:59:00+00:00", "9999-12-31T23:59:00+00:00"]
 
 
 async def test_a_leap_day_is_a_real_time(client, link, vendor):

@@ -52,14 +52,15 @@ def meeting_body_schema() -> dict[str, Any]:
                 "maxLength": MAX_TOPIC_LENGTH,
                 "pattern": r"\S",
                 "description": "The activity's name. Runs of whitespace are collapsed to one space; what is "
-                f"left must be 1 to {MAX_TOPIC_LENGTH} characters.",
+                f"left must be 1 to {MAX_TOPIC_LENGTH} characters of Unicode text (no lone surrogate such as "
+                "'\\ud800').",
                 "example": "Demo with Acme",
             },
             "start_time": {
                 "type": "string",
                 "pattern": f"^{START_TIME_PATTERN}$",
                 "description": "Start of the meeting in UTC, 'YYYY-MM-DD HH:mm' with ASCII digits; it must be "
-                "a real date and time.",
+                "a real date and time, and the meeting (start plus duration) must end by 9999-12-31 23:59.",
                 "example": "2026-12-01 14:00",
             },
             "duration": {

@@ -2,13 +2,22 @@
 
 Pipedrive sends ``{"topic": str, "start_time": "YYYY-MM-DD HH:mm" (UTC), "duration": number}``.
 Each problem is answered as a 400 that names the field and says why.
+
+Everything is decided here, before anything encodes, hashes, stores or adds to a
+value, so no backend and no later step of the core meets a value it cannot handle:
+
+- a topic holding a lone UTF-16 surrogate (``"\\ud800"`` is valid JSON, but no
+  Unicode text) is refused, not repaired: Pipedrive never sends one, so it can only
+  be a broken or hostile client, and replacing it would store a topic nobody typed;
+- a meeting must end by the last minute of year 9999 (Python's and ISO 8601's
+  last year), so ``start_time + duration`` can always be computed and written.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bridge.errors import BadRequest
@@ -20,12 +29,17 @@ MAX_DURATION_MINUTES = 31 * 24 * 60
 # requests generated from the document are mostly valid; a day past its month's end is still refused below
 START_TIME_PATTERN = r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01]) ([01][0-9]|2[0-3]):[0-5][0-9]"
 _START_TIME = re.compile(START_TIME_PATTERN)
+LATEST_END = datetime(9999, 12, 31, 23, 59, tzinfo=UTC)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def parse_meeting(body: Any) -> MeetingRequest:
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object with topic, start_time and duration")
-    return MeetingRequest(topic=_topic(body), start_time=_start_time(body), duration=_duration(body))
+    topic, start_time, duration = _topic(body), _start_time(body), _duration(body)
+    if LATEST_END - start_time < timedelta(minutes=duration):
+        raise BadRequest("start_time plus duration must end by 9999-12-31 23:59 UTC")
+    return MeetingRequest(topic=topic, start_time=start_time, duration=duration)
 
 
 def _topic(body: dict[str, Any]) -> str:
@@ -34,6 +48,8 @@ def _topic(body: dict[str, Any]) -> str:
     topic = body["topic"]
     if not isinstance(topic, str):
         raise BadRequest(f"topic must be a string, got {_json_type(topic)}")
+    if _LONE_SURROGATE.search(topic):
+        raise BadRequest("topic must be valid Unicode text (it holds a lone surrogate)")
     topic = " ".join(topic.split())
     if not topic:
         raise BadRequest("topic must not be empty")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,6 +39,10 @@ log = logging.getLogger(__name__)
 INSTALL = "/oauth/install"
 LOGIN = "/oauth/login"
 CALLBACK = "/oauth/callback"
+
+
+# an OAuth authorization code is 1*VSCHAR (RFC 6749, appendix A.11): printable ASCII; bounded in length too
+_CODE = re.compile(r"[\x20-\x7e]{1,2048}")
 
 
 def redirect_uri(bridge: Bridge) -> str:
@@ -92,7 +97,7 @@ async def _callback(request: Request) -> Response:
             status=400,
         )
     code = params.get("code", "")
-    if not code or len(code) > 2048:
+    if not _CODE.fullmatch(code):  # nothing Pipedrive could have issued: not worth a call to its token endpoint
         return page(
             request,
             "Nothing was installed",
@@ -235,12 +240,27 @@ def _uninstall_body(raw: bytes) -> dict[str, Any]:
     if not isinstance(body.get("client_id"), str):
         raise BadRequest("client_id is required")
     for key in ("company_id", "user_id"):
-        value = body.get(key)
-        if isinstance(value, str) and value.isdigit():
-            body[key] = int(value)
-        elif isinstance(value, bool) or not isinstance(value, int):
-            raise BadRequest(f"{key} must be a number")
+        body[key] = _pipedrive_id(body.get(key), key)
     return body
+
+
+MAX_ID = 2**63 - 1  # the largest value the BIGINT id columns hold
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def _pipedrive_id(value: Any, key: str) -> int:
+    """A Pipedrive id as a number or a string of ASCII digits, from 1 to ``MAX_ID``; anything else is a 400.
+
+    Bounded before it is converted: ``int()`` would read other scripts' digits
+    (``"١٢"`` as 12) and spend time on a digit string of any length.
+    """
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{key} must be a number")
+    if not 0 < value <= MAX_ID:
+        raise BadRequest(f"{key} must be a number from 1 to {MAX_ID}")
+    return value
 
 
 routes = [

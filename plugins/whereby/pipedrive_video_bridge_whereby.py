@@ -44,6 +44,7 @@ from bridge.plugin import (
 DEFAULT_API_BASE = "https://api.whereby.dev/v1"
 ROOM_MODES = ("normal", "group")
 MAX_GRACE_MINUTES = 7 * 24 * 60
+LATEST = datetime.max.replace(second=0, microsecond=0, tzinfo=UTC)
 MIN_ROOM_LIFETIME = timedelta(minutes=5)  # the shortest room made, e.g. for a meeting already over
 _PREFIX = re.compile(r"[a-z0-9-]{0,39}")  # Whereby's documented roomNamePrefix: lowercase, 39 characters at most
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
@@ -154,8 +155,12 @@ class WherebyBackend(Backend):
             self._check(response, "delete the room")
 
     def room_end(self, meeting: MeetingRequest) -> datetime:
-        """The room's ``endDate``: the meeting's end plus the grace, and never (nearly) past."""
-        grace = timedelta(minutes=self.settings.end_grace_minutes)
+        """The room's ``endDate``: the meeting's end plus the grace, and never (nearly) past.
+
+        The grace stops at the last representable moment: the core accepts meetings
+        ending as late as 9999-12-31 23:59, and adding to that would overflow.
+        """
+        grace = min(timedelta(minutes=self.settings.end_grace_minutes), LATEST - meeting.end_time)
         return max(meeting.end_time + grace, datetime.now(UTC) + MIN_ROOM_LIFETIME)
 
     # --- talking to Whereby ---------------------------------------------------------

@@ -473,6 +473,20 @@ async def test_end_to_end_in_process_token_mode_carries_the_link_user(tmp_path: 
 
 
 @pytest.mark.anyio
+async def test_end_to_end_token_mode_refuses_a_meeting_ending_after_year_9999(tmp_path: Path) -> None:
+    config = make_config(tmp_path, backends={"jitsi": token_config()})
+    link_id = await create_link(config)
+    async with bridge_client(config, entry_points=True) as client:
+        body = {**MEETING_BODY, "start_time": "9999-12-31 23:59", "duration": 44640}
+        response = await client.post(f"/api/v1/links/{link_id}/meetings", json=body)
+        assert response.status_code == 400, response.text
+        assert response.json()["success"] is False and "start_time" in response.json()["error"]
+        last = {**MEETING_BODY, "start_time": "9999-12-31 23:58", "duration": 1}
+        response = await client.post(f"/api/v1/links/{link_id}/meetings", json=last)
+        assert response.status_code == 201, response.text
+
+
+@pytest.mark.anyio
 async def test_end_to_end_refuses_wrong_credentials(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     link_id = await create_link(config)

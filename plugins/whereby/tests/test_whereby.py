@@ -244,6 +244,17 @@ class TestWherebyWithHostLinkConformance(TestWherebyConformance):
 
 
 @pytest.mark.anyio
+async def test_a_meeting_ending_in_the_last_minutes_of_year_9999_gets_a_room(
+    whereby: FakeWhereby, context: BackendContext
+) -> None:
+    meeting = sample_meeting(start_time=datetime(9999, 12, 31, 23, 0, tzinfo=UTC), duration=59)
+    await backend_for(whereby, end_grace_minutes=7 * 24 * 60).create(context, meeting)
+
+    [seen] = whereby.seen
+    assert seen.body["endDate"] == "9999-12-31T23:59:00Z"
+
+
+@pytest.mark.anyio
 async def test_create_sends_the_documented_request(whereby: FakeWhereby, context: BackendContext) -> None:
     meeting = sample_meeting()
     room = await backend_for(whereby, room_mode="group", room_name_prefix="acme-sales").create(context, meeting)
