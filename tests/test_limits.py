@@ -97,7 +97,7 @@ def seconds_until_closed(sock: socket.socket, trickle: bytes, every: float, boun
 
 def test_a_header_over_the_cap_is_answered_431(server: BridgeProcess) -> None:
     with connect(server) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: bridge\r\nX-Big: " + b"a" * (2 * HEADER_BYTES) + b"\r\n\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (2 * HEADER_BYTES) + b"\r\n\r\n")
         answer = read_answer(sock)
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
     assert b"connection: close" in answer.lower()
@@ -106,7 +106,9 @@ def test_a_header_over_the_cap_is_answered_431(server: BridgeProcess) -> None:
 
 def test_an_unfinished_header_over_the_cap_is_answered_431_on_the_reverse_api(server: BridgeProcess) -> None:
     with connect(server) as sock:
-        sock.sendall(b"POST /api/v1/links/x/meetings HTTP/1.1\r\nHost: bridge\r\nX-Big: " + b"a" * (2 * HEADER_BYTES))
+        sock.sendall(
+            b"POST /api/v1/links/x/meetings HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (2 * HEADER_BYTES)
+        )
         answer = read_answer(sock)
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
     body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
@@ -158,7 +160,7 @@ def test_a_client_trickling_headers_is_cut_off(server: BridgeProcess) -> None:
 
 def test_a_trickled_header_is_answered_408(server: BridgeProcess) -> None:
     with connect(server) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: bridge\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         answer = read_answer(sock)
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
     assert b"<!doctype html>" in answer
@@ -175,7 +177,7 @@ def test_a_client_trickling_its_body_is_cut_off(tmp_path: Path, config: Config) 
     with running(start(tmp_path, config, header_timeout_seconds=60), "/healthz", START_SECONDS) as server:
         with connect(server) as sock:
             sock.sendall(
-                b"POST /api/v1/links/no-such-link/meetings HTTP/1.1\r\nHost: bridge\r\n"
+                b"POST /api/v1/links/no-such-link/meetings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 b"Content-Type: application/json\r\nContent-Length: 1000\r\n"
                 b"Authorization: " + auth.encode() + b"\r\n\r\n{"
             )
@@ -186,7 +188,7 @@ def test_a_client_trickling_its_body_is_cut_off(tmp_path: Path, config: Config) 
 
 def test_an_idle_keep_alive_connection_is_closed(server: BridgeProcess) -> None:
     with connect(server) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: bridge\r\n\r\n")
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         sock.settimeout(5)
         assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
         took = seconds_until_closed(sock, b"", every=0.25)
@@ -216,7 +218,7 @@ def test_busy_connections_over_the_cap_are_refused_with_503(tmp_path: Path, conf
         try:
             for sock in busy:  # requests the app is reading, their bodies unfinished
                 sock.sendall(
-                    b"POST /api/v1/links/no-such-link/meetings HTTP/1.1\r\nHost: bridge\r\n"
+                    b"POST /api/v1/links/no-such-link/meetings HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                     b"Content-Type: application/json\r\nContent-Length: 1000\r\n"
                     b"Authorization: " + auth.encode() + b"\r\n\r\n{"
                 )
