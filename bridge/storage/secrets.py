@@ -83,6 +83,15 @@ def _lease_take(dialect_insert: Callable[[Table], Any]) -> Any:
 _SECRET = select(SECRETS.c.ciphertext).where(SECRETS.c.scope == bindparam("scope"), SECRETS.c.name == bindparam("name"))
 _UPSERT_SECRET = {"sqlite": _secret_upsert(sqlite_insert), "postgresql": _secret_upsert(postgresql_insert)}
 _DELETE_SECRET = delete(SECRETS).where(SECRETS.c.scope == bindparam("scope"), SECRETS.c.name == bindparam("name"))
+# a first write that loses to a concurrent first write changes nothing (compare-and-swap from "absent")
+_CREATE_SECRET = {
+    "sqlite": sqlite_insert(SECRETS)
+    .on_conflict_do_nothing(index_elements=["scope", "name"])
+    .returning(SECRETS.c.scope),
+    "postgresql": postgresql_insert(SECRETS)
+    .on_conflict_do_nothing(index_elements=["scope", "name"])
+    .returning(SECRETS.c.scope),
+}
 _TAKE_LEASE = {"sqlite": _lease_take(sqlite_insert), "postgresql": _lease_take(postgresql_insert)}
 _LEASE_HOLDER = select(LEASES.c.holder).where(LEASES.c.name == bindparam("name"))
 _RELEASE_LEASE = delete(LEASES).where(LEASES.c.name == bindparam("name"), LEASES.c.holder == bindparam("holder"))
@@ -147,6 +156,20 @@ class Secrets(Database):
         """Compare-and-swap: write ``new`` only if the secret still holds ``expected`` (None: absent)."""
         vault = self._require_vault()
         with self._transaction(write=True) as conn:
+            if expected is None:  # nothing to row-lock: the insert itself decides who was first
+                kid, ciphertext = vault.encrypt(new, secret_context(scope, name))
+                created = conn.execute(
+                    _CREATE_SECRET[conn.dialect.name],
+                    {
+                        "scope": scope,
+                        "name": name,
+                        "key_id": kid,
+                        "ciphertext": ciphertext,
+                        "version": 1,
+                        "updated_at": utcnow(),
+                    },
+                )
+                return created.first() is not None  # a row only when this insert made it
             if not _still_holds(conn, vault, scope, name, expected):
                 return False
             write_secret(conn, vault, scope, name, new)
