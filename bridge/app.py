@@ -26,7 +26,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Match, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -109,6 +109,9 @@ class RequestMiddleware:
                 await response(scope, receive, send_with_id)
             else:
                 await self.app(scope, self._limited(receive), send_with_id)
+        except ClientDisconnect:
+            status = 499  # the client hung up before its body arrived (or was cut off): nothing to answer
+            log.info("client went away before its request was read")
         except Exception:
             log.exception("unhandled error")
             if not response_started:
