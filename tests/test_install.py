@@ -297,7 +297,7 @@ async def test_marketplace_install_stores_encrypted_tokens_and_registers_the_lin
 
     assert response.status_code == 302, response.text
     assert response.headers["location"] == pipedrive.api_domain  # no redirectUrl: the company's Pipedrive
-    assert SESSION_COOKIE in client.cookies
+    assert SESSION_COOKIE not in client.cookies, "an install without our state signs nobody in"
     await assert_installed(store, pipedrive, config)
     assert pipedrive.token_requests == {"authorization_code": 1, "refresh_token": 0}
     assert_no_secret_logged(logs, config, *tokens_issued(pipedrive))

@@ -612,3 +612,106 @@ def test_a_backend_needing_accounts_without_a_connect_flow_is_refused_at_load() 
     registry = load_plugins([Plugin()], entry_points=False)
     assert "halfway" not in registry.backends
     assert "does not implement connect_url and connect_finish" in " ".join(registry.problems())
+
+
+# --- sessions nobody can plant, and that end on the server --------------------------------
+
+
+async def test_a_marketplace_callback_with_someone_elses_code_neither_starts_nor_replaces_a_session(
+    bridge: Bridge, store: Store, pipedrive: FakePipedriveState, accounts: VendorAccounts
+) -> None:
+    """Login CSRF: an attacker keeps the code of her own authorisation and gets the victim's browser to open
+    the stateless callback with it. Her link is repaired, but the victim stays signed in as herself, and a
+    vendor account the victim connects lands on the victim's own link."""
+    victim_browser = await installed_and_signed_in(bridge)
+    victim = await user_link(store, pipedrive)
+    victim_user = pipedrive.user
+    pipedrive.user = FakeUser(id=6666, company_id=victim_user.company_id, name="Mallory", email="m@example.com")
+    await through_pipedrive(bridge.browser(), "/oauth/install")  # the attacker's own install
+    attacker = await user_link(store, pipedrive)
+    async with httpx.AsyncClient() as internet:  # her next authorisation, its code kept instead of used
+        approved = await internet.get(
+            f"{pipedrive.api_domain}/oauth/authorize",
+            params={"client_id": CLIENT_ID, "redirect_uri": f"{PUBLIC_URL}/oauth/callback"},
+        )
+    code_url = urlsplit(approved.headers["location"])
+    assert "state" not in parse_qs(code_url.query)
+
+    planted = await victim_browser.get(f"{code_url.path}?{code_url.query}")  # opened in the victim's browser
+
+    assert planted.status_code == 302, planted.text
+    assert SESSION_COOKIE not in planted.headers.get("set-cookie", "")
+    pipedrive.user = victim_user
+    html, _ = await settings(victim_browser)
+    assert victim_user.name in html and "Mallory" not in html
+    finished = await connect(victim_browser)
+    assert finished.status_code == 303, finished.text
+    [token] = accounts.tokens
+    assert await store.get_secret(backend_scope(victim.id, "acct"), "access_token") == token
+    assert await store.get_secret(backend_scope(attacker.id, "acct"), "access_token") is None
+
+
+async def test_an_install_started_here_signs_the_browser_in(bridge: Bridge) -> None:
+    browser = bridge.browser()
+    installed = await through_pipedrive(browser, "/oauth/install")
+    assert installed.status_code == 302 and SESSION_COOKIE in browser.cookies
+    assert (await browser.get("/settings")).status_code == 200
+
+
+async def cookie_copy(browser: httpx.AsyncClient, bridge: Bridge) -> httpx.AsyncClient:
+    """Another browser holding a copy of this one's session cookie."""
+    copy = bridge.browser()
+    copy.cookies.set(SESSION_COOKIE, browser.cookies[SESSION_COOKIE])
+    return copy
+
+
+async def test_a_cookie_copied_before_sign_out_opens_nothing_after_it(
+    bridge: Bridge, store: Store, pipedrive: FakePipedriveState
+) -> None:
+    browser = await installed_and_signed_in(bridge)
+    _, csrf = await settings(browser)
+    stolen = await cookie_copy(browser, bridge)
+    assert (await stolen.get("/settings")).status_code == 200
+
+    signed_out = await browser.post("/settings/logout", data={"csrf": csrf})
+    assert signed_out.status_code == 200, signed_out.text
+
+    opened = await stolen.get("/settings")
+    assert opened.status_code == 303 and opened.headers["location"] == "/oauth/login"
+    refused = await stolen.post("/settings", data={"backend": "other", "csrf": csrf})
+    assert refused.status_code == 403
+    assert (await user_link(store, pipedrive)).backend is None, "nothing was saved with the old cookie"
+
+
+async def test_a_reinstall_ends_every_session_but_a_sign_in_keeps_the_others(
+    bridge: Bridge, store: Store, pipedrive: FakePipedriveState
+) -> None:
+    first = await installed_and_signed_in(bridge)
+    second = bridge.browser()
+    await through_pipedrive(second, "/oauth/login")  # another browser signs in: the first stays signed in
+    assert (await first.get("/settings")).status_code == 200
+    assert (await second.get("/settings")).status_code == 200
+
+    await through_pipedrive(bridge.browser(), "/oauth/install")  # installed again
+    for browser in (first, second):
+        opened = await browser.get("/settings")
+        assert opened.status_code == 303 and opened.headers["location"] == "/oauth/login"
+
+
+async def test_sign_out_ends_the_session_on_every_replica(
+    tmp_path: Path, database_url: str, pipedrive: FakePipedriveState, vendor_url: str, fake_plugin: Any
+) -> None:
+    """Two replicas on one database: a sign-out on one ends the session on the other."""
+    config = settings_config(tmp_path, database_url, pipedrive, vendor_url)
+    async for one in open_bridge_app(config, [fake_plugin, AccountPlugin()]):
+        async for other in open_bridge_app(config, [fake_plugin, AccountPlugin()]):
+            browser = await installed_and_signed_in(one)
+            _, csrf = await settings(browser)
+            on_other = other.browser()
+            on_other.cookies.set(SESSION_COOKIE, browser.cookies[SESSION_COOKIE])
+            assert (await on_other.get("/settings")).status_code == 200, "the session works on both"
+
+            assert (await browser.post("/settings/logout", data={"csrf": csrf})).status_code == 200
+
+            assert (await on_other.get("/settings")).status_code == 303
+            assert (await on_other.post("/settings", data={"backend": "other", "csrf": csrf})).status_code == 403

@@ -31,6 +31,7 @@ class Link:
     tokens_refreshed_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    session_generation: int = 0
 
 
 def new_link(
@@ -143,10 +144,12 @@ class Links(Database):
             )
 
     @writes
-    def save_install(self, link: Link, tokens: str) -> Link:
+    def save_install(self, link: Link, tokens: str, *, end_sessions: bool = True) -> Link:
         """Insert or re-activate the link and store its Pipedrive tokens, in one transaction.
 
-        A re-install keeps the stored link and takes the user's name, e-mail and API domain from ``link``.
+        A re-install keeps the stored link and takes the user's name, e-mail and API domain from ``link``;
+        it also ends every settings session of the link (a new session takes the returned generation),
+        unless ``end_sessions`` is false (a sign-in, which only renews the tokens).
         """
         vault = self._require_vault()
         with self._transaction(write=True) as conn:
@@ -164,6 +167,7 @@ class Links(Database):
                     status=LINK_ACTIVE,
                     tokens_refreshed_at=now,
                     updated_at=now,
+                    session_generation=stored.session_generation + (1 if end_sessions else 0),
                 )
                 conn.execute(
                     update(LINKS)
@@ -175,6 +179,7 @@ class Links(Database):
                         status=saved.status,
                         tokens_refreshed_at=now,
                         updated_at=now,
+                        session_generation=saved.session_generation,
                     )
                 )
             write_secret(conn, vault, link_scope(saved.id), PIPEDRIVE_TOKENS, tokens)
@@ -182,12 +187,26 @@ class Links(Database):
 
     @writes
     def uninstall_link(self, link_id: str) -> int:
-        """Mark the link uninstalled and erase every secret of it; returns how many secrets went."""
+        """Mark the link uninstalled, end its sessions and erase every secret of it; returns how many secrets went."""
         with self._transaction(write=True) as conn:
             conn.execute(
-                update(LINKS).where(LINKS.c.id == link_id).values(status=LINK_UNINSTALLED, updated_at=utcnow())
+                update(LINKS)
+                .where(LINKS.c.id == link_id)
+                .values(
+                    status=LINK_UNINSTALLED,
+                    updated_at=utcnow(),
+                    session_generation=LINKS.c.session_generation + 1,
+                )
             )
             return erase_scope(conn, link_scope(link_id))
+
+    @writes
+    def end_sessions(self, link_id: str) -> None:
+        """End every settings session of the link, on every replica (their generation is past)."""
+        with self._transaction(write=True) as conn:
+            conn.execute(
+                update(LINKS).where(LINKS.c.id == link_id).values(session_generation=LINKS.c.session_generation + 1)
+            )
 
     @writes
     def set_link_status(self, link_id: str, status: str) -> None:

@@ -52,6 +52,8 @@ class LinkTable(SQLModel, table=True):
     tokens_refreshed_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    # settings sessions carry the generation they were started in; raising it ends them on every replica
+    session_generation: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class MeetingTable(SQLModel, table=True):

@@ -77,7 +77,8 @@ async def _callback(request: Request) -> Response:
     bridge = bridge_of(request)
     params = request.query_params
     purpose = "install"
-    if params.get("state") is not None or STATE_COOKIE in request.cookies:
+    stateful = params.get("state") is not None or STATE_COOKIE in request.cookies
+    if stateful:
         checked = check_state(request, bridge, params.get("state"))
         if checked is None:
             return page(
@@ -120,7 +121,9 @@ async def _callback(request: Request) -> Response:
         )
     if purpose == "login":
         return await _login(request, bridge, tokens, user)
-    return await _install(request, bridge, tokens, user)
+    # only an install this browser started here (its state checked) signs it in: a Marketplace install
+    # arrives without one, and a session from it could be a stranger's, planted with their own code
+    return await _install(request, bridge, tokens, user, sign_in=stateful)
 
 
 async def _login(request: Request, bridge: Bridge, tokens: TokenSet, user: PipedriveUser) -> Response:
@@ -133,13 +136,16 @@ async def _login(request: Request, bridge: Bridge, tokens: TokenSet, user: Piped
             hint="Install the app from Pipedrive's Marketplace first.",
             status=403,
         )
-    await bridge.store.save_install(_link_row(link.id, user, tokens), dump_tokens(tokens))
+    # a sign-in renews the tokens and keeps the user's other sessions (another browser, say)
+    saved = await bridge.store.save_install(_link_row(link.id, user, tokens), dump_tokens(tokens), end_sessions=False)
     response = RedirectResponse("/settings", status_code=303)
-    start_session(response, bridge, link.id, user.id, user.company_id)
+    start_session(response, bridge, saved)
     return response
 
 
-async def _install(request: Request, bridge: Bridge, tokens: TokenSet, user: PipedriveUser) -> Response:
+async def _install(
+    request: Request, bridge: Bridge, tokens: TokenSet, user: PipedriveUser, *, sign_in: bool
+) -> Response:
     # the user's link, active or needing re-install (a re-install repairs it); an uninstalled one is history
     existing = await bridge.store.find_link(user.company_id, user.id)
     if existing is not None and existing.status == LINK_UNINSTALLED:
@@ -157,7 +163,7 @@ async def _install(request: Request, bridge: Bridge, tokens: TokenSet, user: Pip
             status=502,
         )
     try:
-        await bridge.store.save_install(_link_row(link_id, user, tokens), dump_tokens(tokens))
+        saved = await bridge.store.save_install(_link_row(link_id, user, tokens), dump_tokens(tokens))
     except Exception:
         log.exception("install could not be stored", extra={"link_id": link_id})
         if existing is None:
@@ -174,7 +180,8 @@ async def _install(request: Request, bridge: Bridge, tokens: TokenSet, user: Pip
         )
     log.info("installed", extra={"link_id": link_id, "reinstall": existing is not None})
     response = RedirectResponse(_safe_redirect(pipedrive_redirect, tokens.api_domain), status_code=302)
-    start_session(response, bridge, link_id, user.id, user.company_id)
+    if sign_in:
+        start_session(response, bridge, saved)
     return response
 
 

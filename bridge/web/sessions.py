@@ -1,7 +1,12 @@
 """The signed-in Pipedrive user's browser session, and CSRF tokens for its forms.
 
-The session is a signed cookie (no server-side state, so any replica can read
-it): ``HttpOnly``, ``SameSite=Lax``, ``Secure`` when the public URL is https.
+The session is a signed cookie that any replica can read: ``HttpOnly``,
+``SameSite=Lax``, ``Secure`` when the public URL is https. It is started only by
+a sign-in the bridge began (a ``state`` bound to this browser), never by a
+stateless install callback, so nobody can plant their session in someone
+else's browser. It carries its link's session generation: signing out,
+uninstalling or installing again raises the generation in the database, which
+ends every session of that link on every replica, whatever cookies are left.
 A form's CSRF token, and the ``state`` of a vendor's connect flow, are signed
 for the session's random id, so they are useless with any other session.
 """
@@ -17,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from bridge.runtime import Bridge
+from bridge.storage.links import Link
 
 SESSION_COOKIE = "pvb_session"
 STATE_COOKIE = "pvb_oauth_state"
@@ -30,6 +36,7 @@ class Session:
     user_id: int
     company_id: int
     sid: str
+    generation: int
 
 
 def _secure(bridge: Bridge) -> bool:
@@ -40,12 +47,16 @@ def set_cookie(response: Response, bridge: Bridge, name: str, value: str, max_ag
     response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="lax", secure=_secure(bridge), path="/")
 
 
-def start_session(response: Response, bridge: Bridge, link_id: str, user_id: int, company_id: int) -> None:
-    token = bridge.signer.sign(
-        "session",
-        {"link": link_id, "uid": user_id, "cid": company_id, "sid": secrets.token_urlsafe(16)},
-        SESSION_SECONDS,
-    )
+def start_session(response: Response, bridge: Bridge, link: Link) -> None:
+    """Sign the link's user in; only after a sign-in this browser started (its ``state`` checked)."""
+    payload = {
+        "link": link.id,
+        "uid": link.pipedrive_user_id,
+        "cid": link.company_id,
+        "sid": secrets.token_urlsafe(16),
+        "gen": link.session_generation,
+    }
+    token = bridge.signer.sign("session", payload, SESSION_SECONDS)
     set_cookie(response, bridge, SESSION_COOKIE, token, SESSION_SECONDS)
 
 
@@ -63,6 +74,7 @@ def read_session(request: Request, bridge: Bridge) -> Session | None:
             user_id=int(payload["uid"]),
             company_id=int(payload["cid"]),
             sid=str(payload["sid"]),
+            generation=int(payload["gen"]),
         )
     except (KeyError, TypeError, ValueError):
         return None

@@ -62,10 +62,14 @@ def _session(request: Request, bridge: Bridge, *, form: bool = False) -> Session
     """The signed-in session; without one a page view goes to sign-in and a form post is refused."""
     session = read_session(request, bridge)
     if session is None:
-        if form:
-            raise Refuse(_forbidden(request, "You are not signed in, or your sign-in has expired."))
-        raise Refuse(RedirectResponse(LOGIN, status_code=303))
+        raise Refuse(_not_signed_in(request, form=form))
     return session
+
+
+def _not_signed_in(request: Request, *, form: bool) -> Response:
+    if form:
+        return _forbidden(request, "You are not signed in, or your sign-in has expired.")
+    return RedirectResponse(LOGIN, status_code=303)
 
 
 def _forbidden(request: Request, message: str) -> Response:
@@ -91,6 +95,9 @@ async def _active_link(request: Request, bridge: Bridge, session: Session) -> Li
                 status=403,
             )
         )
+    if link.session_generation != session.generation:
+        # signed out, or installed again, since: this cookie proves nothing any more
+        raise Refuse(_not_signed_in(request, form=request.method == "POST"))
     return link
 
 
@@ -296,6 +303,7 @@ async def logout(request: Request) -> Response:
     session = read_session(request, bridge)
     if session is not None:
         await _checked_form(request, bridge, session)
+        await bridge.store.end_sessions(session.link_id)  # every copy of the cookie, on every replica
     response = page(
         request,
         "You are signed out",
