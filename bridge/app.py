@@ -43,7 +43,7 @@ from bridge.runtime import bridge_of, open_bridge
 from bridge.vendors.registry import PluginRegistry
 from bridge.web import install
 from bridge.web import settings as settings_page
-from bridge.web.pages import EVERY_RESPONSE_HEADERS, PAGE_HEADERS
+from bridge.web.pages import EVERY_RESPONSE_HEADERS, PAGE_HEADERS, page
 
 log = logging.getLogger("bridge.http")
 
@@ -62,10 +62,25 @@ async def _bridge_error(_request: Request, exc: Exception) -> Response:
     return error_response(exc.status, exc.message)
 
 
-async def _http_error(_request: Request, exc: Exception) -> Response:
+_BROWSER_PATHS = ("/settings", "/oauth/")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Routing's 404 and 405: a page on the browser's paths, Pipedrive's JSON shape everywhere else."""
     assert isinstance(exc, HTTPException)
     messages = {404: "not found", 405: "method not allowed"}
-    response = error_response(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
+    message = messages.get(exc.status_code, str(exc.detail))
+    browser = request.url.path.startswith(_BROWSER_PATHS) and request.method in ("GET", "HEAD", "POST")
+    if browser and request.url.path != "/oauth/callback":  # the callback's DELETE is Pipedrive's uninstall
+        response = page(
+            request,
+            "This page does not exist",
+            f"The bridge has no such page ({message}).",
+            hint="Open the settings from the start.",
+            status=exc.status_code,
+        )
+    else:
+        response = error_response(exc.status_code, message)
     if exc.headers:
         response.headers.update(exc.headers)
     return response

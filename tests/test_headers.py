@@ -157,7 +157,7 @@ async def test_json_answers_are_not_sniffed_and_carry_no_page_policy(bridge: Bri
         await bridge.browser().get("/api/v1/links/x/meetings"),
         await api.get("/manifest.json"),
         await api.get("/healthz"),
-        await api.get("/settings/nowhere"),
+        await api.get("/nowhere"),
         await api.request("DELETE", "/oauth/callback", json={}),
     ]:
         assert response.headers["content-type"].startswith("application/json"), response.text
@@ -258,3 +258,19 @@ def test_pages_keep_their_style_under_the_policy_in_chromium(tmp_path: Path) -> 
             assert not [line for line in console if "Content Security Policy" in line], console
         finally:
             browser.close()
+
+
+@pytest.mark.anyio
+async def test_routing_errors_on_browser_paths_are_pages_and_elsewhere_json(config: Config, fake_plugin: Any) -> None:
+    async with bridge_client(config, [fake_plugin]) as client:
+        for method, path, status in [
+            ("GET", "/settings/nowhere", 404),
+            ("GET", "/oauth/nowhere", 404),
+            ("POST", "/oauth/login", 405),
+        ]:
+            answer = await client.request(method, path)
+            assert answer.status_code == status and answer.headers["content-type"].startswith("text/html"), path
+            assert "default-src 'none'" in answer.headers["content-security-policy"]
+        for method, path, status in [("GET", "/api/v1/nowhere", 404), ("PUT", "/oauth/callback", 405)]:
+            answer = await client.request(method, path)
+            assert answer.status_code == status and answer.json()["success"] is False, path
