@@ -17,7 +17,15 @@ from bridge.api.auth import basic_auth
 from bridge.errors import BackendError, BackendTimeout, BackendUnavailable, BridgeError
 from bridge.vendors.hookspecs import hookimpl
 from bridge.vendors.http import RETRY_EXTENSION, raise_for_vendor
-from bridge.vendors.interface import Backend, BackendContext, CredentialStore, MeetingRequest, Room, UserIdentity
+from bridge.vendors.interface import (
+    Backend,
+    BackendContext,
+    CredentialStore,
+    MeetingRequest,
+    Room,
+    UserIdentity,
+    VendorRoom,
+)
 from bridge.vendors.invitation import render_invitation
 from bridge.vendors.tokens import Token, TokenAuth, TokenKeeper, TokenRefused, TokenStore
 
@@ -38,6 +46,7 @@ __all__ = [
     "TokenRefused",
     "TokenStore",
     "UserIdentity",
+    "VendorRoom",
     "basic_auth",
     "hookimpl",
     "raise_for_vendor",

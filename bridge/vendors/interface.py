@@ -39,6 +39,12 @@ class MeetingRequest:
     topic: str
     start_time: datetime  # timezone-aware, UTC
     duration: int  # minutes, > 0
+    key: str = ""
+    """The bridge's reference for this meeting: 16 lowercase hex characters (empty when there is none).
+
+    A backend whose vendor keeps something the bridge can read back (a field, a room
+    name) tags the room with it at create and update, and reports it from
+    :meth:`Backend.list_rooms`: that is how a room made just before a crash is found."""
 
     @property
     def end_time(self) -> datetime:
@@ -94,6 +100,15 @@ class Room:
     password: str | None = None
 
 
+@dataclass(frozen=True)
+class VendorRoom:
+    """A room at the vendor, as :meth:`Backend.list_rooms` reports it."""
+
+    vendor_meeting_id: str
+    key: str
+    """The ``MeetingRequest.key`` the room was tagged with."""
+
+
 class Backend(ABC):
     """One video vendor. Subclasses set ``name`` (a-z, 0-9, -, _) and ``title``."""
 
@@ -101,6 +116,9 @@ class Backend(ABC):
     title: ClassVar[str]
     needs_user_account: ClassVar[bool] = False
     """True when each user must connect their own vendor account before meetings work."""
+    lists_rooms: ClassVar[bool] = False
+    """True when :meth:`list_rooms` is implemented: the bridge can then find and remove
+    rooms a crash or a vendor timeout left behind."""
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Self:
@@ -130,6 +148,17 @@ class Backend(ABC):
     @abstractmethod
     async def delete(self, ctx: BackendContext, vendor_meeting_id: str) -> None:
         """Remove the room; a room that is already gone counts as deleted."""
+
+    async def list_rooms(self, ctx: BackendContext) -> list[VendorRoom]:
+        """Every room the vendor holds, visible with ``ctx``, that carries a bridge key.
+
+        Only rooms tagged with a ``MeetingRequest.key`` are listed (the company's other
+        rooms are none of the bridge's business); follow the vendor's pagination to
+        the end. Implement it (and set ``lists_rooms = True``) where the vendor keeps
+        rooms the bridge could lose track of; a vendor without state (public Jitsi) has
+        nothing to list.
+        """
+        raise NotImplementedError(f"{self.title} cannot list its rooms")
 
     # --- the optional per-user connect flow (only when ``needs_user_account``) --------
 
