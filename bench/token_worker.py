@@ -29,7 +29,7 @@ from typing import Any
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from bridge.api.meetings import backend_context
+    from bridge.api.vendor_calls import backend_context
     from bridge.config import load_config
     from bridge.logs import configure_logging
     from bridge.runtime import open_bridge

@@ -32,6 +32,7 @@ from starlette.routing import Match, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge.api import routes as reverse_api
+from bridge.api.jobs import run_worker
 from bridge.api.manifest import build_manifest
 from bridge.api.openapi import build_openapi
 from bridge.config import Config
@@ -247,7 +248,18 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(bridge_of(request).metrics.render(), media_type=CONTENT_TYPE)
+    """This process's counters, and the outbox as the database (shared by every replica) has it now."""
+    bridge = bridge_of(request)
+    try:
+        stats = await bridge.store.outbox_stats()
+    except BridgeError:
+        pass  # the counters still tell; /readyz says the database is down
+    else:
+        bridge.metrics.outbox_jobs.labels("pending").set(stats.pending)
+        bridge.metrics.outbox_jobs.labels("failed").set(stats.failed)
+        oldest = stats.oldest_created_at
+        bridge.metrics.outbox_oldest.set(max(0.0, time.time() - oldest) if oldest else 0.0)
+    return Response(bridge.metrics.render(), media_type=CONTENT_TYPE)
 
 
 async def manifest(request: Request) -> Response:
@@ -269,6 +281,7 @@ def create_app(
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with open_bridge(config, registry, transport=transport) as bridge, anyio.create_task_group() as tasks:
             tasks.start_soon(run_upkeep, bridge.tokens, config.pipedrive.refresh_idle_days)
+            tasks.start_soon(run_worker, bridge)
             log.info(
                 "bridge ready",
                 extra={

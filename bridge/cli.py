@@ -206,6 +206,37 @@ def cmd_migrate(config: Config, _args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconcile(config: Config, args: argparse.Namespace) -> int:
+    """Show (and, without --dry-run, resolve) what crashes and outages left: exit 1 while anything is unresolved."""
+    from bridge.api import reconcile  # the reverse API's modules load only for the commands that use them
+
+    async def run() -> int:
+        async with open_bridge(config) as bridge:
+            reports = await reconcile.survey(bridge)
+            for line in reconcile.describe(reports):
+                print(line)
+            if args.dry_run:
+                return 0 if all(entry.clean for entry in reports) else 1
+            resolution = await reconcile.resolve(bridge, reports)
+            for job, result in resolution.jobs:
+                outcome = "held by another process" if result is None else result.outcome
+                detail = f" ({result.error})" if result is not None and result.error else ""
+                print(f"job {job.kind} {job.vendor_meeting_id or job.room_key}: {outcome}{detail}")
+            for stray, result in resolution.rooms:
+                detail = f" ({result.error})" if result.error else ""
+                print(f"stray room {stray.room.vendor_meeting_id}: {result.outcome}{detail}")
+            print(
+                f"resolved: {resolution.claims_dropped} stale claim(s), {len(resolution.jobs)} job(s) run, "
+                f"{len(resolution.rooms)} stray room(s); unresolved: {resolution.unresolved}"
+            )
+            return 1 if resolution.unresolved or any(entry.listing_error for entry in reports) else 0
+
+    try:
+        return asyncio.run(run())
+    except StartupError as exc:
+        return _fail(str(exc))
+
+
 def cmd_simulate(config: Config, args: argparse.Namespace) -> int:
     client_id = args.client_id or config.pipedrive.client_id
     client_secret = args.client_secret or config.pipedrive.client_secret
@@ -270,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("generate", cmd_keys_generate, "print a new random vault key", keys)
     add("rotate", cmd_keys_rotate, "re-encrypt every stored secret with the first configured key", keys)
     add("migrate", cmd_migrate, "apply pending database migrations")
+    reconcile = add(
+        "reconcile",
+        cmd_reconcile,
+        "show and resolve what crashes and vendor outages left: stale claims, outbox jobs, rooms nobody holds",
+    )
+    reconcile.add_argument("--dry-run", action="store_true", help="only show; change nothing")
     simulate = add(
         "simulate",
         cmd_simulate,

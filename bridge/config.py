@@ -96,6 +96,13 @@ class MeetingsConfig:
     default_backend: str = "jitsi"
     allowed_backends: tuple[str, ...] = ("jitsi",)
     retry_window_seconds: int = 120
+    operation_lease_seconds: float = 60.0
+    """How long a vendor call may hold its claim (or an outbox job); past that, another replica takes over."""
+    job_retry_seconds: float = 5.0
+    """The first wait before a failed outbox job runs again; it doubles each time, up to an hour."""
+    job_max_attempts: int = 20
+    job_poll_seconds: float = 5.0
+    reconcile_interval_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -265,6 +272,11 @@ _SCHEMA: dict[str, dict[str, tuple[_Checker, str]]] = {
         "default_backend": (_check_backend_name, 'a backend name such as "jitsi"'),
         "allowed_backends": (_check_backend_names, "a non-empty list of backend names"),
         "retry_window_seconds": (_check_non_negative_int, "a whole number of seconds (0 turns it off)"),
+        "operation_lease_seconds": (_check_positive_number, "a positive number of seconds"),
+        "job_retry_seconds": (_check_positive_number, "a positive number of seconds"),
+        "job_max_attempts": (_check_positive_int, "a positive integer"),
+        "job_poll_seconds": (_check_positive_number, "a positive number of seconds"),
+        "reconcile_interval_seconds": (_check_positive_number, "a positive number of seconds"),
     },
 }
 
@@ -410,6 +422,12 @@ def _parse_backends(raw: Any, env: Mapping[str, str], problems: _Problems) -> di
 
 def _cross_checks(config: Config, problems: _Problems) -> None:
     meetings = config.meetings
+    if meetings.operation_lease_seconds <= config.server.backend_timeout_seconds:
+        problems.add(
+            "[meetings] operation_lease_seconds",
+            f"must be longer than [server] backend_timeout_seconds ({config.server.backend_timeout_seconds:g}): "
+            "a vendor call must end before another replica may take its work over",
+        )
     if meetings.default_backend not in meetings.allowed_backends:
         problems.add(
             "[meetings] default_backend",

@@ -65,21 +65,35 @@ class StorageUnavailable(ServiceUnavailable):
 
 
 class BackendError(BridgeError):
-    """The vendor refused or failed the call; the message says what the user should do."""
+    """The vendor refused or failed the call; the message says what the user should do.
+
+    ``transient`` says whether the same call could succeed later unchanged (an outage,
+    a timeout, a vendor's own failure) or the vendor refused it (then only a person
+    fixing something helps): the outbox retries the first kind only.
+    """
 
     status = 502
+    transient = False
+
+
+class VendorFailed(BackendError):
+    """The vendor failed the call itself (a 5xx, an answer it should not have given): worth trying again."""
+
+    transient = True
 
 
 class BackendUnavailable(BackendError):
     """The vendor could not be reached or asked us to come back later."""
 
     status = 503
+    transient = True
 
 
 class BackendTimeout(BackendError):
     """The vendor did not answer in time."""
 
     status = 504
+    transient = True
 
 
 class ConfigError(Exception):

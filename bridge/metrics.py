@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from bridge.errors import BridgeError
@@ -58,6 +58,34 @@ class Metrics:
         )
         self.token_refreshes = Counter(
             "pvb_token_refreshes", "Token refreshes made by this process", ["kind", "outcome"], registry=self.registry
+        )
+        self.jobs = Counter(
+            "pvb_outbox_job_runs",
+            "Outbox job attempts made by this process, by kind and outcome (done, retry, failed, deferred)",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.rooms_removed = Counter(
+            "pvb_reconciled_rooms",
+            "Rooms removed at a vendor that no live meeting held, by backend and reason",
+            ["backend", "reason"],
+            registry=self.registry,
+        )
+        self.stale_claims = Counter(
+            "pvb_reconciled_claims",
+            "postMeeting claims whose process died, resolved by this process",
+            registry=self.registry,
+        )
+        self.outbox_jobs = Gauge(
+            "pvb_outbox_jobs",
+            "Outbox jobs in the database, by state (pending, failed)",
+            ["state"],
+            registry=self.registry,
+        )
+        self.outbox_oldest = Gauge(
+            "pvb_outbox_oldest_job_age_seconds",
+            "Age of the oldest pending outbox job in the database (0 when none)",
+            registry=self.registry,
         )
 
     @contextmanager

@@ -8,7 +8,9 @@ backends built from their TOML tables, one shared HTTP client.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+import os
+import secrets
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -108,8 +110,13 @@ class Bridge:
     tokens: PipedriveTokens
     signer: Signer
     metrics: Metrics
-    # one create at a time per request fingerprint, so a retry waits for its original
-    create_locks: defaultdict[str, anyio.Lock] = field(default_factory=lambda: defaultdict(anyio.Lock))
+    holder: str = field(default_factory=lambda: new_holder())
+    """This process's name on the claims, jobs and leases it holds."""
+
+
+def new_holder() -> str:
+    """A name no other process (on any replica, before or after a restart) has: host, pid, random."""
+    return f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def bridge_of(request: Request) -> Bridge:

@@ -78,7 +78,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def config(tmp_path: Path, database_url: str) -> Config:
     return make_config(
-        tmp_path, database_url, meetings={"default_backend": "fake", "allowed_backends": ["fake", "other"]}
+        tmp_path,
+        database_url,
+        meetings={
+            "default_backend": "fake",
+            "allowed_backends": ["fake", "other"],
+            # the outbox worker looks often and retries soon, so a test sees it finish a job in moments
+            "job_poll_seconds": 0.05,
+            "job_retry_seconds": 0.05,
+        },
     )
 
 

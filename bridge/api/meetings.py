@@ -1,106 +1,57 @@
-"""Creating, moving and deleting meetings: dispatch to a backend, keep the store in step.
+"""Creating, moving and deleting meetings: dispatch to a backend, keep the store in step, exactly once.
 
-The rules that hold whatever the vendor:
+The rules that hold whatever the vendor, on one replica or several, across crashes:
 - the ``meeting_id`` Pipedrive gets is ours, mapped to (link, backend, vendor id);
   update and delete go to the backend that made the room;
-- nothing half-written: a room created but not stored is deleted again; a room
-  replaced by a new one is deleted only once the new one is stored;
-- a delete the vendor fails leaves the row ``deleting``, so Pipedrive's retry finishes it;
+- **claim, then call**: a postMeeting claims its request in the database before the
+  vendor is called; an identical request anywhere waits for that claim and answers
+  its meeting, so a retry never makes a second room;
+- **the outbox**: a deleted meeting's room, a room replaced by a move (once the new
+  one is stored) and a room made but not stored are jobs, run at once and retried
+  in the background until the vendor has them gone;
+- **sweeps**: before a call that may make a room, a backend that can list its rooms
+  gets a sweep job due when the call's lease ends; storing the room removes it, so a
+  process killed mid-call leaves a job that finds and removes the room it made;
 - every vendor failure becomes a BridgeError with a status (502/503/504).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+import secrets
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
 
 import anyio
-import httpx
 
-from bridge.errors import (
-    BackendError,
-    BackendTimeout,
-    BackendUnavailable,
-    BridgeError,
-    Gone,
-    NotFound,
-    ServiceUnavailable,
-)
+from bridge.api.jobs import JobRunner
+from bridge.api.vendor_calls import backend_context, call_backend
+from bridge.errors import Gone, NotFound, ServiceUnavailable
 from bridge.metrics import Observation
 from bridge.runtime import Bridge
-from bridge.storage.credentials import ScopedCredentials
 from bridge.storage.links import Link
-from bridge.storage.meetings import Meeting, Repeated, StoredRoom, new_meeting
-from bridge.storage.schema import LINK_ACTIVE, MEETING_ACTIVE, MEETING_DELETED, MEETING_DELETING, utcnow
-from bridge.storage.secrets import backend_scope, shared_scope
-from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room, UserIdentity
+from bridge.storage.meetings import (
+    LostClaim,
+    Meeting,
+    Repeated,
+    StoredRoom,
+    Ticket,
+    new_meeting,
+    room_key,
+    sweep_job,
+)
+from bridge.storage.outbox import Job, new_job
+from bridge.storage.schema import JOB_DELETE, LINK_ACTIVE, MEETING_ACTIVE, MEETING_DELETED, utcnow
+from bridge.storage.transactions import StoreError
+from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room
 from bridge.vendors.invitation import render_invitation
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 _CLEANUP_SECONDS = 10.0
-
-
-def backend_context(bridge: Bridge, link: Link, backend: str) -> BackendContext:
-    """What a backend gets for one call on behalf of the link's user: no more, no less."""
-
-    def count(outcome: str) -> None:
-        bridge.metrics.token_refreshes.labels(backend, outcome).inc()
-
-    user = UserIdentity(
-        link_id=link.id,
-        user_id=link.pipedrive_user_id,
-        company_id=link.company_id,
-        name=link.user_name,
-        email=link.user_email,
-    )
-    return BackendContext(
-        user=user,
-        http=bridge.http,
-        credentials=ScopedCredentials(bridge.store, backend_scope(link.id, backend), count),
-        shared=ScopedCredentials(bridge.store, shared_scope(backend), count),
-    )
-
-
-_OUTCOMES = {504: "timeout", 503: "unavailable"}
-
-
-async def call_backend(bridge: Bridge, backend: Backend, action: str, call: Callable[[], Awaitable[T]]) -> T:
-    """Run one backend call under the configured deadline; map every failure to a BridgeError.
-
-    ``action`` finishes the sentence "<title> failed to ...", e.g. "create the meeting".
-    """
-    try:
-        result = await _mapped_call(bridge, backend, action, call)
-    except BridgeError as exc:
-        bridge.metrics.vendor_calls.labels(backend.name, action, _OUTCOMES.get(exc.status, "error")).inc()
-        raise
-    bridge.metrics.vendor_calls.labels(backend.name, action, "ok").inc()
-    return result
-
-
-async def _mapped_call(bridge: Bridge, backend: Backend, action: str, call: Callable[[], Awaitable[T]]) -> T:
-    title = backend.title
-    timeout = bridge.config.server.backend_timeout_seconds
-    try:
-        with anyio.fail_after(timeout):
-            return await call()
-    except BridgeError:
-        raise
-    except (TimeoutError, httpx.TimeoutException) as exc:
-        raise BackendTimeout(f"{title} did not answer within {timeout:g} seconds; please try again") from exc
-    except httpx.TransportError as exc:
-        raise BackendUnavailable(f"{title} could not be reached ({exc.__class__.__name__}); please try again") from exc
-    except httpx.HTTPStatusError as exc:
-        raise BackendError(f"{title} refused the request (HTTP {exc.response.status_code})") from exc
-    except Exception as exc:
-        log.exception("backend failed", extra={"backend": backend.name, "operation": action})
-        raise BackendError(f"{title} failed to {action}") from exc
+_CLAIM_POLL = (0.02, 0.25)  # the first and the longest wait between two looks at a claim another request holds
 
 
 @dataclass(frozen=True)
@@ -140,24 +91,41 @@ class MeetingService:
     # --- the three operations -------------------------------------------------------
 
     async def create(self, link_id: str, request: MeetingRequest) -> CreatedMeeting:
-        """A new room, unless this is a retry of a request already answered (Pipedrive retries on timeouts).
+        """A new room, unless this is a retry of a request being answered or already answered.
 
-        The link and the retry's original are read in one transaction. After a user
+        Pipedrive retries on timeouts, perhaps on another replica: the request's claim
+        makes every copy wait for the first and answer its meeting. After a user
         switches backends, the same request is a new room on the new backend.
         """
-        fingerprint = request_fingerprint(link_id, request)
-        window = self.bridge.config.meetings.retry_window_seconds
+        link = await self.link(link_id)
+        name = self.backend_for(link)
+        backend = self._backend(name)
+        settings = self.bridge.config.meetings
+        window = settings.retry_window_seconds
+        fingerprint = request_fingerprint(link_id, request) if window else secrets.token_hex(32)
         since = utcnow() - timedelta(seconds=window) if window else None
-        async with self.bridge.create_locks[fingerprint]:
-            try:
-                found, repeated = await self.store.get_link_and_repeat(link_id, fingerprint, since)
-                link = _usable(found)
-                name = self.backend_for(link)
-                if repeated is not None and repeated.meeting.backend == name:
-                    return self._repeated(repeated)
-                return await self._create(link, name, request, fingerprint)
-            finally:
-                self.bridge.create_locks.pop(fingerprint, None)
+        deadline = anyio.current_time() + self.bridge.config.server.backend_timeout_seconds
+        wait, longest = _CLAIM_POLL
+        while True:
+            claimed = await self.store.claim_meeting(
+                fingerprint,
+                link.id,
+                name,
+                self.bridge.holder,
+                lease_seconds=settings.operation_lease_seconds,
+                since=since,
+                sweep=backend.lists_rooms,
+            )
+            if claimed.repeated is not None:
+                return self._repeated(claimed.repeated)
+            if claimed.ticket is not None:
+                return await self._create(link, name, backend, request, claimed.ticket)
+            if anyio.current_time() >= deadline:
+                raise ServiceUnavailable(
+                    "the same meeting is still being made for an earlier request; please try again"
+                )
+            await anyio.sleep(wait)
+            wait = min(wait * 2, longest)
 
     def _repeated(self, repeated: Repeated) -> CreatedMeeting:
         meeting, stored = repeated.meeting, repeated.room
@@ -171,28 +139,49 @@ class MeetingService:
         )
         return CreatedMeeting(meeting.id, room)
 
-    async def _create(self, link: Link, name: str, request: MeetingRequest, fingerprint: str) -> CreatedMeeting:
-        backend = self._backend(name)
+    async def _create(
+        self, link: Link, name: str, backend: Backend, request: MeetingRequest, ticket: Ticket
+    ) -> CreatedMeeting:
         ctx = backend_context(self.bridge, link, name)
-        room = await call_backend(self.bridge, backend, "create the meeting", lambda: backend.create(ctx, request))
+        keyed = dataclasses.replace(request, key=room_key(ticket.meeting_id))
+        try:
+            room = await call_backend(self.bridge, backend, "create the meeting", lambda: backend.create(ctx, keyed))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._release(ticket)
+            raise
         meeting = new_meeting(
             link_id=link.id,
             backend=name,
             vendor_meeting_id=room.vendor_meeting_id,
             start_time=request.start_time,
             duration=request.duration,
-            request_hash=fingerprint,
+            request_hash=ticket.fingerprint,
+            meeting_id=ticket.meeting_id,
         )
         with anyio.CancelScope(shield=True):
             try:
-                await self.store.add_meeting(meeting, _stored_room(room))
+                await self.store.add_meeting(meeting, _stored_room(room), ticket)
             except Exception as exc:
-                await self._discard(backend, ctx, room.vendor_meeting_id, reason="create not stored")
+                await self._remove_room(backend, ctx, link.id, room.vendor_meeting_id, reason="create not stored")
+                if isinstance(exc, LostClaim):
+                    raise ServiceUnavailable(
+                        "making the meeting took too long and the request was taken over; please try again"
+                    ) from exc
                 raise ServiceUnavailable(
                     "the meeting could not be saved, so its room was removed again; please try again"
                 ) from exc
         log.info("meeting created", extra={"meeting_id": meeting.id, "backend": name})
         return CreatedMeeting(meeting.id, room)
+
+    async def _release(self, ticket: Ticket) -> None:
+        """After a failed vendor call: identical requests may try again (the claim's sweep job stays)."""
+        try:
+            await self.store.fail_claim(ticket)
+        except Exception:
+            log.exception(
+                "could not release a claim; it lapses with its lease", extra={"meeting_id": ticket.meeting_id}
+            )
 
     async def update(self, link: Link, meeting: Meeting, request: MeetingRequest) -> None:
         if meeting.state != MEETING_ACTIVE:
@@ -200,10 +189,18 @@ class MeetingService:
         backend = self._backend(meeting.backend)
         ctx = backend_context(self.bridge, link, meeting.backend)
         old_vendor_id = meeting.vendor_meeting_id
+        lease = self.bridge.config.meetings.operation_lease_seconds
+        sweep = None
+        if backend.lists_rooms:  # a move may make a new room: cover the call as a create is covered
+            sweep = sweep_job(meeting.backend, link.id, meeting.id, reason="update", delay=lease)
+            await self.store.add_job(sweep)
+        keyed = dataclasses.replace(request, key=room_key(meeting.id))
         updated = await call_backend(
-            self.bridge, backend, "update the meeting", lambda: backend.update(ctx, old_vendor_id, request)
+            self.bridge, backend, "update the meeting", lambda: backend.update(ctx, old_vendor_id, keyed)
         )
         room = updated or await self._same_room(meeting, ctx, request)
+        replaced = room.vendor_meeting_id != old_vendor_id
+        then = self._delete_job(meeting, old_vendor_id, reason="replaced by update") if replaced else None
         with anyio.CancelScope(shield=True):
             try:
                 await self.store.replace_room(
@@ -212,13 +209,15 @@ class MeetingService:
                     room=_stored_room(room),
                     start_time=request.start_time,
                     duration=request.duration,
+                    sweep_job_id=None if sweep is None else sweep.id,
+                    then=then,
                 )
             except Exception as exc:
-                if room.vendor_meeting_id != old_vendor_id:
-                    await self._discard(backend, ctx, room.vendor_meeting_id, reason="update not stored")
+                if replaced and not isinstance(exc, LostClaim):  # a lost sweep removes the new room itself
+                    await self._remove_room(backend, ctx, link.id, room.vendor_meeting_id, reason="update not stored")
                 raise ServiceUnavailable("the meeting change could not be saved; please try again") from exc
-            if room.vendor_meeting_id != old_vendor_id:
-                await self._discard(backend, ctx, old_vendor_id, reason="replaced by update")
+            if then is not None:
+                await JobRunner(self.bridge).run_held(then)
         log.info("meeting updated", extra={"meeting_id": meeting.id, "backend": meeting.backend})
 
     async def _same_room(self, meeting: Meeting, ctx: BackendContext, request: MeetingRequest) -> Room:
@@ -235,21 +234,59 @@ class MeetingService:
         )
 
     async def delete(self, link: Link, meeting: Meeting) -> None:
+        """Mark the meeting deleted and queue its room's removal in one transaction, then remove it.
+
+        Answered once the removal is durably queued: a vendor that fails it now gets it
+        again in the background (Pipedrive has removed the call from the activity either way).
+        """
         if meeting.state == MEETING_DELETED:
             return  # a repeated delete answers as the first did
-        backend = self._backend(meeting.backend)
-        ctx = backend_context(self.bridge, link, meeting.backend)
-        await self.store.set_meeting_state(meeting.id, MEETING_DELETING)
-        await call_backend(
-            self.bridge, backend, "delete the meeting", lambda: backend.delete(ctx, meeting.vendor_meeting_id)
+        self._backend(meeting.backend)  # an uninstalled backend is a 503, with nothing changed
+        job = self._delete_job(meeting, meeting.vendor_meeting_id, reason="meeting deleted")
+        await self.store.delete_meeting(meeting.id, job)
+        with anyio.CancelScope(shield=True):
+            result = await JobRunner(self.bridge).run_held(job)
+        log.info(
+            "meeting deleted" if result.outcome == "done" else "meeting deleted; its room's removal is queued",
+            extra={"meeting_id": meeting.id, "backend": meeting.backend},
         )
-        await self.store.set_meeting_state(meeting.id, MEETING_DELETED)
-        log.info("meeting deleted", extra={"meeting_id": meeting.id, "backend": meeting.backend})
 
-    # --- vendor calls ---------------------------------------------------------------
+    # --- vendor work that must finish -------------------------------------------------
+
+    def _delete_job(self, meeting: Meeting, vendor_meeting_id: str, *, reason: str) -> Job:
+        return new_job(
+            JOB_DELETE,
+            backend=meeting.backend,
+            link_id=meeting.link_id,
+            meeting_id=meeting.id,
+            vendor_meeting_id=vendor_meeting_id,
+            reason=reason,
+            holder=self.bridge.holder,
+            lease_seconds=self.bridge.config.meetings.operation_lease_seconds,
+        )
+
+    async def _remove_room(
+        self, backend: Backend, ctx: BackendContext, link_id: str, vendor_meeting_id: str, *, reason: str
+    ) -> None:
+        """Remove a room the bridge will not keep: as a job when the database takes one, else directly."""
+        job = new_job(
+            JOB_DELETE,
+            backend=backend.name,
+            link_id=link_id,
+            vendor_meeting_id=vendor_meeting_id,
+            reason=reason,
+            holder=self.bridge.holder,
+            lease_seconds=self.bridge.config.meetings.operation_lease_seconds,
+        )
+        try:
+            await self.store.add_job(job)
+        except StoreError:
+            await self._discard(backend, ctx, vendor_meeting_id, reason=reason)
+        else:
+            await JobRunner(self.bridge).run_held(job)
 
     async def _discard(self, backend: Backend, ctx: BackendContext, vendor_meeting_id: str, *, reason: str) -> None:
-        """Best-effort removal of a room the bridge will not keep; failures are logged, not raised."""
+        """Best-effort removal when not even a job can be written; failures are logged, not raised."""
         try:
             with anyio.fail_after(_CLEANUP_SECONDS):
                 await backend.delete(ctx, vendor_meeting_id)

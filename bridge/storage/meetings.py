@@ -2,20 +2,41 @@
 
 A room (join URL, invitation, password) is kept as an encrypted secret of the
 meeting's scope, written in the same transaction as the meeting's row.
+
+A postMeeting claims its request (``meeting_claim``, keyed by the request's
+fingerprint) before the vendor is called, and the meeting is stored in the same
+transaction that marks the claim done; vendor work a change leaves (a replaced
+room, a deleted meeting's room) is an outbox job written with the change.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets as _secrets
+import time
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from bridge.storage.links import LINK_BY_ID, Link, link_from_row
-from bridge.storage.schema import MEETING_ACTIVE, MEETING_DELETED, MEETINGS, utcnow
+from bridge.storage.outbox import Job, insert_job, new_job, take_unclaimed
+from bridge.storage.schema import (
+    CLAIM_CREATING,
+    CLAIM_DONE,
+    CLAIM_FAILED,
+    CLAIMS,
+    JOB_PENDING,
+    JOB_SWEEP,
+    JOBS,
+    MEETING_ACTIVE,
+    MEETING_DELETED,
+    MEETINGS,
+    utcnow,
+)
 from bridge.storage.secrets import erase_scope, meeting_scope, read_secret, write_secret
 from bridge.storage.transactions import Database, in_thread, writes
 from bridge.storage.vault import Vault
@@ -54,8 +75,36 @@ class Repeated:
     room: StoredRoom
 
 
+@dataclass(frozen=True)
+class Ticket:
+    """A claim this process holds: the meeting id it will store, and the sweep job that covers its vendor call."""
+
+    fingerprint: str
+    holder: str
+    meeting_id: str
+    sweep_job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What claiming a postMeeting found: ours to make (``ticket``), already answered (``repeated``), or neither
+    (another request holds the claim and is making the meeting right now)."""
+
+    ticket: Ticket | None = None
+    repeated: Repeated | None = None
+
+
+class LostClaim(Exception):
+    """The claim (or its sweep job) was taken from this process while the vendor worked: nothing was stored."""
+
+
 def new_meeting_id() -> str:
     return _secrets.token_urlsafe(18)
+
+
+def room_key(meeting_id: str) -> str:
+    """The key a backend tags a meeting's room with (``MeetingRequest.key``): derived, so it is never stored."""
+    return hashlib.sha256(meeting_id.encode()).hexdigest()[:16]
 
 
 def new_meeting(
@@ -66,11 +115,12 @@ def new_meeting(
     start_time: datetime,
     duration: int,
     request_hash: str | None = None,
+    meeting_id: str | None = None,
 ) -> Meeting:
-    """An active meeting with a new id, ready for ``Store.add_meeting``."""
+    """An active meeting (with a new id unless a claim gave one), ready for ``Store.add_meeting``."""
     now = utcnow()
     return Meeting(
-        id=new_meeting_id(),
+        id=meeting_id or new_meeting_id(),
         link_id=link_id,
         backend=backend,
         vendor_meeting_id=vendor_meeting_id,
@@ -100,17 +150,6 @@ def _room_from_text(value: str) -> StoredRoom:
 
 # the statements of the reverse API's path, built once so SQLAlchemy's compiled cache always hits
 _MEETING_BY_ID = select(MEETINGS).where(MEETINGS.c.id == bindparam("id"))
-_REPEATED = (
-    select(MEETINGS)
-    .where(
-        MEETINGS.c.link_id == bindparam("link_id"),
-        MEETINGS.c.request_hash == bindparam("hash"),
-        MEETINGS.c.state == MEETING_ACTIVE,
-        MEETINGS.c.created_at >= bindparam("since"),
-    )
-    .order_by(MEETINGS.c.created_at.desc())
-    .limit(1)
-)
 _INSERT_MEETING = insert(MEETINGS)
 
 
@@ -140,37 +179,194 @@ class Meetings(Database):
             link = link_from_row(conn.execute(LINK_BY_ID, {"id": link_id}).first())
             return link, None if link is None else _meeting_of(conn, link_id, meeting_id)
 
-    @in_thread
-    def get_link_and_repeat(
-        self, link_id: str, request_hash: str, since: datetime | None
-    ) -> tuple[Link | None, Repeated | None]:
-        """The link, and its latest active meeting made from the same request since ``since`` (a retry's
-        original) with that meeting's room: what a postMeeting needs to know, in one transaction."""
+    @writes
+    def claim_meeting(
+        self,
+        fingerprint: str,
+        link_id: str,
+        backend: str,
+        holder: str,
+        *,
+        lease_seconds: float,
+        since: datetime | None,
+        sweep: bool,
+    ) -> Claimed:
+        """Claim a postMeeting before its vendor call: the request's fingerprint is the primary key of its claim.
+
+        A claim another holder still leases is busy; a done claim since ``since`` on the
+        same backend, whose meeting is live, is the answer; anything else (none, failed,
+        lapsed, older, another backend's, deleted) is taken over with a new meeting id.
+        With ``sweep``, a sweep job for the new id's key, due when the lease ends, is
+        written with the claim: if this process dies, that job finds the room it made.
+        """
         vault = self._require_vault()
-        with self._transaction() as conn:
-            link = link_from_row(conn.execute(LINK_BY_ID, {"id": link_id}).first())
-            if link is None or since is None:
-                return link, None
-            meeting = meeting_from_row(
-                conn.execute(_REPEATED, {"link_id": link_id, "hash": request_hash, "since": since}).first()
-            )
-            room = None if meeting is None else _room_of(conn, vault, meeting.id)
-            return link, None if meeting is None or room is None else Repeated(meeting, room)
+        for _ in range(3):
+            try:
+                with self._transaction(write=True) as conn:
+                    return self._claim(conn, vault, fingerprint, link_id, backend, holder, lease_seconds, since, sweep)
+            except IntegrityError:
+                continue  # another replica inserted the same claim first: read it
+        raise LostClaim("the request's claim kept changing hands")
+
+    def _claim(
+        self,
+        conn: Connection,
+        vault: Vault,
+        fingerprint: str,
+        link_id: str,
+        backend: str,
+        holder: str,
+        lease_seconds: float,
+        since: datetime | None,
+        sweep: bool,
+    ) -> Claimed:
+        now = time.time()
+        query = select(CLAIMS).where(CLAIMS.c.fingerprint == fingerprint)
+        row = conn.execute(query if self.is_sqlite else query.with_for_update()).first()
+        if row is not None:
+            if row.state == CLAIM_CREATING and row.lease_until > now:
+                return Claimed()
+            made = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+            if row.state == CLAIM_DONE and row.backend == backend and since is not None and made >= since:
+                meeting = _meeting_of(conn, link_id, row.meeting_id)
+                room = None if meeting is None else _room_of(conn, vault, meeting.id)
+                if meeting is not None and meeting.state == MEETING_ACTIVE and room is not None:
+                    return Claimed(repeated=Repeated(meeting, room))
+        meeting_id = new_meeting_id()
+        values = {
+            "link_id": link_id,
+            "backend": backend,
+            "meeting_id": meeting_id,
+            "state": CLAIM_CREATING,
+            "holder": holder,
+            "lease_until": now + lease_seconds,
+            "created_at": utcnow(),
+        }
+        if row is None:
+            conn.execute(insert(CLAIMS), {"fingerprint": fingerprint, **values})
+        else:
+            conn.execute(update(CLAIMS).where(CLAIMS.c.fingerprint == fingerprint).values(**values))
+        sweep_job_id = None
+        if sweep:
+            job = sweep_job(backend, link_id, meeting_id, reason="create", delay=lease_seconds)
+            insert_job(conn, job)
+            sweep_job_id = job.id
+        return Claimed(ticket=Ticket(fingerprint, holder, meeting_id, sweep_job_id))
 
     @writes
-    def add_meeting(self, meeting: Meeting, room: StoredRoom) -> None:
-        """Insert the meeting and its encrypted room in one transaction."""
+    def fail_claim(self, ticket: Ticket) -> None:
+        """The vendor call failed: the claim no longer holds up identical requests (its sweep job stays)."""
+        with self._transaction(write=True) as conn:
+            conn.execute(_still_ours(ticket).values(state=CLAIM_FAILED, lease_until=0.0))
+
+    @in_thread
+    def stale_claims(self, now: float) -> list[Row[Any]]:
+        """Claims still ``creating`` whose lease has lapsed: their process died (or is far too slow)."""
+        with self._transaction() as conn:
+            query = select(CLAIMS).where(CLAIMS.c.state == CLAIM_CREATING, CLAIMS.c.lease_until < now)
+            return list(conn.execute(query))
+
+    @writes
+    def drop_stale_claim(self, fingerprint: str, meeting_id: str, now: float) -> bool:
+        """Mark a lapsed claim failed (its sweep job, if any, deals with the vendor); False if it moved on."""
+        with self._transaction(write=True) as conn:
+            result = conn.execute(
+                update(CLAIMS)
+                .where(
+                    CLAIMS.c.fingerprint == fingerprint,
+                    CLAIMS.c.meeting_id == meeting_id,
+                    CLAIMS.c.state == CLAIM_CREATING,
+                    CLAIMS.c.lease_until < now,
+                )
+                .values(state=CLAIM_FAILED, lease_until=0.0)
+            )
+            return result.rowcount == 1
+
+    @in_thread
+    def known_keys(self, backend: str) -> tuple[dict[str, Meeting], set[str]]:
+        """Every room key this database gave ``backend``: live meetings by key, and all keys ever issued."""
+        with self._transaction() as conn:
+            live: dict[str, Meeting] = {}
+            issued: set[str] = set()
+            for row in conn.execute(select(MEETINGS).where(MEETINGS.c.backend == backend)):
+                meeting = Meeting(**row._mapping)
+                issued.add(room_key(meeting.id))
+                if meeting.state == MEETING_ACTIVE:
+                    live[room_key(meeting.id)] = meeting
+            for (meeting_id,) in conn.execute(select(CLAIMS.c.meeting_id).where(CLAIMS.c.backend == backend)):
+                issued.add(room_key(meeting_id))
+            return live, issued
+
+    @in_thread
+    def keys_in_flight(self, backend: str, now: float) -> set[str]:
+        """Keys of operations still within their lease (a claim being made, a move under way): not to be swept."""
+        with self._transaction() as conn:
+            claims = conn.execute(
+                select(CLAIMS.c.meeting_id).where(
+                    CLAIMS.c.backend == backend, CLAIMS.c.state == CLAIM_CREATING, CLAIMS.c.lease_until >= now
+                )
+            )
+            keys = {room_key(meeting_id) for (meeting_id,) in claims}
+            sweeps = conn.execute(
+                select(JOBS.c.room_key).where(
+                    JOBS.c.backend == backend,
+                    JOBS.c.kind == JOB_SWEEP,
+                    JOBS.c.state == JOB_PENDING,
+                    or_(JOBS.c.next_attempt > now, JOBS.c.lease_until > now),
+                )
+            )
+            return keys | {key for (key,) in sweeps if key}
+
+    @in_thread
+    def links_of_backend(self, backend: str) -> list[str]:
+        """The links that have (or had) meetings or claims on ``backend``: whose vendor accounts to list."""
+        with self._transaction() as conn:
+            ids = {r[0] for r in conn.execute(select(MEETINGS.c.link_id).where(MEETINGS.c.backend == backend))}
+            ids |= {r[0] for r in conn.execute(select(CLAIMS.c.link_id).where(CLAIMS.c.backend == backend))}
+            return sorted(ids)
+
+    @in_thread
+    def meeting_by_id(self, meeting_id: str) -> Meeting | None:
+        with self._transaction() as conn:
+            return meeting_from_row(conn.execute(_MEETING_BY_ID, {"id": meeting_id}).first())
+
+    @writes
+    def add_meeting(self, meeting: Meeting, room: StoredRoom, ticket: Ticket | None = None) -> None:
+        """Insert the meeting and its encrypted room, and mark its claim done, in one transaction.
+
+        Raises ``LostClaim`` (storing nothing) when the claim or its sweep job was taken
+        from this process meanwhile: then someone else owns the request."""
         vault = self._require_vault()
         with self._transaction(write=True) as conn:
+            if ticket is not None:
+                if conn.execute(_still_ours(ticket).values(state=CLAIM_DONE, lease_until=0.0)).rowcount != 1:
+                    raise LostClaim("the claim was taken over")
+                if ticket.sweep_job_id and not take_unclaimed(conn, ticket.sweep_job_id):
+                    raise LostClaim("the claim's sweep job has started")
             conn.execute(_INSERT_MEETING, asdict(meeting))
             write_secret(conn, vault, meeting_scope(meeting.id), "room", room_text(room))
 
     @writes
     def replace_room(
-        self, meeting: Meeting, *, vendor_meeting_id: str, room: StoredRoom, start_time: datetime, duration: int
+        self,
+        meeting: Meeting,
+        *,
+        vendor_meeting_id: str,
+        room: StoredRoom,
+        start_time: datetime,
+        duration: int,
+        sweep_job_id: str | None = None,
+        then: Job | None = None,
     ) -> None:
+        """Store the meeting's new time and room; ``then`` (deleting a replaced room) is queued with it.
+
+        Raises ``LostClaim`` when the sweep job covering this update has started."""
         vault = self._require_vault()
         with self._transaction(write=True) as conn:
+            if sweep_job_id and not take_unclaimed(conn, sweep_job_id):
+                raise LostClaim("the update's sweep job has started")
+            if then is not None:
+                insert_job(conn, then)
             conn.execute(
                 update(MEETINGS)
                 .where(MEETINGS.c.id == meeting.id)
@@ -187,8 +383,34 @@ class Meetings(Database):
             return _room_of(conn, vault, meeting_id)
 
     @writes
-    def set_meeting_state(self, meeting_id: str, state: str) -> None:
+    def delete_meeting(self, meeting_id: str, then: Job | None) -> None:
+        """Mark the meeting deleted and erase its room; ``then`` (deleting it at the vendor) is queued with it."""
         with self._transaction(write=True) as conn:
-            conn.execute(update(MEETINGS).where(MEETINGS.c.id == meeting_id).values(state=state, updated_at=utcnow()))
-            if state == MEETING_DELETED:
-                erase_scope(conn, meeting_scope(meeting_id))
+            conn.execute(
+                update(MEETINGS).where(MEETINGS.c.id == meeting_id).values(state=MEETING_DELETED, updated_at=utcnow())
+            )
+            erase_scope(conn, meeting_scope(meeting_id))
+            if then is not None:
+                insert_job(conn, then)
+
+
+def sweep_job(backend: str, link_id: str, meeting_id: str, *, reason: str, delay: float) -> Job:
+    """A job, due after ``delay``, that removes rooms tagged with the meeting's key which no live meeting holds."""
+    return new_job(
+        JOB_SWEEP,
+        backend=backend,
+        link_id=link_id,
+        meeting_id=meeting_id,
+        room_key=room_key(meeting_id),
+        reason=reason,
+        delay=delay,
+    )
+
+
+def _still_ours(ticket: Ticket) -> Any:
+    return update(CLAIMS).where(
+        CLAIMS.c.fingerprint == ticket.fingerprint,
+        CLAIMS.c.meeting_id == ticket.meeting_id,
+        CLAIMS.c.holder == ticket.holder,
+        CLAIMS.c.state == CLAIM_CREATING,
+    )

@@ -18,6 +18,13 @@ LINK_UNINSTALLED = "uninstalled"
 MEETING_ACTIVE = "active"
 MEETING_DELETING = "deleting"
 MEETING_DELETED = "deleted"
+CLAIM_CREATING = "creating"
+CLAIM_DONE = "done"
+CLAIM_FAILED = "failed"
+JOB_PENDING = "pending"
+JOB_FAILED = "failed"
+JOB_DELETE = "delete"  # remove one room at the vendor (unless a live meeting holds it)
+JOB_SWEEP = "sweep"  # remove the rooms tagged with a key that no live meeting holds
 
 
 def utcnow() -> datetime:
@@ -100,7 +107,58 @@ class LeaseTable(SQLModel, table=True):
     expires_at: float
 
 
+class ClaimTable(SQLModel, table=True):
+    """A postMeeting's claim, recorded before the vendor is called: the request's idempotency key.
+
+    ``fingerprint`` (link and request) is the primary key, so two replicas cannot both
+    hold one; ``meeting_id`` is the id the answer will carry (and the source of the
+    key the room is tagged with). A claim ``creating`` past ``lease_until`` (epoch
+    seconds) lost its process; ``done`` claims answer Pipedrive's retries.
+    """
+
+    __tablename__ = "meeting_claim"
+
+    fingerprint: str = Field(primary_key=True, max_length=64)
+    link_id: str = Field(max_length=64)
+    backend: str = Field(max_length=40)
+    meeting_id: str = Field(max_length=64, index=True)
+    state: str = Field(max_length=16)
+    holder: str = Field(max_length=64)
+    lease_until: float
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class JobTable(SQLModel, table=True):
+    """Vendor work that must finish (the outbox): a room to delete, or a key to sweep.
+
+    Written in the transaction of the state change that needs it; run at once by
+    whoever wrote it, then by any replica's worker once ``next_attempt`` (epoch
+    seconds) has come and no live lease (``holder`` until ``lease_until``) covers it.
+    """
+
+    __tablename__ = "job"
+    __table_args__ = (Index("ix_job_due", "state", "next_attempt"), Index("ix_job_key", "room_key"))
+
+    id: str = Field(primary_key=True, max_length=32)
+    kind: str = Field(max_length=16)
+    backend: str = Field(max_length=40)
+    link_id: str = Field(max_length=64)
+    meeting_id: str | None = Field(default=None, max_length=64)
+    vendor_meeting_id: str | None = Field(default=None, max_length=255)
+    room_key: str | None = Field(default=None, max_length=16)
+    reason: str = Field(default="", max_length=64)
+    state: str = Field(default=JOB_PENDING, max_length=16)
+    attempts: int = 0
+    next_attempt: float
+    holder: str | None = Field(default=None, max_length=64)
+    lease_until: float = 0.0
+    last_error: str | None = Field(default=None, sa_type=Text)
+    created_at: float
+
+
 LINKS: Table = LinkTable.__table__  # type: ignore[attr-defined]
 MEETINGS: Table = MeetingTable.__table__  # type: ignore[attr-defined]
 SECRETS: Table = SecretTable.__table__  # type: ignore[attr-defined]
 LEASES: Table = LeaseTable.__table__  # type: ignore[attr-defined]
+CLAIMS: Table = ClaimTable.__table__  # type: ignore[attr-defined]
+JOBS: Table = JobTable.__table__  # type: ignore[attr-defined]

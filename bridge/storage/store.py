@@ -5,6 +5,7 @@
 
 - ``links.Links``: links, installs and uninstalls;
 - ``meetings.Meetings``: meetings and their encrypted rooms;
+- ``outbox.Outbox``: the jobs of vendor work that must finish;
 - ``secrets.Secrets``: secrets by scope, compare-and-swap, leases;
 - ``rotation.KeyRotation``: key ids in use and re-encryption.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from bridge.storage.links import Links
 from bridge.storage.meetings import Meetings
+from bridge.storage.outbox import Outbox
 from bridge.storage.rotation import KeyRotation
 from bridge.storage.secrets import Secrets
 from bridge.storage.transactions import StoreError, make_engine
@@ -26,5 +28,5 @@ from bridge.storage.transactions import StoreError, make_engine
 __all__ = ["Store", "StoreError", "make_engine"]
 
 
-class Store(Links, Meetings, Secrets, KeyRotation):
+class Store(Links, Meetings, Outbox, Secrets, KeyRotation):
     """Every read and write of the bridge, as coroutines over a blocking engine (SQLAlchemy Core)."""

@@ -54,6 +54,8 @@ from bridge.testing.kit import (
     prepared_store,
     sample_meeting,
     sample_user,
+    wait_for_empty_outbox,
+    wait_until,
 )
 from bridge.vendors.http import RetryPolicy, RetryTransport
 from bridge.vendors.registry import load_plugins
@@ -92,6 +94,8 @@ __all__ = [
     "serve_on_loopback",
     "toml_text",
     "toml_value",
+    "wait_for_empty_outbox",
+    "wait_until",
     "write_config_toml",
     "write_toml",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,3 +136,28 @@ async def bridge_client(
         ) as client,
     ):
         yield client
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], *, seconds: float = 10.0, what: str = "the condition"
+) -> None:
+    """Poll ``condition`` (a function, or a coroutine function) until it holds; fail after ``seconds``."""
+    deadline = anyio.current_time() + seconds
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if anyio.current_time() >= deadline:
+            raise AssertionError(f"{what} did not come true within {seconds:g} s")
+        await anyio.sleep(0.02)
+
+
+async def wait_for_empty_outbox(store: Store, *, seconds: float = 10.0) -> None:
+    """Wait until every outbox job is done (none pending, none failed)."""
+
+    async def empty() -> bool:
+        return not await store.jobs()
+
+    await wait_until(empty, seconds=seconds, what="an empty outbox")

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import anyio
 import httpx
 
-from bridge.errors import BackendError, BackendUnavailable
+from bridge.errors import BackendUnavailable, VendorFailed
 
 log = logging.getLogger(__name__)
 
@@ -165,4 +165,4 @@ def raise_for_vendor(response: httpx.Response, title: str) -> None:
     if status == 503:
         raise BackendUnavailable(f"{title} is unavailable right now (HTTP 503); please try again")
     if status >= 500:
-        raise BackendError(f"{title} failed (HTTP {status}); please try again")
+        raise VendorFailed(f"{title} failed (HTTP {status}); please try again")

@@ -22,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from bridge.api.meetings import MeetingService, backend_context, call_backend
+from bridge.api.meetings import MeetingService
+from bridge.api.vendor_calls import backend_context, call_backend
 from bridge.errors import BridgeError
 from bridge.runtime import Bridge, bridge_of
 from bridge.storage.links import Link
