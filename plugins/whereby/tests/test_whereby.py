@@ -1,28 +1,17 @@
-"""Tests of the Whereby backend against a fake Whereby on loopback that speaks the documented API.
-
-What the fake does comes from Whereby's REST API reference (docs.whereby.com, whereby.dev/http-api):
-``POST /v1/meetings`` answers 201 ``{meetingId, roomName, roomUrl, startDate, endDate[, hostRoomUrl]}``
-and refuses an ``endDate`` before "now"; ``GET /v1/meetings/{meetingId}`` answers 200 or 404;
-``DELETE /v1/meetings/{meetingId}`` answers 204, also for a meeting already gone; a missing or wrong
-Bearer key is 401; throttling is 429 with ``Retry-After`` and ``{"error", "data": {"msLeft"}}``. The body
-of a 400 is not documented: the fake answers ``{"error": "..."}``, the shape of the documented 429.
+"""Tests of the Whereby backend against the fake Whereby (``fake_whereby``) on loopback, which speaks
+the documented API.
 
 Every backend call goes through the core's own retry transport, as in the running bridge.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import email.utils
-import json
 import re
-import secrets
 import time
 import tomllib
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,9 +19,15 @@ from typing import Any
 import httpx
 import pytest
 from pipedrive_video_bridge_whereby import DEFAULT_API_BASE, KNOWN_SETTINGS, MIN_ROOM_LIFETIME, WherebyBackend
-from starlette.requests import Request
+from pipedrive_video_bridge_whereby.fake_whereby import (
+    DROP,
+    FakeWhereby,
+    Slow,
+    running_fake_whereby,
+    throttled,
+    whereby_error,
+)
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
 
 from bridge.plugin import Backend, BackendContext, BackendError, BackendUnavailable
 from bridge.testing import (
@@ -62,141 +57,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-# --- a fake Whereby ------------------------------------------------------------------------------
-
-DROP = "drop the connection in the middle of the answer"
-
-
-@dataclass(frozen=True)
-class Slow:
-    """Answer normally, but only after ``seconds``."""
-
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Seen:
-    method: str
-    path: str
-    authorization: str
-    body: Any
-
-
-def whereby_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def throttled(retry_after: str) -> Response:
-    return JSONResponse(
-        {"error": "Rate limit active for throttle key: organization:1", "data": {"msLeft": 1000}},
-        status_code=429,
-        headers={"Retry-After": retry_after},
-    )
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-
-@dataclass
-class FakeWhereby:
-    """Whereby's meetings API. ``script`` holds answers given, one per request, before the normal ones."""
-
-    api_base: str = ""
-    rooms: dict[str, dict[str, Any]] = field(default_factory=dict)
-    seen: list[Seen] = field(default_factory=list)
-    events: list[tuple[str, str]] = field(default_factory=list)  # ("create" | "delete", meetingId), in order
-    script: list[Response | str | Slow] = field(default_factory=list)
-    clock_skew: timedelta = timedelta(0)
-    counter: int = 0
-
-    def answer_next(self, *answers: Response | str | Slow) -> None:
-        self.script.extend(answers)
-
-    def calls(self, method: str) -> int:
-        return sum(1 for s in self.seen if s.method == method)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        raw = await request.body()
-        self.seen.append(
-            Seen(
-                request.method,
-                scope["raw_path"].decode(),
-                request.headers.get("authorization", ""),
-                json.loads(raw) if raw else None,
-            )
-        )
-        answer = self.script.pop(0) if self.script else None
-        if answer == DROP:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 201,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"200")],
-                }
-            )
-            await send({"type": "http.response.body", "body": b'{"meetingId": ', "more_body": True})
-            return  # uvicorn closes the connection with the answer half sent
-        if isinstance(answer, Slow):
-            await asyncio.sleep(answer.seconds)
-        response = answer if isinstance(answer, Response) else self.handle(request, raw)
-        await response(scope, receive, send)
-
-    def handle(self, request: Request, raw: bytes) -> Response:
-        if request.headers.get("authorization") != f"Bearer {API_KEY}":
-            return Response(status_code=401)
-        path, method = request.url.path, request.method
-        if path == "/v1/meetings" and method == "POST":
-            return self.create(json.loads(raw))
-        match = re.fullmatch(r"/v1/meetings/([^/]+)", path)
-        if match and method == "GET":
-            room = self.rooms.get(match[1])
-            return JSONResponse(room) if room else whereby_error(404, "Meeting not found")
-        if match and method == "DELETE":
-            self.rooms.pop(match[1], None)
-            self.events.append(("delete", match[1]))
-            return Response(status_code=204)
-        return whereby_error(404, "Not found")
-
-    def create(self, body: dict[str, Any]) -> Response:
-        now = datetime.now(UTC) + self.clock_skew
-        try:
-            end = datetime.fromisoformat(body["endDate"])
-        except (KeyError, TypeError, ValueError):
-            return whereby_error(400, '"endDate" is required and must be a date-time')
-        if end < now:
-            return whereby_error(400, '"endDate" must be greater than or equal to "now"')
-        if body.get("roomMode", "normal") not in ("normal", "group"):
-            return whereby_error(400, '"roomMode" must be one of [group, normal]')
-        prefix = body.get("roomNamePrefix", "")
-        if not re.fullmatch(r"[a-z0-9-]{0,39}", prefix):
-            return whereby_error(400, '"roomNamePrefix" fails to match the required pattern')
-        fields = body.get("fields", [])
-        if not set(fields) <= {"hostRoomUrl", "viewerRoomUrl"}:
-            return whereby_error(400, '"fields" contains an invalid value')
-        self.counter += 1
-        meeting_id = str(self.counter)
-        room_name = f"/{prefix}{uuid.uuid4()}"
-        room = {
-            "meetingId": meeting_id,
-            "roomName": room_name,
-            "roomUrl": f"https://acme.whereby.com{room_name}",
-            "startDate": iso(now),
-            "endDate": iso(end),
-        }
-        if "hostRoomUrl" in fields:
-            room["hostRoomUrl"] = f"{room['roomUrl']}?roomKey={secrets.token_urlsafe(24)}"
-        self.rooms[meeting_id] = room
-        self.events.append(("create", meeting_id))
-        return JSONResponse(room, status_code=201)
-
-
 @pytest.fixture
 def whereby() -> Iterator[FakeWhereby]:
-    fake = FakeWhereby()
-    with serve_on_loopback(lambda url: fake) as url:
-        fake.api_base = f"{url}/v1"
+    with running_fake_whereby(FakeWhereby(api_key=API_KEY)) as fake:
         yield fake
 
 
