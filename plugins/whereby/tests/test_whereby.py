@@ -1,28 +1,19 @@
-"""Tests of the Whereby backend against a fake Whereby on loopback that speaks the documented API.
-
-What the fake does comes from Whereby's REST API reference (docs.whereby.com, whereby.dev/http-api):
-``POST /v1/meetings`` answers 201 ``{meetingId, roomName, roomUrl, startDate, endDate[, hostRoomUrl]}``
-and refuses an ``endDate`` before "now"; ``GET /v1/meetings/{meetingId}`` answers 200 or 404;
-``DELETE /v1/meetings/{meetingId}`` answers 204, also for a meeting already gone; a missing or wrong
-Bearer key is 401; throttling is 429 with ``Retry-After`` and ``{"error", "data": {"msLeft"}}``. The body
-of a 400 is not documented: the fake answers ``{"error": "..."}``, the shape of the documented 429.
+"""Tests of the Whereby backend against the fake Whereby (``fake_whereby``) on loopback, which speaks
+the documented API.
 
 Every backend call goes through the core's own retry transport, as in the running bridge.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import email.utils
-import json
 import re
 import secrets
+import threading
 import time
 import tomllib
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,11 +21,17 @@ from typing import Any
 import httpx
 import pytest
 from pipedrive_video_bridge_whereby import DEFAULT_API_BASE, KNOWN_SETTINGS, MIN_ROOM_LIFETIME, WherebyBackend
-from starlette.requests import Request
+from pipedrive_video_bridge_whereby.fake_whereby import (
+    DROP,
+    FakeWhereby,
+    Slow,
+    running_fake_whereby,
+    throttled,
+    whereby_error,
+)
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
 
-from bridge.plugin import Backend, BackendContext, BackendError, BackendUnavailable
+from bridge.plugin import Backend, BackendContext, BackendError, BackendUnavailable, MeetingRequest, VendorRoom
 from bridge.testing import (
     MEETING_ACTIVE,
     BackendConformance,
@@ -62,141 +59,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-# --- a fake Whereby ------------------------------------------------------------------------------
-
-DROP = "drop the connection in the middle of the answer"
-
-
-@dataclass(frozen=True)
-class Slow:
-    """Answer normally, but only after ``seconds``."""
-
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Seen:
-    method: str
-    path: str
-    authorization: str
-    body: Any
-
-
-def whereby_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def throttled(retry_after: str) -> Response:
-    return JSONResponse(
-        {"error": "Rate limit active for throttle key: organization:1", "data": {"msLeft": 1000}},
-        status_code=429,
-        headers={"Retry-After": retry_after},
-    )
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-
-@dataclass
-class FakeWhereby:
-    """Whereby's meetings API. ``script`` holds answers given, one per request, before the normal ones."""
-
-    api_base: str = ""
-    rooms: dict[str, dict[str, Any]] = field(default_factory=dict)
-    seen: list[Seen] = field(default_factory=list)
-    events: list[tuple[str, str]] = field(default_factory=list)  # ("create" | "delete", meetingId), in order
-    script: list[Response | str | Slow] = field(default_factory=list)
-    clock_skew: timedelta = timedelta(0)
-    counter: int = 0
-
-    def answer_next(self, *answers: Response | str | Slow) -> None:
-        self.script.extend(answers)
-
-    def calls(self, method: str) -> int:
-        return sum(1 for s in self.seen if s.method == method)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        raw = await request.body()
-        self.seen.append(
-            Seen(
-                request.method,
-                scope["raw_path"].decode(),
-                request.headers.get("authorization", ""),
-                json.loads(raw) if raw else None,
-            )
-        )
-        answer = self.script.pop(0) if self.script else None
-        if answer == DROP:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 201,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"200")],
-                }
-            )
-            await send({"type": "http.response.body", "body": b'{"meetingId": ', "more_body": True})
-            return  # uvicorn closes the connection with the answer half sent
-        if isinstance(answer, Slow):
-            await asyncio.sleep(answer.seconds)
-        response = answer if isinstance(answer, Response) else self.handle(request, raw)
-        await response(scope, receive, send)
-
-    def handle(self, request: Request, raw: bytes) -> Response:
-        if request.headers.get("authorization") != f"Bearer {API_KEY}":
-            return Response(status_code=401)
-        path, method = request.url.path, request.method
-        if path == "/v1/meetings" and method == "POST":
-            return self.create(json.loads(raw))
-        match = re.fullmatch(r"/v1/meetings/([^/]+)", path)
-        if match and method == "GET":
-            room = self.rooms.get(match[1])
-            return JSONResponse(room) if room else whereby_error(404, "Meeting not found")
-        if match and method == "DELETE":
-            self.rooms.pop(match[1], None)
-            self.events.append(("delete", match[1]))
-            return Response(status_code=204)
-        return whereby_error(404, "Not found")
-
-    def create(self, body: dict[str, Any]) -> Response:
-        now = datetime.now(UTC) + self.clock_skew
-        try:
-            end = datetime.fromisoformat(body["endDate"])
-        except (KeyError, TypeError, ValueError):
-            return whereby_error(400, '"endDate" is required and must be a date-time')
-        if end < now:
-            return whereby_error(400, '"endDate" must be greater than or equal to "now"')
-        if body.get("roomMode", "normal") not in ("normal", "group"):
-            return whereby_error(400, '"roomMode" must be one of [group, normal]')
-        prefix = body.get("roomNamePrefix", "")
-        if not re.fullmatch(r"[a-z0-9-]{0,39}", prefix):
-            return whereby_error(400, '"roomNamePrefix" fails to match the required pattern')
-        fields = body.get("fields", [])
-        if not set(fields) <= {"hostRoomUrl", "viewerRoomUrl"}:
-            return whereby_error(400, '"fields" contains an invalid value')
-        self.counter += 1
-        meeting_id = str(self.counter)
-        room_name = f"/{prefix}{uuid.uuid4()}"
-        room = {
-            "meetingId": meeting_id,
-            "roomName": room_name,
-            "roomUrl": f"https://acme.whereby.com{room_name}",
-            "startDate": iso(now),
-            "endDate": iso(end),
-        }
-        if "hostRoomUrl" in fields:
-            room["hostRoomUrl"] = f"{room['roomUrl']}?roomKey={secrets.token_urlsafe(24)}"
-        self.rooms[meeting_id] = room
-        self.events.append(("create", meeting_id))
-        return JSONResponse(room, status_code=201)
-
-
 @pytest.fixture
 def whereby() -> Iterator[FakeWhereby]:
-    fake = FakeWhereby()
-    with serve_on_loopback(lambda url: fake) as url:
-        fake.api_base = f"{url}/v1"
+    with running_fake_whereby(FakeWhereby(api_key=API_KEY)) as fake:
         yield fake
 
 
@@ -560,6 +425,270 @@ async def test_a_room_whereby_removed_is_replaced_on_update(whereby: FakeWhereby
     new = await backend.update(context, room.vendor_meeting_id, sample_meeting(topic="Renamed demo"))
 
     assert new is not None and new.vendor_meeting_id in whereby.rooms
+
+
+# --- the bridge's key in the room name, and listing the rooms that carry one --------------------------
+
+
+def keyed(**overrides: Any) -> MeetingRequest:
+    return sample_meeting(key=secrets.token_hex(8), **overrides)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("prefix", ["", "acme-sales"])
+async def test_a_meeting_with_a_key_tags_the_room_name(
+    whereby: FakeWhereby, context: BackendContext, prefix: str
+) -> None:
+    meeting = keyed()
+    room = await backend_for(whereby, room_name_prefix=prefix).create(context, meeting)
+
+    assert whereby.seen[0].body["roomNamePrefix"] == f"{prefix}pvb{meeting.key}"
+    name = whereby.rooms[room.vendor_meeting_id]["roomName"]
+    assert name.startswith(f"/{prefix}pvb{meeting.key}") and room.join_url.endswith(name)
+
+
+@pytest.mark.anyio
+async def test_a_meeting_without_a_key_is_made_as_before(whereby: FakeWhereby, context: BackendContext) -> None:
+    await backend_for(whereby).create(context, sample_meeting())
+    await backend_for(whereby, room_name_prefix="acme").create(context, sample_meeting())
+    assert "roomNamePrefix" not in whereby.seen[0].body
+    assert whereby.seen[1].body["roomNamePrefix"] == "acme"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("length", [20, 21, 39])
+async def test_a_long_prefix_is_cut_so_the_tagged_prefix_fits_whereby(
+    whereby: FakeWhereby, context: BackendContext, length: int
+) -> None:
+    prefix = ("acme-sales-" * 4)[:length]
+    backend = backend_for(whereby, room_name_prefix=prefix)
+    meeting = keyed()
+    room = await backend.create(context, meeting)
+
+    sent = whereby.seen[0].body["roomNamePrefix"]
+    assert sent == f"{prefix[:20]}pvb{meeting.key}" and len(sent) == 39
+    assert room.vendor_meeting_id in whereby.live_rooms(), "Whereby accepted it"
+    assert [(r.vendor_meeting_id, r.key) for r in await backend.list_rooms(context)] == [
+        (room.vendor_meeting_id, meeting.key)
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_key_that_is_not_the_bridges_format_is_refused_before_calling_whereby(
+    whereby: FakeWhereby, context: BackendContext
+) -> None:
+    with pytest.raises(BackendError, match="16 lowercase hex"):
+        await backend_for(whereby).create(context, sample_meeting(key="0123456789ABCDEF"))
+    assert whereby.seen == []
+
+
+@pytest.mark.anyio
+async def test_an_update_that_makes_a_new_room_tags_it_too(whereby: FakeWhereby, context: BackendContext) -> None:
+    backend = backend_for(whereby, room_name_prefix="acme")
+    meeting = keyed()
+    old = await backend.create(context, meeting)
+    moved = dataclasses.replace(meeting, start_time=datetime(2031, 6, 1, 16, 0, tzinfo=UTC), duration=90)
+
+    new = await backend.update(context, old.vendor_meeting_id, moved)
+
+    assert new is not None and new.vendor_meeting_id != old.vendor_meeting_id
+    assert whereby.seen[-1].body["roomNamePrefix"] == f"acmepvb{meeting.key}"
+    listed = {(r.vendor_meeting_id, r.key) for r in await backend.list_rooms(context)}
+    assert listed == {(old.vendor_meeting_id, meeting.key), (new.vendor_meeting_id, meeting.key)}
+
+
+def test_the_backend_says_it_lists_rooms() -> None:
+    assert WherebyBackend.lists_rooms is True
+
+
+@pytest.mark.anyio
+async def test_list_rooms_follows_every_page_and_finds_exactly_the_tagged_rooms(
+    whereby: FakeWhereby, context: BackendContext
+) -> None:
+    backend = backend_for(whereby, room_name_prefix="acme")
+    tagged: dict[str, str] = {}
+    for n in range(230):
+        if n % 3 == 0:  # the bridge's own rooms
+            meeting = keyed()
+            tagged[(await backend.create(context, meeting)).vendor_meeting_id] = meeting.key
+        elif n % 3 == 1:  # made by this bridge before keys, or by a person with the same prefix
+            await backend.create(context, sample_meeting())
+        else:  # another prefix: another bridge on the same account, or another app
+            whereby.add_room(
+                ["", "acme-sales", "acmex", "other", "xacme"][n % 5] + ("pvb" + secrets.token_hex(8) if n % 2 else "")
+            )
+    gone = next(iter(tagged))
+    await backend.delete(context, gone)
+    del tagged[gone]
+    before = len(whereby.seen)
+
+    listed = await backend.list_rooms(context)
+
+    assert sorted((r.vendor_meeting_id, r.key) for r in listed) == sorted(tagged.items())
+    pages = whereby.seen[before:]
+    assert [(s.method, s.path.split("?")[0]) for s in pages] == [("GET", "/v1/meetings")] * 3
+    assert all("limit=100" in s.query for s in pages)
+    assert "cursor" not in pages[0].query and all("cursor=" in s.query for s in pages[1:])
+
+
+@pytest.mark.anyio
+async def test_list_rooms_of_an_empty_account_is_one_call(whereby: FakeWhereby, context: BackendContext) -> None:
+    assert await backend_for(whereby).list_rooms(context) == []
+    assert whereby.calls("GET") == 1
+
+
+@pytest.mark.anyio
+async def test_the_key_is_read_only_right_after_the_prefix(whereby: FakeWhereby, context: BackendContext) -> None:
+    """Whereby's uuids are hex too: a key-looking run later in the name is not a tag."""
+    key = "0123456789abcdef"
+    rooms = [
+        {"meetingId": "1", "roomName": f"/acmepvb{key}4b3bd908-1f2e-4c5d-8e7f-0a1b2c3d4e5f"},
+        {"meetingId": "2", "roomName": f"/acme4b3bd908-pvb{key}"},
+        {"meetingId": "3", "roomName": f"/4b3bd908acmepvb{key}"},
+        {"meetingId": "4", "roomName": f"/acmepvb{key[:15]}-4b3bd908"},
+        {"meetingId": "5", "roomName": f"/ACMEPVB{key.upper()}4b3bd908"},
+        {"meetingId": "6", "roomUrl": f"https://acme.whereby.com/acmepvb{key}4b3bd908?x=1"},  # no roomName
+        {"meetingId": "", "roomName": f"/acmepvb{key}4b3bd908"},
+        {"roomName": f"/acmepvb{key}4b3bd908"},
+        "not a room",
+    ]
+    whereby.answer_next(JSONResponse({"results": rooms, "cursor": None}))
+
+    listed = await backend_for(whereby, room_name_prefix="acme").list_rooms(context)
+
+    assert listed == [VendorRoom("1", key), VendorRoom("6", key)]
+
+
+@pytest.mark.anyio
+async def test_listing_with_a_wrong_api_key_tells_the_admin_to_check_it(
+    whereby: FakeWhereby, context: BackendContext
+) -> None:
+    backend = WherebyBackend.from_config(settings(whereby, api_key="not-the-right-key-0123456789"))
+    with pytest.raises(BackendError) as caught:
+        await backend.list_rooms(context)
+    assert caught.value.status == 502
+    assert "api_key" in caught.value.message and "administrator" in caught.value.message
+    assert "not-the-right-key" not in caught.value.message
+    assert whereby.calls("GET") == 1
+
+
+@pytest.mark.anyio
+async def test_whereby_down_while_listing_is_retried_then_unavailable(
+    whereby: FakeWhereby, context: BackendContext
+) -> None:
+    backend = backend_for(whereby)
+    await backend.create(context, keyed())
+    whereby.set_down()
+
+    with pytest.raises(BackendUnavailable) as caught:
+        await backend.list_rooms(context)
+
+    assert caught.value.status == 503 and "Whereby" in caught.value.message
+    assert whereby.calls("GET") == ATTEMPTS
+    whereby.set_down(False)
+    assert len(await backend.list_rooms(context)) == 1
+
+
+@pytest.mark.anyio
+async def test_a_503_storm_on_a_later_page_fails_the_whole_listing(
+    whereby: FakeWhereby, context: BackendContext
+) -> None:
+    backend = backend_for(whereby)
+    for _ in range(101):
+        whereby.add_room(f"pvb{secrets.token_hex(8)}")
+    whereby.answer_next(Slow(0), *[whereby_error(503, "Service Unavailable") for _ in range(ATTEMPTS)])
+    with pytest.raises(BackendUnavailable):
+        await backend.list_rooms(context)
+    assert whereby.calls("GET") == 1 + ATTEMPTS
+
+
+@pytest.mark.anyio
+async def test_list_rooms_is_retried_through_a_throttle(whereby: FakeWhereby, context: BackendContext) -> None:
+    whereby.add_room(f"pvb{'a' * 16}")
+    whereby.answer_next(throttled("0"))
+    assert await backend_for(whereby).list_rooms(context) == [VendorRoom("1", "a" * 16)]
+    assert whereby.calls("GET") == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "answer",
+    [
+        JSONResponse({"cursor": None}),
+        JSONResponse({"results": {"meetingId": "1"}, "cursor": None}),
+        JSONResponse({"results": [], "cursor": 2}),
+        JSONResponse(["not", "a", "page"]),
+        Response("<html>meetings</html>"),
+    ],
+)
+async def test_an_unreadable_list_is_a_clear_error(
+    whereby: FakeWhereby, context: BackendContext, answer: Response
+) -> None:
+    whereby.answer_next(answer)
+    with pytest.raises(BackendError, match="Whereby"):
+        await backend_for(whereby).list_rooms(context)
+
+
+@pytest.mark.anyio
+async def test_a_cursor_that_never_ends_is_an_error_not_a_loop(whereby: FakeWhereby, context: BackendContext) -> None:
+    page = JSONResponse({"results": [], "cursor": "again"})
+    whereby.answer_next(page, page)
+    with pytest.raises(BackendError, match="same page cursor"):
+        await backend_for(whereby).list_rooms(context)
+    assert whereby.calls("GET") == 2
+
+
+# --- the fake itself: what the backend relies on Whereby doing ------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "cursor=bm90LWEtY3Vyc29y"])
+async def test_the_fake_refuses_a_bad_page_request(whereby: FakeWhereby, query: str) -> None:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        response = await client.get(f"{whereby.api_base}/meetings?{query}")
+    assert response.status_code == 400 and response.json()["error"]
+
+
+@pytest.mark.anyio
+async def test_the_fake_pages_with_an_opaque_cursor_and_the_default_limit(whereby: FakeWhereby) -> None:
+    made = [whereby.add_room("acme") for _ in range(120)]
+    seen: list[str] = []
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        first = (await client.get(f"{whereby.api_base}/meetings")).json()
+        assert len(first["results"]) == 50 and first["cursor"] and "50" not in first["cursor"]
+        seen += [r["meetingId"] for r in first["results"]]
+        cursor = first["cursor"]
+        while cursor:
+            page = (await client.get(f"{whereby.api_base}/meetings", params={"cursor": cursor, "limit": 50})).json()
+            seen += [r["meetingId"] for r in page["results"]]
+            cursor = page["cursor"]
+    assert seen == made
+    assert all(r["roomName"].startswith("/acme") for r in whereby.rooms.values())
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("prefix", ["Acme", "acme sales", "x" * 40, 7])
+async def test_the_fake_refuses_a_prefix_whereby_would(whereby: FakeWhereby, prefix: Any) -> None:
+    body = {"endDate": "2031-05-14T10:15:00Z", "roomNamePrefix": prefix}
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        response = await client.post(f"{whereby.api_base}/meetings", json=body)
+    assert response.status_code == 400 and "roomNamePrefix" in response.json()["error"]
+    assert whereby.live_rooms() == set()
+
+
+def test_the_fake_can_be_switched_down_from_another_thread() -> None:
+    with running_fake_whereby() as fake:
+        headers = {"Authorization": f"Bearer {fake.api_key}"}
+        body = {"endDate": "2031-05-14T10:15:00Z"}
+        made = httpx.post(f"{fake.api_base}/meetings", headers=headers, json=body).json()["meetingId"]
+        assert fake.live_rooms() == {made}
+        thread = threading.Thread(target=fake.set_down)
+        thread.start()
+        thread.join()
+        assert httpx.get(f"{fake.api_base}/meetings/{made}", headers=headers).status_code == 503
+        fake.set_down(False)
+        assert httpx.delete(f"{fake.api_base}/meetings/{made}", headers=headers).status_code == 204
+        assert fake.live_rooms() == set()
 
 
 # --- settings ---------------------------------------------------------------------------------------

@@ -13,7 +13,24 @@ meeting can already be joined today.
   when the meeting was made, so keeping the room keeps that link working.
   Otherwise a new room is made and returned; the core stores it, then deletes
   the old one;
-- delete: ``DELETE /meetings/{meetingId}``; a room already gone counts as deleted.
+- delete: ``DELETE /meetings/{meetingId}``; a room already gone counts as deleted;
+- list_rooms: ``GET /meetings?limit=100`` page after page until Whereby gives no
+  ``cursor``; only rooms tagged with a bridge key (below) are reported.
+
+The tag: when the bridge gives a meeting a key (``MeetingRequest.key``, 16
+lowercase hex characters), the room is made with ``roomNamePrefix`` =
+``room_name_prefix`` + ``pvb`` + key, so Whereby names it
+``/<room_name_prefix>pvb<key><uuid>``. That is the only thing of the bridge's
+own Whereby keeps and gives back, and it lets the bridge find (and remove) a
+room made just before a crash, or by a create that timed out at the bridge but
+succeeded at Whereby. Whereby allows 39 characters of prefix; the tag takes 19,
+so ``room_name_prefix`` is cut to its first 20 characters in tagged rooms.
+Listing reads the key only right after that (cut) prefix: a room whose name
+does not start with ``/<prefix>pvb`` and 16 hex characters is not the bridge's.
+Bridges that share one Whereby account must each have their own
+``room_name_prefix`` (differing in its first 20 characters), or each would list
+the other's rooms. A meeting without a key gets ``room_name_prefix`` alone, as
+before.
 
 Retries (429, 503, connection errors, Retry-After) are the core's, under
 ``ctx.http``; this module turns Whereby's final answers into errors a person can act on.
@@ -36,6 +53,7 @@ from bridge.plugin import (
     BackendError,
     MeetingRequest,
     Room,
+    VendorRoom,
     hookimpl,
     raise_for_vendor,
     render_invitation,
@@ -47,6 +65,11 @@ MAX_GRACE_MINUTES = 7 * 24 * 60
 LATEST = datetime.max.replace(second=0, microsecond=0, tzinfo=UTC)
 MIN_ROOM_LIFETIME = timedelta(minutes=5)  # the shortest room made, e.g. for a meeting already over
 _PREFIX = re.compile(r"[a-z0-9-]{0,39}")  # Whereby's documented roomNamePrefix: lowercase, 39 characters at most
+MAX_PREFIX = 39
+TAG = "pvb"  # then the bridge's key: the start of every tagged room's name after room_name_prefix
+_KEY = re.compile(r"[0-9a-f]{16}")
+KEYED_PREFIX = MAX_PREFIX - len(TAG) - 16  # what is left of room_name_prefix in a tagged room: 20 characters
+PAGE_SIZE = 100  # Whereby's largest page of GET /meetings
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 KNOWN_SETTINGS = {
     "api_key",
@@ -125,9 +148,12 @@ def _error_detail(response: httpx.Response) -> str:
 class WherebyBackend(Backend):
     name = "whereby"
     title = "Whereby"
+    lists_rooms = True
 
     def __init__(self, settings: WherebySettings) -> None:
         self.settings = settings
+        # a tagged room's name: "/", the (cut) prefix, the tag and the key, at the very start (Whereby's uuid follows)
+        self._tag = re.compile(rf"/{re.escape(settings.room_name_prefix[:KEYED_PREFIX])}{TAG}([0-9a-f]{{16}})")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Self:
@@ -136,8 +162,9 @@ class WherebyBackend(Backend):
     async def create(self, ctx: BackendContext, meeting: MeetingRequest) -> Room:
         s = self.settings
         body: dict[str, Any] = {"endDate": _whereby_time(self.room_end(meeting)), "roomMode": s.room_mode}
-        if s.room_name_prefix:
-            body["roomNamePrefix"] = s.room_name_prefix
+        prefix = self.room_name_prefix(meeting.key)
+        if prefix:
+            body["roomNamePrefix"] = prefix
         if s.host_link_in_invitation:
             body["fields"] = ["hostRoomUrl"]
         response = await ctx.http.post(f"{s.api_base}/meetings", headers=self._auth, json=body)
@@ -153,6 +180,36 @@ class WherebyBackend(Backend):
         response = await ctx.http.delete(self._meeting_url(vendor_meeting_id), headers=self._auth)
         if response.status_code != 404:
             self._check(response, "delete the room")
+
+    async def list_rooms(self, ctx: BackendContext) -> list[VendorRoom]:
+        """Every room at Whereby whose name carries a bridge key after this bridge's prefix."""
+        found: dict[str, VendorRoom] = {}
+        cursor: str | None = None
+        cursors: set[str] = set()
+        while True:
+            params: dict[str, str | int] = {"limit": PAGE_SIZE}
+            if cursor:
+                params["cursor"] = cursor
+            response = await ctx.http.get(f"{self.settings.api_base}/meetings", headers=self._auth, params=params)
+            self._check(response, "list the rooms")
+            results, cursor = self._page(response)
+            for data in results:
+                room = self._tagged(data)
+                if room is not None:
+                    found.setdefault(room.vendor_meeting_id, room)
+            if not cursor:
+                return list(found.values())
+            if cursor in cursors:
+                raise BackendError("Whereby answered the same page cursor twice while the bridge listed its rooms")
+            cursors.add(cursor)
+
+    def room_name_prefix(self, key: str) -> str:
+        """The ``roomNamePrefix`` of a room for a meeting with this key (see the module's docstring)."""
+        if not key:
+            return self.settings.room_name_prefix
+        if not _KEY.fullmatch(key):
+            raise BackendError("the bridge gave a meeting key that is not 16 lowercase hex characters")
+        return f"{self.settings.room_name_prefix[:KEYED_PREFIX]}{TAG}{key}"
 
     def room_end(self, meeting: MeetingRequest) -> datetime:
         """The room's ``endDate``: the meeting's end plus the grace, and never (nearly) past.
@@ -198,6 +255,27 @@ class WherebyBackend(Backend):
         raise BackendError(
             f"Whereby refused to {action} (HTTP {response.status_code})" + (f": {detail}" if detail else "")
         )
+
+    def _page(self, response: httpx.Response) -> tuple[list[Any], str | None]:
+        try:
+            body = response.json()
+            results, cursor = body["results"], body.get("cursor")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise BackendError("Whereby's answer to listing the rooms had no results") from None
+        if not isinstance(results, list) or not (cursor is None or isinstance(cursor, str)):
+            raise BackendError("Whereby answered the list of rooms in a shape this bridge cannot read")
+        return results, cursor
+
+    def _tagged(self, data: Any) -> VendorRoom | None:
+        """The room, if its name starts with this bridge's prefix and tag; None for every other room."""
+        if not isinstance(data, dict) or not isinstance(data.get("meetingId"), str) or not data["meetingId"]:
+            return None
+        name = data.get("roomName")
+        if not isinstance(name, str) or not name:
+            url = data.get("roomUrl")
+            name = urlsplit(url).path if isinstance(url, str) else ""
+        match = self._tag.match(name if name.startswith("/") else f"/{name}")
+        return VendorRoom(vendor_meeting_id=data["meetingId"], key=match[1]) if match else None
 
     def _room(self, ctx: BackendContext, meeting: MeetingRequest, response: httpx.Response) -> Room:
         try:
