@@ -6,11 +6,16 @@ configured ``fallback_host``). ``ZoomUserBackend`` (``auth = "user"``) makes it
 with the user's own connected Zoom account instead. Retries, ``Retry-After``
 and network errors are the core's (``ctx.http``); only Zoom's daily limit on
 meeting creates and updates is never retried, as it lasts until midnight UTC.
+
+A meeting made for a bridge key carries it as the first line of its agenda
+(``Ref: pvb-<key>``), which Zoom's List meetings API returns (its first 250
+characters), so ``list_rooms`` finds the meetings a crash left behind.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any, Self, cast
 from urllib.parse import quote
@@ -27,6 +32,7 @@ from bridge.plugin import (
     MeetingRequest,
     Room,
     TokenRefused,
+    VendorRoom,
     render_invitation,
 )
 
@@ -41,11 +47,19 @@ TOPIC_MAX_LENGTH = 200
 SCHEDULED_MEETING = 2
 INVITATION_SECONDS = 5.0
 """How long the invitation text may take; after that the bridge writes its own."""
+KEY_TAG = "Ref: pvb-{key}"
+"""The agenda line that carries the bridge's key; the host sees it as the meeting's description."""
+KEY = re.compile(r"[0-9a-f]{16}")
+TAGGED = re.compile(r"^Ref: pvb-([0-9a-f]{16})\r?$", re.MULTILINE)
+"""The tag as a whole line of the agenda (Zoom keeps the host's edits around it)."""
+LIST_PAGE_SIZE = 300
+"""Zoom's largest page for List meetings."""
 
 
 class ZoomBackend(Backend):
     name = "zoom"
     title = "Zoom"
+    lists_rooms = True
 
     def __init__(self, settings: ZoomSettings) -> None:
         self.settings = settings
@@ -97,6 +111,17 @@ class ZoomBackend(Backend):
             return  # already gone
         raise_for_zoom(response, "delete the meeting")
 
+    async def list_rooms(self, ctx: BackendContext) -> list[VendorRoom]:
+        """The bridge's meetings of every host ``create`` would use for ``ctx``, each listed once.
+
+        A host Zoom does not know (404, code 1001) has none; a user without e-mail and no
+        ``fallback_host`` has no host, so nothing to list."""
+        rooms: dict[str, VendorRoom] = {}
+        for host in self._candidate_hosts(ctx):
+            for room in await self._list_for_host(ctx, host):
+                rooms.setdefault(room.vendor_meeting_id, room)
+        return list(rooms.values())
+
     # --- the meeting ----------------------------------------------------------------
 
     def _schedule(self, meeting: MeetingRequest) -> dict[str, Any]:
@@ -109,6 +134,8 @@ class ZoomBackend(Backend):
 
     def _new_meeting(self, meeting: MeetingRequest) -> dict[str, Any]:
         body = {**self._schedule(meeting), "type": SCHEDULED_MEETING}
+        if meeting.key:
+            body["agenda"] = _key_tag(meeting.key)
         if self.settings.switches:
             body["settings"] = dict(self.settings.switches)
         if self.settings.passcode is not None:
@@ -117,11 +144,16 @@ class ZoomBackend(Backend):
             body["default_password"] = self.settings.default_password
         return body
 
-    def _hosts(self, ctx: BackendContext) -> list[str]:
-        """Whom to make the meeting for, in order: the user's Zoom user by e-mail, then ``fallback_host``."""
+    def _candidate_hosts(self, ctx: BackendContext) -> list[str]:
+        """Whom meetings are made for, in order: the user's Zoom user by e-mail, then ``fallback_host``."""
         hosts = [ctx.user.email] if ctx.user.email else []
         if self.settings.fallback_host and self.settings.fallback_host not in hosts:
             hosts.append(self.settings.fallback_host)
+        return hosts
+
+    def _hosts(self, ctx: BackendContext) -> list[str]:
+        """The candidate hosts, or a message for the user when there is none."""
+        hosts = self._candidate_hosts(ctx)
         if not hosts:
             raise BackendError(
                 "your Pipedrive user has no e-mail address to find your Zoom user by, and no "
@@ -140,6 +172,29 @@ class ZoomBackend(Backend):
             log.info("no such zoom user; trying the fallback host", extra={"link_id": ctx.user.link_id})
         return response, host
 
+    async def _list_for_host(self, ctx: BackendContext, host: str) -> list[VendorRoom]:
+        """One host's tagged meetings, following ``next_page_token`` to the last page."""
+        rooms: list[VendorRoom] = []
+        params = {"type": "scheduled", "page_size": str(LIST_PAGE_SIZE)}
+        seen: set[str] = set()
+        while True:
+            response = await self._request(ctx, "GET", f"/users/{quote(host, safe='@')}/meetings", params=params)
+            if is_missing_user(response):
+                return []
+            raise_for_zoom(response, "list the meetings", host=host)
+            body = json_object(response)
+            meetings = body.get("meetings", [])
+            if not isinstance(meetings, list):
+                raise BackendError("Zoom answered the list of meetings without a list")
+            rooms.extend(room for item in meetings if (room := _tagged_room(item)) is not None)
+            token = body.get("next_page_token")
+            if not isinstance(token, str) or not token:
+                return rooms
+            if token in seen:
+                raise BackendError("Zoom's list of meetings did not end (it repeated a page)")
+            seen.add(token)
+            params = {**params, "next_page_token": token}
+
     async def _invitation(self, ctx: BackendContext, vendor_id: str) -> str | None:
         """Zoom's own invitation text, or None (the app lacks the scope, Zoom fails or is slow)."""
         with anyio.move_on_after(INVITATION_SECONDS):
@@ -157,7 +212,12 @@ class ZoomBackend(Backend):
     # --- calling Zoom ---------------------------------------------------------------
 
     async def _request(
-        self, ctx: BackendContext, method: str, path: str, json: dict[str, Any] | None = None
+        self,
+        ctx: BackendContext,
+        method: str,
+        path: str,
+        json: dict[str, Any] | None = None,
+        params: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """One API call; a token Zoom calls invalid (401, code 124) is replaced once and the call repeated once."""
         try:
@@ -165,6 +225,7 @@ class ZoomBackend(Backend):
                 method,
                 self.settings.api_base + path,
                 json=json,
+                params=params,
                 auth=self.tokens.auth(ctx),
                 extensions={RETRY_EXTENSION: worth_retrying},
             )
@@ -181,7 +242,7 @@ class ZoomUserBackend(ZoomBackend):
     def _token_source(self) -> UserTokens:
         return UserTokens(self.oauth)
 
-    def _hosts(self, ctx: BackendContext) -> list[str]:
+    def _candidate_hosts(self, ctx: BackendContext) -> list[str]:
         return ["me"]  # the connected account itself
 
     async def connect_url(self, ctx: BackendContext, callback_url: str, state: str) -> str:
@@ -195,6 +256,23 @@ class ZoomUserBackend(ZoomBackend):
 
     async def is_connected(self, ctx: BackendContext) -> bool:
         return await self.tokens.is_connected(ctx)
+
+
+def _key_tag(key: str) -> str:
+    if not KEY.fullmatch(key):
+        raise BackendError(f"{key!r} is not a bridge meeting key (16 lowercase hex characters)")
+    return KEY_TAG.format(key=key)
+
+
+def _tagged_room(item: Any) -> VendorRoom | None:
+    """The room of one List meetings entry, or None when it carries no bridge key (or no usable id)."""
+    if not isinstance(item, dict):
+        return None
+    meeting_id, agenda = item.get("id"), item.get("agenda")
+    if isinstance(meeting_id, bool) or not isinstance(meeting_id, int | str) or not str(meeting_id).isdigit():
+        return None
+    found = TAGGED.search(agenda) if isinstance(agenda, str) else None
+    return VendorRoom(vendor_meeting_id=str(meeting_id), key=found.group(1)) if found else None
 
 
 def _meeting_path(vendor_meeting_id: str) -> str:

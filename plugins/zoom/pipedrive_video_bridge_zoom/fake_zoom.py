@@ -8,6 +8,11 @@ OAuth errors ``{"reason": ..., "error": ...}``):
                                               refresh_token (rotated: a spent refresh token answers invalid_grant)
     POST   /v2/users/{userId}/meetings        201 with the meeting; 404 code 1001 for an unknown user,
                                               400 code 3161 for a user who may not host
+    GET    /v2/users/{userId}/meetings        the user's meetings: ``page_size`` (default 30, at most 300),
+                                              ``next_page_token`` (opaque, "" on the last page), ``total_records``;
+                                              ``agenda`` cut to 250 characters and left out when empty;
+                                              404 code 1001 and 400 code 3161 as for a create
+    GET    /v2/meetings/{meetingId}           the meeting, with its whole agenda
     PATCH  /v2/meetings/{meetingId}           204, no body
     DELETE /v2/meetings/{meetingId}           204; 404 code 3001 for a meeting that does not exist
     GET    /v2/meetings/{meetingId}/invitation  {"invitation": "..."}; 400 code 4711 without the scope
@@ -15,7 +20,8 @@ OAuth errors ``{"reason": ..., "error": ...}``):
 An expired or unknown access token answers 401 code 124. Faults a test can
 switch on: a per-user daily limit on creates and updates (429 until 00:00
 UTC, with or without ``X-RateLimit-Type``/``Retry-After``), per-second 429s,
-slow answers and dropped connections. Everything it saw is kept for assertions.
+server errors, slow answers and dropped connections. Everything it saw is kept
+for assertions; ``live_meetings()`` is Zoom's own ledger of the rooms that exist.
 """
 
 from __future__ import annotations
@@ -49,6 +55,13 @@ DAILY_LIMIT_MESSAGE = (
     "permitted for this particular user. You may resume these requests at GMT 00:00:00."
 )
 PER_SECOND_MESSAGE = "You have reached the maximum per-second rate limit for this API. Try again later."
+AGENDA_MAX_LENGTH = 2000
+LISTED_AGENDA_LENGTH = 250
+"""List meetings cuts each agenda to this; Get a meeting answers it whole."""
+LIST_PAGE_SIZE = (30, 300)  # List meetings: default and largest page_size
+PAGE_TOKEN_SECONDS = 15 * 60  # how long a next_page_token lasts
+LIST_TYPES = {"scheduled": True, "upcoming": True, "upcoming_meetings": True, "live": False, "previous_meetings": False}
+"""The documented ``type`` values and whether the fake's meetings (all scheduled, none started) are in them."""
 
 
 @dataclass
@@ -66,6 +79,16 @@ def _default_users() -> list[FakeZoomUser]:
     ]
 
 
+@dataclass(frozen=True)
+class ListPage:
+    """Where a ``next_page_token`` goes on: the rest of the list as it was when its first page was asked for."""
+
+    user_id: str
+    rest: list[str]
+    total: int
+    expiry: float
+
+
 @dataclass
 class FakeZoomState:
     client_id: str
@@ -79,13 +102,16 @@ class FakeZoomState:
     daily_limit: int | None = None  # creates + updates per user per day
     daily_limit_headers: bool = True  # documented headers; Zoom has been seen to send the body only
     invitation_scope: bool = True
+    list_scope: bool = True  # the app may list meetings
     delay: float = 0.0  # seconds before every API answer
     token_delay: float = 0.0  # seconds before every token answer
     drop_next: int = 0  # API requests whose connection is dropped before any answer
     busy_next: list[str | None] = field(default_factory=list)  # per-second 429s to answer, with this Retry-After
+    failing_next: list[int] = field(default_factory=list)  # server errors (500, 503...) to answer first
     # records
     meetings: dict[str, dict[str, Any]] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
+    page_tokens: dict[str, ListPage] = field(default_factory=dict)  # next_page_token -> what it goes on with
     access_tokens: dict[str, tuple[str | None, float]] = field(default_factory=dict)  # -> (user id, expiry)
     refresh_tokens: dict[str, str] = field(default_factory=dict)  # live refresh token -> user id
     spent_refresh_tokens: set[str] = field(default_factory=set)
@@ -117,6 +143,50 @@ class FakeZoomState:
     def user(self, id_or_email: str) -> FakeZoomUser | None:
         wanted = id_or_email.lower()
         return next((u for u in self.users if u.id.lower() == wanted or u.email.lower() == wanted), None)
+
+    def live_meetings(self, host: str | None = None) -> list[str]:
+        """The ids of the meetings that exist at Zoom (of one host, by id or e-mail, if given), oldest first."""
+        user = self.user(host) if host is not None else None
+        with self.lock:
+            return [
+                meeting_id
+                for meeting_id, meeting in self.meetings.items()
+                if host is None or (user is not None and meeting["host_id"] == user.id)
+            ]
+
+    def add_meeting(self, user: FakeZoomUser, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Store a new meeting of ``user`` from a (checked) create body and return it as Zoom answers it."""
+        meeting_id = secrets.randbelow(9 * 10**10) + 10**10  # 11 digits, beyond 32 bits like Zoom's
+        zak = "zak-" + secrets.token_urlsafe(24)
+        meeting = {
+            "id": meeting_id,
+            "uuid": secrets.token_urlsafe(16),
+            "host_id": user.id,
+            "host_email": user.email,
+            "topic": body["topic"],
+            "agenda": body.get("agenda", ""),
+            "type": 2,
+            "start_time": body["start_time"],
+            "duration": body["duration"],
+            "timezone": "UTC",
+            "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "password": body.get("password") or f"{secrets.randbelow(10**6):06d}",
+            "join_url": f"https://zoom.us/j/{meeting_id}?pwd={secrets.token_urlsafe(16)}",
+            "start_url": f"https://zoom.us/s/{meeting_id}?zak={zak}",
+            "settings": body.get("settings", {}),
+            "default_password": body.get("default_password", False),
+        }
+        with self.lock:
+            self.meetings[str(meeting_id)] = meeting
+            self.issued_secrets.append(zak)
+        return meeting
+
+    def schedule(self, host: str, topic: str = "Made in Zoom", agenda: str = "") -> str:
+        """A meeting the host scheduled in Zoom itself (not through the bridge); its id."""
+        user = self.user(host)
+        assert user is not None, "host must be one of the fake's users"
+        body = {"topic": topic, "start_time": "2031-05-14T09:30:00Z", "duration": 30, "agenda": agenda}
+        return str(self.add_meeting(user, body)["id"])
 
     def expire_access_tokens(self) -> None:
         """Every access token issued so far answers 401 code 124 from now on."""
@@ -180,6 +250,7 @@ class _Faults:
             drop = state.drop_next > 0
             state.drop_next -= drop
             busy = state.busy_next.pop(0) if state.busy_next and not drop else False
+            failing = state.failing_next.pop(0) if state.failing_next and not drop and busy is False else None
         if drop:
             # h11 refuses this header after the response has begun, so uvicorn closes the socket
             # without answering: to the client, the connection dropped
@@ -190,6 +261,9 @@ class _Faults:
         if busy is not False:
             headers = {"X-RateLimit-Type": "QPS", **({"Retry-After": str(busy)} if busy is not None else {})}
             await _zoom_error(429, 429, PER_SECOND_MESSAGE, headers)(scope, receive, send)
+            return
+        if failing is not None:
+            await _zoom_error(failing, failing, "Internal Error.")(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -231,11 +305,12 @@ def create_fake_zoom(state: FakeZoomState) -> ASGIApp:
             "start_time": lambda v: isinstance(v, str) and _START_TIME.fullmatch(v) is not None,
             "duration": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
             "password": lambda v: isinstance(v, str) and _PASSCODE.fullmatch(v) is not None,
+            "agenda": lambda v: isinstance(v, str) and len(v) <= AGENDA_MAX_LENGTH,
         }
         for key, ok in checks.items():
             if key in body and not ok(body[key]):
                 return f"Invalid field: {key}"
-            if key not in body and key != "password" and not partial:
+            if key not in body and key not in ("password", "agenda") and not partial:
                 return f"Missing field: {key}"
         return None
 
@@ -294,47 +369,34 @@ def create_fake_zoom(state: FakeZoomState) -> ASGIApp:
                 return JSONResponse(state.issue_user_tokens(user_id))
         return _oauth_error(400, "unsupported_grant_type", "Unsupported grant type")
 
+    def user_of_path(request: Request, own_id: str | None) -> FakeZoomUser | None:
+        """The ``{userId}`` of the path (an id, an e-mail or ``me``), if the caller may act for it."""
+        wanted = request.path_params["user_id"]
+        user = state.user(own_id or state.users[0].id) if wanted == "me" else state.user(wanted)
+        return None if user is None or (own_id is not None and user.id != own_id) else user
+
+    def may_not_host() -> JSONResponse:
+        return _zoom_error(400, 3161, "Your user account is not allowed meeting hosting and scheduling capabilities.")
+
+    def user_missing(request: Request) -> JSONResponse:
+        return _zoom_error(404, 1001, f"User does not exist: {request.path_params['user_id']}.")
+
     async def create_meeting(request: Request) -> Response:
         valid, own_id = caller(request)
         if not valid:
             return invalid_token()
-        wanted = request.path_params["user_id"]
-        user = state.user(own_id or state.users[0].id) if wanted == "me" else state.user(wanted)
-        if user is None or (own_id is not None and user.id != own_id):
-            return _zoom_error(404, 1001, f"User does not exist: {wanted}.")
+        user = user_of_path(request, own_id)
+        if user is None:
+            return user_missing(request)
         if not user.may_host:
-            return _zoom_error(
-                400, 3161, "Your user account is not allowed meeting hosting and scheduling capabilities."
-            )
+            return may_not_host()
         body = await request.json()
         problem = schedule_problem(body, partial=False)
         if problem:
             return _zoom_error(400, 300, problem)
         if not within_daily_limit(user.id):
             return daily_limit_reached()
-        meeting_id = secrets.randbelow(9 * 10**10) + 10**10  # 11 digits, beyond 32 bits like Zoom's
-        zak = "zak-" + secrets.token_urlsafe(24)
-        meeting = {
-            "id": meeting_id,
-            "uuid": secrets.token_urlsafe(16),
-            "host_id": user.id,
-            "host_email": user.email,
-            "topic": body["topic"],
-            "type": 2,
-            "start_time": body["start_time"],
-            "duration": body["duration"],
-            "timezone": "UTC",
-            "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "password": body.get("password") or f"{secrets.randbelow(10**6):06d}",
-            "join_url": f"https://zoom.us/j/{meeting_id}?pwd={secrets.token_urlsafe(16)}",
-            "start_url": f"https://zoom.us/s/{meeting_id}?zak={zak}",
-            "settings": body.get("settings", {}),
-            "default_password": body.get("default_password", False),
-        }
-        with state.lock:
-            state.meetings[str(meeting_id)] = meeting
-            state.issued_secrets.append(zak)
-        return JSONResponse(meeting, status_code=201)
+        return JSONResponse(state.add_meeting(user, body), status_code=201)
 
     async def update_meeting(request: Request) -> Response:
         valid, own_id = caller(request)
@@ -350,7 +412,7 @@ def create_fake_zoom(state: FakeZoomState) -> ASGIApp:
         if not within_daily_limit(meeting["host_id"]):
             return daily_limit_reached()
         with state.lock:
-            meeting.update({k: body[k] for k in ("topic", "start_time", "duration", "password") if k in body})
+            meeting.update({k: body[k] for k in ("topic", "agenda", "start_time", "duration", "password") if k in body})
         return Response(status_code=204)
 
     async def delete_meeting(request: Request) -> Response:
@@ -363,6 +425,60 @@ def create_fake_zoom(state: FakeZoomState) -> ASGIApp:
             state.meetings.pop(request.path_params["meeting_id"])
             state.deleted.append(request.path_params["meeting_id"])
         return Response(status_code=204)
+
+    async def list_meetings(request: Request) -> Response:
+        valid, own_id = caller(request)
+        if not valid:
+            return invalid_token()
+        if not state.list_scope:
+            return _zoom_error(
+                400,
+                4711,
+                "Invalid access token, does not contain scopes:[meeting:read:list_meetings, "
+                "meeting:read:list_meetings:admin].",
+            )
+        user = user_of_path(request, own_id)
+        if user is None:
+            return user_missing(request)
+        if not user.may_host:
+            return may_not_host()
+        query = request.query_params
+        kind = query.get("type", "scheduled")
+        if kind not in LIST_TYPES:
+            return _zoom_error(400, 300, "Invalid field: type")
+        size = query.get("page_size", str(LIST_PAGE_SIZE[0]))
+        if not size.isdigit() or int(size) < 1:
+            return _zoom_error(400, 300, "Invalid field: page_size")
+        page_size = min(int(size), LIST_PAGE_SIZE[1])
+        now = time.time()
+        with state.lock:
+            token = query.get("next_page_token", "")
+            if token:  # a token may be used again (a retry) until it expires
+                earlier = state.page_tokens.get(token)
+                if earlier is None or earlier.user_id != user.id or earlier.expiry < now:
+                    return _zoom_error(400, 300, "The next page token is invalid or expired.")
+                remaining, total = earlier.rest, earlier.total
+            else:  # the list as it is now; later pages go on from it
+                remaining = (
+                    [k for k, m in state.meetings.items() if m["host_id"] == user.id] if LIST_TYPES[kind] else []
+                )
+                total = len(remaining)
+            page, rest = remaining[:page_size], remaining[page_size:]
+            next_token = ""
+            if rest:
+                next_token = secrets.token_urlsafe(24)
+                state.page_tokens[next_token] = ListPage(user.id, rest, total, now + PAGE_TOKEN_SECONDS)
+            listed = [listed_meeting(state.meetings[k]) for k in page if k in state.meetings]
+        return JSONResponse(
+            {"page_size": page_size, "total_records": total, "next_page_token": next_token, "meetings": listed}
+        )
+
+    def listed_meeting(meeting: dict[str, Any]) -> dict[str, Any]:
+        fields = ("uuid", "id", "host_id", "topic", "type", "start_time", "duration", "timezone", "created_at")
+        item = {k: meeting[k] for k in fields}
+        if meeting["agenda"]:
+            item["agenda"] = meeting["agenda"][:LISTED_AGENDA_LENGTH]
+        return {**item, "join_url": meeting["join_url"]}
 
     async def get_meeting(request: Request) -> Response:
         valid, own_id = caller(request)
@@ -400,6 +516,7 @@ def create_fake_zoom(state: FakeZoomState) -> ASGIApp:
             Route("/oauth/authorize", authorize, methods=["GET"]),
             Route("/oauth/token", token, methods=["POST"]),
             Route("/v2/users/{user_id}/meetings", create_meeting, methods=["POST"]),
+            Route("/v2/users/{user_id}/meetings", list_meetings, methods=["GET"]),
             Route("/v2/meetings/{meeting_id}", get_meeting, methods=["GET"]),
             Route("/v2/meetings/{meeting_id}", update_meeting, methods=["PATCH"]),
             Route("/v2/meetings/{meeting_id}", delete_meeting, methods=["DELETE"]),

@@ -39,6 +39,19 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+HttpWith = Callable[..., httpx.AsyncClient]
+
+
+@pytest.fixture
+def http_with() -> HttpWith:
+    """``async with http_with(event_hooks=...) as client``: a client like ``http``, with the options given."""
+
+    def make(**options: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=RetryTransport(httpx.AsyncHTTPTransport(), FAST_RETRIES), **options)
+
+    return make
+
+
 @pytest.fixture
 def account_backend(zoom: FakeZoomState) -> ZoomBackend:
     return ZoomBackend.from_config(zoom.backend_config())
