@@ -96,7 +96,7 @@ class MeetingsConfig:
     default_backend: str = "jitsi"
     allowed_backends: tuple[str, ...] = ("jitsi",)
     retry_window_seconds: int = 120
-    operation_lease_seconds: float = 60.0
+    operation_lease_seconds: float = 30.0
     """How long a vendor call may hold its claim (or an outbox job); past that, another replica takes over."""
     job_retry_seconds: float = 5.0
     """The first wait before a failed outbox job runs again; it doubles each time, up to an hour."""

@@ -20,7 +20,7 @@ from bridge.storage.links import Link
 from bridge.storage.store import Store
 from bridge.testing import bridge_client, make_config, prepared_store
 from bridge.vendors.hookspecs import hookimpl
-from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room
+from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room, VendorRoom
 from bridge.vendors.invitation import render_invitation
 
 POSTGRES_ADMIN_URL = os.environ.get("PVB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -111,7 +111,7 @@ class FakeVendor:
 
 
 def make_fake_plugin(vendor: FakeVendor) -> Any:
-    """A plugin with two backends, ``fake`` and ``other``, that keep their rooms in ``vendor``."""
+    """A plugin with three backends, ``fake``, ``other`` and ``listing``, that keep their rooms in ``vendor``."""
 
     class FakeBackend(Backend):
         name = "fake"
@@ -158,6 +158,18 @@ def make_fake_plugin(vendor: FakeVendor) -> Any:
         name = "other"
         title = "Other Video"
 
+    class ListingBackend(FakeBackend):
+        """Tags rooms with the meeting's key and lists them, as a vendor with searchable rooms does."""
+
+        name = "listing"
+        title = "Listing Video"
+        lists_rooms = True
+
+        async def list_rooms(self, ctx: BackendContext) -> list[VendorRoom]:
+            vendor.take_failure("list")
+            vendor.calls.append((self.name, "list", ""))
+            return [VendorRoom(room_id, meeting.key) for room_id, meeting in vendor.rooms.items() if meeting.key]
+
     class Plugin:
         __name__ = "fake-plugin"
 
@@ -166,6 +178,7 @@ def make_fake_plugin(vendor: FakeVendor) -> Any:
         def register_backends(register: Any) -> None:
             register(FakeBackend)
             register(OtherBackend)
+            register(ListingBackend)
 
     return Plugin()
 

@@ -8,14 +8,15 @@ with SIGKILL in the middle of it; a new process starts on the same database. The
 - every meeting answered 201 is stored, with its join link, and deletes (204);
 - no active meeting row names a room the vendor does not have;
 - a room at the vendor without a row is possible, but only for a request still in
-  flight at the kill, and never for one answered 201. This is the "room created but
-  not stored" case: the bridge deletes such a room again when it *can* (the insert
-  fails), but a process killed after asking the vendor and before the commit cannot
-  (the vendor finishes a create whose caller is gone), and nothing it stored names
-  the room. Pipedrive got no answer, so it retries and gets a new room; the orphan
-  stays at the vendor (a Jitsi room simply ends). The second test makes that
+  flight at the kill, and never for one answered 201, and only because this fake
+  vendor cannot list its rooms: a process killed after asking the vendor and before
+  the commit leaves a room nothing stored names. Pipedrive got no answer; its retry
+  waits while the dead process's claim is leased, then makes a new room; the orphan
+  stays at this vendor (a Jitsi room simply ends). The second test makes that
   window certain by holding the database's write lock; the third shows that a
-  normal stop (SIGTERM) finishes and answers what is in flight instead.
+  normal stop (SIGTERM) finishes and answers what is in flight instead. For vendors
+  that list their rooms (Zoom, Whereby) the orphan is found and removed:
+  ``test_durable.py``.
 
 On SQLite and PostgreSQL. PVB_SOAK=1 runs more kill/restart cycles with more requests.
 """
@@ -57,6 +58,7 @@ CYCLES = 4 if SOAK else 1
 REQUESTS = 400 if SOAK else 120  # per cycle
 CONCURRENCY = 16
 START_SECONDS = 30
+LEASE = 5  # operation_lease_seconds: how long a killed process's claim holds up its request
 
 # --- the fake vendor ------------------------------------------------------------------------
 
@@ -185,9 +187,9 @@ uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
 def vendor_sections(vendor_url: str) -> dict[str, dict[str, Any]]:
     """The config file's sections besides the shared ones: a bridge on the fake vendor's backend."""
     return {
-        "server": {"public_url": "http://127.0.0.1", "backend_timeout_seconds": 10},
+        "server": {"public_url": "http://127.0.0.1", "backend_timeout_seconds": 4},
         "logging": {"level": "WARNING"},
-        "meetings": {"default_backend": "vendor", "allowed_backends": ["vendor"]},
+        "meetings": {"default_backend": "vendor", "allowed_backends": ["vendor"], "operation_lease_seconds": LEASE},
         "backends.vendor": {"url": vendor_url},
     }
 
@@ -422,8 +424,13 @@ async def test_a_room_made_but_not_stored_at_the_kill_stays_at_the_vendor(setup:
         rows = await anyio.to_thread.run_sync(meeting_rows, setup.config)
         assert rows == [] and list(setup.records.topics()) == [topic]  # the orphan: a room, no row
         async with httpx.AsyncClient(base_url=bridge.url, headers=setup.auth, timeout=20) as http:
-            # Pipedrive got no answer and retries: a new room, stored and answered; the orphan stays
-            retry = await http.post(f"/api/v1/links/{setup.link_id}/meetings", json=body(topic))
+            # Pipedrive got no answer and retries: while the dead process's claim is leased, the retry
+            # waits for it and is asked to try again; then it makes a new room, stored and answered
+            url = f"/api/v1/links/{setup.link_id}/meetings"
+            early = await http.post(url, json=body(topic))
+            assert early.status_code == 503 and "still being made" in early.text, early.text
+            await anyio.sleep(LEASE)
+            retry = await http.post(url, json=body(topic))
             assert retry.status_code == 201, retry.text
     assert setup.records.created == 2 and len(setup.records.rooms) == 2
     [row] = await anyio.to_thread.run_sync(meeting_rows, setup.config)

@@ -38,7 +38,7 @@ from bridge.runtime import StartupError, open_store, prepare_database
 from bridge.storage import migrations
 from bridge.storage.links import PIPEDRIVE_TOKENS, Link
 from bridge.storage.meetings import Meeting, StoredRoom, new_meeting, new_meeting_id
-from bridge.storage.schema import LINK_ACTIVE, MEETING_ACTIVE
+from bridge.storage.schema import LINK_ACTIVE, MEETING_ACTIVE, MEETING_DELETED
 from bridge.storage.secrets import backend_scope, link_scope, meeting_scope, shared_scope
 from bridge.storage.store import Store, StoreError, make_engine
 from bridge.storage.vault import Vault, VaultError, generate_key, key_id, load_or_create_key_file
@@ -250,7 +250,16 @@ async def test_a_release_0_1_database_is_upgraded_in_place(config: Config, datab
                     "hash": meeting.request_hash,
                 },
             )
-            for (scope, name), value in secrets.items():
+            # a meeting whose vendor failed its delete: release 0.1 left it "deleting" for Pipedrive to repeat
+            conn.execute(
+                text(
+                    "INSERT INTO meeting (id, link_id, backend, vendor_meeting_id, start_time, duration, state, "
+                    "created_at, updated_at) VALUES ('half-deleted', :link, 'jitsi', 'room-43', :start, 30, "
+                    "'deleting', :start, :start)"
+                ),
+                {"link": link.id, "start": _as_stored(engine, start)},
+            )
+            for (scope, name), value in [*secrets.items(), ((meeting_scope("half-deleted"), "room"), "{}")]:
                 kid, ciphertext = vault.encrypt(value, f"secret/{scope}/{name}")  # 0.1's context for a row
                 conn.execute(
                     text(
@@ -278,6 +287,11 @@ async def test_a_release_0_1_database_is_upgraded_in_place(config: Config, datab
         assert await store.get_room(meeting.id) == StoredRoom(**room)
         for (scope, name), value in secrets.items():
             assert await store.get_secret(scope, name) == value
+        # the half-deleted meeting is deleted, its room erased, and its vendor delete an outbox job
+        assert (await store.get_meeting(link.id, "half-deleted")).state == MEETING_DELETED  # type: ignore[union-attr]
+        assert await store.get_room("half-deleted") is None
+        [job] = await store.jobs()
+        assert (job.kind, job.vendor_meeting_id, job.state) == ("delete", "room-43", "pending")
         assert _schema_diff(store.engine, SQLModel.metadata) == []
         await prepare_database(store, config)  # a second start
         assert await anyio.to_thread.run_sync(migrations.migrate, store.engine) == []

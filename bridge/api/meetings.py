@@ -51,6 +51,7 @@ from bridge.vendors.invitation import render_invitation
 log = logging.getLogger(__name__)
 
 _CLEANUP_SECONDS = 10.0
+_STORE_MARGIN = 1.0
 _CLAIM_POLL = (0.02, 0.25)  # the first and the longest wait between two looks at a claim another request holds
 
 
@@ -104,7 +105,8 @@ class MeetingService:
         window = settings.retry_window_seconds
         fingerprint = request_fingerprint(link_id, request) if window else secrets.token_hex(32)
         since = utcnow() - timedelta(seconds=window) if window else None
-        deadline = anyio.current_time() + self.bridge.config.server.backend_timeout_seconds
+        # an identical request's vendor call ends within the timeout; a moment more lets it store its answer
+        deadline = anyio.current_time() + self.bridge.config.server.backend_timeout_seconds + _STORE_MARGIN
         wait, longest = _CLAIM_POLL
         while True:
             claimed = await self.store.claim_meeting(

@@ -1,6 +1,12 @@
-"""Durable meeting operations: postMeeting claims (recorded before the vendor call) and the outbox of vendor work."""
+"""Durable meeting operations: postMeeting claims (recorded before the vendor call) and the outbox of vendor work.
+
+Meetings an earlier release left ``deleting`` (the vendor had failed their delete)
+become deleted meetings with a pending delete job, so the outbox finishes them.
+"""
 
 from __future__ import annotations
+
+import time
 
 import sqlalchemy as sa
 from alembic import op
@@ -44,3 +50,14 @@ def upgrade() -> None:
     )
     op.create_index("ix_job_due", "job", ["state", "next_attempt"])
     op.create_index("ix_job_key", "job", ["room_key"])
+    op.get_bind().execute(
+        sa.text(
+            "INSERT INTO job (id, kind, backend, link_id, meeting_id, vendor_meeting_id, reason, state, attempts,"
+            " next_attempt, lease_until, created_at)"
+            " SELECT 'upgrade-' || id, 'delete', backend, link_id, id, vendor_meeting_id,"
+            " 'left deleting by an earlier release', 'pending', 0, :now, 0, :now FROM meeting WHERE state = 'deleting'"
+        ),
+        {"now": time.time()},
+    )
+    op.execute("DELETE FROM secret WHERE scope IN (SELECT 'meeting:' || id FROM meeting WHERE state = 'deleting')")
+    op.execute("UPDATE meeting SET state = 'deleted' WHERE state = 'deleting'")
