@@ -16,6 +16,7 @@ PVB_SOAK=1 runs more cycles with more requests.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import subprocess
@@ -43,7 +44,7 @@ pytestmark = pytest.mark.anyio
 
 SOAK = os.environ.get("PVB_SOAK") == "1"
 CYCLES = 5 if SOAK else 2
-REQUESTS = 120 if SOAK else 40  # meetings per cycle
+KILL_WITHIN = 6.0 if SOAK else 2.0  # seconds of load before the kill
 START_SECONDS = 30
 SETTLE_SECONDS = 60
 LEASE = 3.0  # operation_lease_seconds: a killed process's claims and jobs lapse after this
@@ -91,7 +92,7 @@ class Setup:
     tmp_path: Path
     config: Config
     config_path: Path
-    auth: str
+    auth: dict[str, str]
     links: dict[str, str]  # backend -> link id
 
     def serve(self, name: str, port: int | None = None) -> BridgeProcess:
@@ -164,7 +165,7 @@ async def test_the_same_post_meeting_at_two_replicas_in_any_order_makes_one_meet
     # (delay before the first copy, replica of the first copy, delay before the second copy)
     overlaps = [(0.0, 0.0), (0.0, 0.3), (0.0, 1.2), (0.3, 0.0), (1.2, 0.0), (0.0, 5.0)]
     try:
-        async with httpx.AsyncClient(timeout=30, headers={"Authorization": setup.auth}) as http:
+        async with httpx.AsyncClient(timeout=30, headers=setup.auth) as http:
             for case, (one_after, two_after) in enumerate(overlaps):
                 answers: list[httpx.Response] = []
 
@@ -193,17 +194,17 @@ async def test_the_same_post_meeting_at_two_replicas_in_any_order_makes_one_meet
 
 @dataclass
 class Load:
-    answered: dict[str, str]  # meeting id -> backend, answered 201 and not deleted since
+    answered: dict[str, str]  # meeting id -> backend, answered 201 and no delete sent since
     deleted: set[str]
 
 
 async def load_then_kill(setup: Setup, bridge: BridgeProcess, cycle: int, rng: random.Random) -> Load:
     """Meetings made, moved (Whereby rooms replaced) and deleted by 8 clients; SIGKILL in the middle."""
     load = Load({}, set())
-    kill_after = rng.uniform(0.8, 2.5)
+    kill_after = rng.uniform(0.8, KILL_WITHIN)
 
     async def client(worker: int, http: httpx.AsyncClient) -> None:
-        for n in range(worker, REQUESTS, 8):
+        for n in itertools.count(worker, 8):  # until the server is killed
             backend = "zoom" if n % 2 else "whereby"
             base = f"{bridge.url}/api/v1/links/{setup.links[backend]}/meetings"
             try:
@@ -217,15 +218,15 @@ async def load_then_kill(setup: Setup, bridge: BridgeProcess, cycle: int, rng: r
                         f"{base}/{meeting_id}", json=body(f"cycle {cycle} meeting {n}", day=20, duration=90)
                     )
                 if n % 4 == 0:
+                    del load.answered[meeting_id]  # from here on it may be deleted (the kill may cut the answer)
                     deleted = await http.delete(f"{base}/{meeting_id}")
                     if deleted.status_code == 204:
                         load.deleted.add(meeting_id)
-                        del load.answered[meeting_id]
             except httpx.HTTPError:
                 return  # the server is gone
 
     async with (
-        httpx.AsyncClient(timeout=10, headers={"Authorization": setup.auth}) as http,
+        httpx.AsyncClient(timeout=10, headers=setup.auth) as http,
         anyio.create_task_group() as tasks,
     ):
         for worker in range(8):
@@ -241,7 +242,7 @@ async def test_kill_9_under_load_leaves_no_orphan_and_loses_nothing(
 ) -> None:
     url = request.getfixturevalue("postgres_url") if database == "postgresql" else None
     setup = await make_setup(tmp_path, url or f"sqlite:///{tmp_path / 'bridge.sqlite3'}", vendors)
-    vendors.zoom.delay = 0.05
+    vendors.zoom.delay = 0.1  # so that several creates are in flight at every moment
     rng = random.Random(11)
     port = free_port()
     loads = []
@@ -256,12 +257,14 @@ async def test_kill_9_under_load_leaves_no_orphan_and_loses_nothing(
                 assert anyio.current_time() < deadline, f"still unsettled: {await store.jobs()}"
                 await anyio.sleep(0.2)
             live = await live_meetings(setup.config)
-            # every meeting answered 201 and not deleted is live, and every live one is at its vendor
+            # every meeting answered 201 and never sent a delete is live, and every live one is at its vendor
             for load in loads:
                 for meeting_id, backend in load.answered.items():
                     meeting = await store.meeting_by_id(meeting_id)
                     assert meeting is not None and meeting.state == MEETING_ACTIVE, meeting_id
                     assert meeting.vendor_meeting_id in live[backend]
+                for meeting_id in load.deleted:
+                    assert (await store.meeting_by_id(meeting_id)).state != MEETING_ACTIVE  # type: ignore[union-attr]
         assert sum(len(load.answered) for load in loads) > 10  # the load did make meetings before each kill
         assert ledgers(vendors) == live  # no orphan at either vendor, no meeting without its room
         checked = reconcile(setup.config_path, "--dry-run")
@@ -290,7 +293,7 @@ async def test_deletes_while_whereby_is_down_finish_once_it_is_back(
         bridge = setup.serve("bridge")
         base = f"{bridge.url}/api/v1/links/{setup.links['whereby']}/meetings"
         try:
-            async with httpx.AsyncClient(timeout=30, headers={"Authorization": setup.auth}) as http:
+            async with httpx.AsyncClient(timeout=30, headers=setup.auth) as http:
                 made = []
                 for n in range(12):
                     answer = await http.post(base, json=body(f"outage {n}"))
@@ -304,7 +307,7 @@ async def test_deletes_while_whereby_is_down_finish_once_it_is_back(
             pass
     # now nothing listens on Whereby's port: connection refused
     try:
-        async with httpx.AsyncClient(timeout=30, headers={"Authorization": setup.auth}) as http:
+        async with httpx.AsyncClient(timeout=30, headers=setup.auth) as http:
             for meeting_id in made[6:]:
                 assert (await http.delete(f"{base}/{meeting_id}")).status_code == 204
             async with prepared_store(setup.config) as store:

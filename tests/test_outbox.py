@@ -84,6 +84,22 @@ async def test_the_same_request_at_two_instances_at_once_makes_one_room(config, 
     assert list(vendor.rooms) == ["listing-1"]
 
 
+async def test_a_copy_of_a_request_another_process_is_still_making_is_asked_to_try_again(client, vendor, store, link):
+    request = MeetingRequest(topic=BODY["topic"], start_time=datetime(2030, 1, 1, 10, 0, tzinfo=UTC), duration=30)
+    held = await store.claim_meeting(
+        request_fingerprint(link.id, request), link.id, "listing", "busy:1:x", lease_seconds=60, since=None, sweep=True
+    )
+    assert held.ticket is not None
+    started = time.monotonic()
+
+    response = await client.post(url(link), json=BODY)
+
+    assert response.status_code == 503, response.text
+    assert "still being made" in response.json()["error"]
+    assert 2.5 < time.monotonic() - started < 6  # it waited out the vendor timeout (2 s) and a moment more
+    assert vendor.rooms == {}
+
+
 async def test_a_request_whose_first_copy_failed_makes_its_room_on_the_retry(client, vendor, store, link):
     vendor.fail["create"] = BackendError("Listing Video refused for now")
 
