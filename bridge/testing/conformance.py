@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 
 from bridge.config import BACKEND_NAME
 from bridge.testing.kit import make_context, sample_meeting
-from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room
+from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room, VendorRoom
 
 HOSTILE_TOPICS = [
     "Quarterly review",
@@ -104,3 +105,27 @@ class BackendConformance:
         room = await backend.create(context, sample_meeting())
         await backend.delete(context, room.vendor_meeting_id)
         await backend.delete(context, room.vendor_meeting_id)  # a room already gone counts as deleted: no error
+
+    @pytest.mark.anyio
+    async def test_lists_its_tagged_rooms_until_they_are_deleted(
+        self, backend: Backend, context: BackendContext
+    ) -> None:
+        """What the bridge's sweeps and ``reconcile`` rely on, for a backend that says it lists its rooms."""
+        if not type(backend).lists_rooms:
+            pytest.skip(f"{type(backend).title} does not list its rooms")
+        key = secrets.token_hex(8)
+        room = await backend.create(context, sample_meeting(key=key))
+        untagged = await backend.create(context, sample_meeting())
+        rooms = await backend.list_rooms(context)
+        assert all(isinstance(r, VendorRoom) for r in rooms), "list_rooms must return VendorRoom objects"
+        listed = {r.vendor_meeting_id: r.key for r in rooms}
+        assert listed.get(room.vendor_meeting_id) == key, "a room made with a key is listed with that key"
+        assert untagged.vendor_meeting_id not in listed, "a room made without a key is not the bridge's to list"
+
+        moved = await backend.update(context, room.vendor_meeting_id, sample_meeting(topic="Moved", key=key)) or room
+        assert {r.vendor_meeting_id: r.key for r in await backend.list_rooms(context)}.get(
+            moved.vendor_meeting_id
+        ) == key, "a moved room (or the new room a move made) carries the key too"
+        await backend.delete(context, moved.vendor_meeting_id)
+        listed_after = {r.vendor_meeting_id for r in await backend.list_rooms(context)}
+        assert moved.vendor_meeting_id not in listed_after, "a deleted room is no longer listed"

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 
 import pytest
 from pipedrive_video_bridge_zoom.fake_zoom import FakeZoomState
 
-from bridge.plugin import Backend, BackendContext, VendorRoom
-from bridge.testing import BackendConformance, sample_meeting
+from bridge.plugin import Backend, BackendContext
+from bridge.testing import BackendConformance
 
 
 class IssuedSecrets:
@@ -27,32 +26,7 @@ class IssuedSecrets:
             yield from list(self.zoom.issued_secrets)
 
 
-class ListsRooms:
-    """What the bridge relies on from ``list_rooms`` (checks the core's kit does not have yet)."""
-
-    @pytest.mark.anyio
-    async def test_lists_its_tagged_rooms_until_they_are_deleted(
-        self, backend: Backend, context: BackendContext
-    ) -> None:
-        assert type(backend).lists_rooms
-        key = secrets.token_hex(8)
-        room = await backend.create(context, sample_meeting(key=key))
-        untagged = await backend.create(context, sample_meeting())
-        rooms = await backend.list_rooms(context)
-        assert all(isinstance(r, VendorRoom) for r in rooms)
-        listed = {r.vendor_meeting_id: r.key for r in rooms}
-        assert listed.get(room.vendor_meeting_id) == key, "a room made with a key is listed with it"
-        assert untagged.vendor_meeting_id not in listed, "a room without a key is none of the bridge's business"
-
-        await backend.update(context, room.vendor_meeting_id, sample_meeting(topic="Moved", key=key))
-        assert {r.vendor_meeting_id: r.key for r in await backend.list_rooms(context)}.get(
-            room.vendor_meeting_id
-        ) == key
-        await backend.delete(context, room.vendor_meeting_id)
-        assert room.vendor_meeting_id not in {r.vendor_meeting_id for r in await backend.list_rooms(context)}
-
-
-class TestServerToServerConformance(ListsRooms, BackendConformance):
+class TestServerToServerConformance(BackendConformance):
     @pytest.fixture
     def backend(self, account_backend: Backend) -> Backend:
         return account_backend
@@ -66,7 +40,7 @@ class TestServerToServerConformance(ListsRooms, BackendConformance):
         return IssuedSecrets(zoom)
 
 
-class TestUserOAuthConformance(ListsRooms, BackendConformance):
+class TestUserOAuthConformance(BackendConformance):
     @pytest.fixture
     def backend(self, user_backend: Backend) -> Backend:
         return user_backend
