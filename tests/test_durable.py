@@ -303,8 +303,9 @@ async def test_deletes_while_whereby_is_down_finish_once_it_is_back(
                 whereby.set_down()  # 503 to everything
                 for meeting_id in made[:6]:
                     assert (await http.delete(f"{base}/{meeting_id}")).status_code == 204
-        finally:
-            pass
+        except BaseException:
+            bridge.stop()
+            raise
     # now nothing listens on Whereby's port: connection refused
     try:
         async with httpx.AsyncClient(timeout=30, headers=setup.auth) as http:
@@ -315,6 +316,11 @@ async def test_deletes_while_whereby_is_down_finish_once_it_is_back(
                 assert len(jobs) == 12 and all(job.state == "pending" for job in jobs)
                 assert all(job.last_error for job in jobs)
         assert len(whereby.live_rooms()) == 12  # none could be deleted yet
+        shown = reconcile(setup.config_path, "--dry-run")
+        assert shown.returncode == 1, shown.stdout + shown.stderr  # something is unresolved
+        assert "jobs: 12 pending, 0 failed" in shown.stdout
+        assert "rooms: could not be listed: Whereby could not be reached" in shown.stdout
+        assert shown.stdout.count("(meeting deleted): ") == 12 and "last error: " in shown.stdout
         whereby.set_down(False)
         with serve_on_loopback(build, port=port):  # Whereby is back, at the same address
             async with prepared_store(setup.config) as store:

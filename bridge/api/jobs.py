@@ -28,7 +28,7 @@ import httpx
 from bridge.api.vendor_calls import backend_context, call_backend
 from bridge.errors import BridgeError, ServiceUnavailable
 from bridge.runtime import Bridge
-from bridge.storage.outbox import Job
+from bridge.storage.outbox import Job, new_job
 from bridge.storage.schema import JOB_DELETE, JOB_SWEEP, MEETING_ACTIVE
 from bridge.vendors.interface import Backend, BackendContext
 
@@ -54,6 +54,21 @@ class JobRunner:
         self.bridge = bridge
         self.store = bridge.store
         self.lease = bridge.config.meetings.operation_lease_seconds
+
+    def delete_job(
+        self, backend: str, link_id: str, vendor_meeting_id: str, *, reason: str, meeting_id: str | None = None
+    ) -> Job:
+        """A job deleting one room, held by this process (it runs the job at once, once it is stored)."""
+        return new_job(
+            JOB_DELETE,
+            backend=backend,
+            link_id=link_id,
+            meeting_id=meeting_id,
+            vendor_meeting_id=vendor_meeting_id,
+            reason=reason,
+            holder=self.bridge.holder,
+            lease_seconds=self.lease,
+        )
 
     async def run_held(self, job: Job) -> JobResult:
         """One attempt at a job this process holds; never raises (what happened is in the job's row)."""

@@ -42,8 +42,8 @@ from bridge.storage.meetings import (
     room_key,
     sweep_job,
 )
-from bridge.storage.outbox import Job, new_job
-from bridge.storage.schema import JOB_DELETE, LINK_ACTIVE, MEETING_ACTIVE, MEETING_DELETED, utcnow
+from bridge.storage.outbox import Job
+from bridge.storage.schema import LINK_ACTIVE, MEETING_ACTIVE, MEETING_DELETED, utcnow
 from bridge.storage.transactions import StoreError
 from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room
 from bridge.vendors.invitation import render_invitation
@@ -256,36 +256,22 @@ class MeetingService:
     # --- vendor work that must finish -------------------------------------------------
 
     def _delete_job(self, meeting: Meeting, vendor_meeting_id: str, *, reason: str) -> Job:
-        return new_job(
-            JOB_DELETE,
-            backend=meeting.backend,
-            link_id=meeting.link_id,
-            meeting_id=meeting.id,
-            vendor_meeting_id=vendor_meeting_id,
-            reason=reason,
-            holder=self.bridge.holder,
-            lease_seconds=self.bridge.config.meetings.operation_lease_seconds,
+        return JobRunner(self.bridge).delete_job(
+            meeting.backend, meeting.link_id, vendor_meeting_id, reason=reason, meeting_id=meeting.id
         )
 
     async def _remove_room(
         self, backend: Backend, ctx: BackendContext, link_id: str, vendor_meeting_id: str, *, reason: str
     ) -> None:
         """Remove a room the bridge will not keep: as a job when the database takes one, else directly."""
-        job = new_job(
-            JOB_DELETE,
-            backend=backend.name,
-            link_id=link_id,
-            vendor_meeting_id=vendor_meeting_id,
-            reason=reason,
-            holder=self.bridge.holder,
-            lease_seconds=self.bridge.config.meetings.operation_lease_seconds,
-        )
+        runner = JobRunner(self.bridge)
+        job = runner.delete_job(backend.name, link_id, vendor_meeting_id, reason=reason)
         try:
             await self.store.add_job(job)
         except StoreError:
             await self._discard(backend, ctx, vendor_meeting_id, reason=reason)
         else:
-            await JobRunner(self.bridge).run_held(job)
+            await runner.run_held(job)
 
     async def _discard(self, backend: Backend, ctx: BackendContext, vendor_meeting_id: str, *, reason: str) -> None:
         """Best-effort removal when not even a job can be written; failures are logged, not raised."""

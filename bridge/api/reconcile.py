@@ -20,7 +20,7 @@ from bridge.api.vendor_calls import backend_context, call_backend
 from bridge.errors import BridgeError
 from bridge.runtime import Bridge
 from bridge.storage.meetings import room_key
-from bridge.storage.outbox import Job, new_job
+from bridge.storage.outbox import Job
 from bridge.storage.schema import JOB_DELETE, JOB_FAILED
 from bridge.vendors.interface import VendorRoom
 
@@ -155,15 +155,7 @@ async def resolve(bridge: Bridge, reports: list[BackendReport]) -> Resolution:
         for job in entry.jobs:
             resolution.jobs.append((job, await runner.take_and_run(job.id, failed_too=True)))
         for stray in entry.stray_rooms:
-            job = new_job(
-                JOB_DELETE,
-                backend=entry.backend,
-                link_id=stray.link_id,
-                vendor_meeting_id=stray.room.vendor_meeting_id,
-                reason="stray room",
-                holder=bridge.holder,
-                lease_seconds=bridge.config.meetings.operation_lease_seconds,
-            )
+            job = runner.delete_job(entry.backend, stray.link_id, stray.room.vendor_meeting_id, reason="stray room")
             await bridge.store.add_job(job)
             resolution.rooms.append((stray, await runner.run_held(job)))
     return resolution

@@ -200,58 +200,48 @@ class Meetings(Database):
         written with the claim: if this process dies, that job finds the room it made.
         """
         vault = self._require_vault()
+
+        def claim(conn: Connection) -> Claimed:
+            now = time.time()
+            query = select(CLAIMS).where(CLAIMS.c.fingerprint == fingerprint)
+            row = conn.execute(query if self.is_sqlite else query.with_for_update()).first()
+            if row is not None:
+                if row.state == CLAIM_CREATING and row.lease_until > now:
+                    return Claimed()
+                made = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+                if row.state == CLAIM_DONE and row.backend == backend and since is not None and made >= since:
+                    meeting = _meeting_of(conn, link_id, row.meeting_id)
+                    room = None if meeting is None else _room_of(conn, vault, meeting.id)
+                    if meeting is not None and meeting.state == MEETING_ACTIVE and room is not None:
+                        return Claimed(repeated=Repeated(meeting, room))
+            meeting_id = new_meeting_id()
+            values = {
+                "link_id": link_id,
+                "backend": backend,
+                "meeting_id": meeting_id,
+                "state": CLAIM_CREATING,
+                "holder": holder,
+                "lease_until": now + lease_seconds,
+                "created_at": utcnow(),
+            }
+            if row is None:
+                conn.execute(insert(CLAIMS), {"fingerprint": fingerprint, **values})
+            else:
+                conn.execute(update(CLAIMS).where(CLAIMS.c.fingerprint == fingerprint).values(**values))
+            sweep_job_id = None
+            if sweep:
+                job = sweep_job(backend, link_id, meeting_id, reason="create", delay=lease_seconds)
+                insert_job(conn, job)
+                sweep_job_id = job.id
+            return Claimed(ticket=Ticket(fingerprint, holder, meeting_id, sweep_job_id))
+
         for _ in range(3):
             try:
                 with self._transaction(write=True) as conn:
-                    return self._claim(conn, vault, fingerprint, link_id, backend, holder, lease_seconds, since, sweep)
+                    return claim(conn)
             except IntegrityError:
                 continue  # another replica inserted the same claim first: read it
-        raise LostClaim("the request's claim kept changing hands")
-
-    def _claim(
-        self,
-        conn: Connection,
-        vault: Vault,
-        fingerprint: str,
-        link_id: str,
-        backend: str,
-        holder: str,
-        lease_seconds: float,
-        since: datetime | None,
-        sweep: bool,
-    ) -> Claimed:
-        now = time.time()
-        query = select(CLAIMS).where(CLAIMS.c.fingerprint == fingerprint)
-        row = conn.execute(query if self.is_sqlite else query.with_for_update()).first()
-        if row is not None:
-            if row.state == CLAIM_CREATING and row.lease_until > now:
-                return Claimed()
-            made = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
-            if row.state == CLAIM_DONE and row.backend == backend and since is not None and made >= since:
-                meeting = _meeting_of(conn, link_id, row.meeting_id)
-                room = None if meeting is None else _room_of(conn, vault, meeting.id)
-                if meeting is not None and meeting.state == MEETING_ACTIVE and room is not None:
-                    return Claimed(repeated=Repeated(meeting, room))
-        meeting_id = new_meeting_id()
-        values = {
-            "link_id": link_id,
-            "backend": backend,
-            "meeting_id": meeting_id,
-            "state": CLAIM_CREATING,
-            "holder": holder,
-            "lease_until": now + lease_seconds,
-            "created_at": utcnow(),
-        }
-        if row is None:
-            conn.execute(insert(CLAIMS), {"fingerprint": fingerprint, **values})
-        else:
-            conn.execute(update(CLAIMS).where(CLAIMS.c.fingerprint == fingerprint).values(**values))
-        sweep_job_id = None
-        if sweep:
-            job = sweep_job(backend, link_id, meeting_id, reason="create", delay=lease_seconds)
-            insert_job(conn, job)
-            sweep_job_id = job.id
-        return Claimed(ticket=Ticket(fingerprint, holder, meeting_id, sweep_job_id))
+        return Claimed()  # it keeps changing hands: the caller looks again, as for a busy claim
 
     @writes
     def fail_claim(self, ticket: Ticket) -> None:
