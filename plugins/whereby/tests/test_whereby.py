@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from pipedrive_video_bridge_whereby import DEFAULT_API_BASE, KNOWN_SETTINGS, MIN_ROOM_LIFETIME, WherebyBackend
@@ -772,7 +773,12 @@ def config(tmp_path: Path, whereby: FakeWhereby) -> Config:
     return make_config(
         tmp_path,
         backends={"whereby": settings(whereby)},
-        meetings={"default_backend": "whereby", "allowed_backends": ["whereby"]},
+        meetings={
+            "default_backend": "whereby",
+            "allowed_backends": ["whereby"],
+            "job_poll_seconds": 0.05,  # the outbox worker looks often and retries soon
+            "job_retry_seconds": 0.05,
+        },
         server={"vendor_max_retry_after_seconds": 2},
     )
 
@@ -939,3 +945,37 @@ async def test_end_to_end_dropped_connection_is_503(
     whereby.answer_next(DROP)
     assert "Whereby" in assert_error(await pipedrive.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY), 503)
     assert whereby.calls("POST") == 1
+
+
+async def delete_answered(
+    pipedrive: httpx.AsyncClient, whereby: FakeWhereby, link_id: str, answer: Response
+) -> tuple[str, int]:
+    """A meeting made, then deleted by Pipedrive with Whereby giving ``answer`` to the delete."""
+    response = await pipedrive.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY)
+    meeting_url = f"/api/v1/links/{link_id}/meetings/{response.json()['data']['meeting_id']}"
+    whereby.answer_next(answer)
+    assert (await pipedrive.delete(meeting_url)).status_code == 204  # the deletion is queued, whatever Whereby says
+    return meeting_url, whereby.calls("DELETE")
+
+
+@pytest.mark.anyio
+async def test_end_to_end_a_delete_of_a_room_whereby_no_longer_has_ends_at_once(
+    pipedrive: httpx.AsyncClient, whereby: FakeWhereby, store: Store, link_id: str
+) -> None:
+    await delete_answered(pipedrive, whereby, link_id, whereby_error(404, "Meeting not found"))
+
+    assert await store.jobs() == []  # a room Whereby does not know is a room already deleted
+
+
+@pytest.mark.anyio
+async def test_end_to_end_a_delete_whereby_refuses_for_good_ends_failed_and_is_not_retried(
+    pipedrive: httpx.AsyncClient, whereby: FakeWhereby, store: Store, link_id: str
+) -> None:
+    meeting_url, deletes = await delete_answered(pipedrive, whereby, link_id, whereby_error(410, "Meeting is gone"))
+
+    [job] = await store.jobs()
+    assert job.state == "failed" and job.attempts == 1 and "HTTP 410" in (job.last_error or "")
+    await anyio.sleep(1.0)  # twenty of the worker's rounds leave an ended job alone
+    assert whereby.calls("DELETE") == deletes == 1
+    assert (await pipedrive.delete(meeting_url)).status_code == 204  # Pipedrive repeating it changes nothing
+    assert whereby.calls("DELETE") == 1
