@@ -52,6 +52,11 @@ def config(tmp_path: Path, database_url: str) -> Config:
     )
 
 
+def listing(_link: Link | None) -> tuple[str, bool]:
+    """A claim for the ``listing`` backend, which sweeps."""
+    return "listing", True
+
+
 def url(link: Link, meeting_id: str | None = None) -> str:
     base = f"/api/v1/links/{link.id}/meetings"
     return f"{base}/{meeting_id}" if meeting_id else base
@@ -87,7 +92,7 @@ async def test_the_same_request_at_two_instances_at_once_makes_one_room(config, 
 async def test_a_copy_of_a_request_another_process_is_still_making_is_asked_to_try_again(client, vendor, store, link):
     request = MeetingRequest(topic=BODY["topic"], start_time=datetime(2030, 1, 1, 10, 0, tzinfo=UTC), duration=30)
     held = await store.claim_meeting(
-        request_fingerprint(link.id, request), link.id, "listing", "busy:1:x", lease_seconds=60, since=None, sweep=True
+        request_fingerprint(link.id, request), link.id, listing, "busy:1:x", lease_seconds=60, since=None
     )
     assert held.ticket is not None
     started = time.monotonic()
@@ -115,7 +120,7 @@ async def test_a_claim_whose_process_died_lets_the_retry_through_and_its_room_is
     # process died before storing it: its claim (a short lease) and its sweep job are all that is left
     request = MeetingRequest(topic=BODY["topic"], start_time=datetime(2030, 1, 1, 10, 0, tzinfo=UTC), duration=30)
     dead = await store.claim_meeting(
-        request_fingerprint(link.id, request), link.id, "listing", "dead:1:x", lease_seconds=0.3, since=None, sweep=True
+        request_fingerprint(link.id, request), link.id, listing, "dead:1:x", lease_seconds=0.3, since=None
     )
     assert dead.ticket is not None
     vendor.rooms["listing-orphan"] = replace(request, key=room_key(dead.ticket.meeting_id))

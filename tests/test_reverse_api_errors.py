@@ -776,10 +776,10 @@ async def test_a_delete_the_vendor_refuses_ends_failed_and_is_not_retried(client
 
 
 async def test_an_unavailable_database_is_503(client, link, vendor, monkeypatch):
-    async def failing_lookup(self: Store, *args: Any) -> None:
+    async def failing_lookup(self: Store, *args: Any, **kwargs: Any) -> None:
         raise StoreError("database unavailable: OperationalError at 10.0.0.5")
 
-    monkeypatch.setattr(bridge.storage.store.Store, "get_link", failing_lookup)
+    monkeypatch.setattr(bridge.storage.store.Store, "claim_meeting", failing_lookup)
 
     response = await client.post(meetings_url(link.id), json=BODY)
 

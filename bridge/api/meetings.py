@@ -98,30 +98,35 @@ class MeetingService:
         makes every copy wait for the first and answer its meeting. After a user
         switches backends, the same request is a new room on the new backend.
         """
-        link = await self.link(link_id)
-        name = self.backend_for(link)
-        backend = self._backend(name)
         settings = self.bridge.config.meetings
         window = settings.retry_window_seconds
         fingerprint = request_fingerprint(link_id, request) if window else secrets.token_hex(32)
         since = utcnow() - timedelta(seconds=window) if window else None
+        chosen: dict[str, tuple[str, Backend]] = {}
+
+        def choose(found: Link | None) -> tuple[str, bool]:  # runs in the claim's transaction
+            name = self.backend_for(_usable(found))
+            backend = self._backend(name)
+            chosen["backend"] = (name, backend)
+            return name, backend.lists_rooms
+
         # an identical request's vendor call ends within the timeout; a moment more lets it store its answer
         deadline = anyio.current_time() + self.bridge.config.server.backend_timeout_seconds + _STORE_MARGIN
         wait, longest = _CLAIM_POLL
         while True:
             claimed = await self.store.claim_meeting(
                 fingerprint,
-                link.id,
-                name,
+                link_id,
+                choose,
                 self.bridge.holder,
                 lease_seconds=settings.operation_lease_seconds,
                 since=since,
-                sweep=backend.lists_rooms,
             )
             if claimed.repeated is not None:
                 return self._repeated(claimed.repeated)
-            if claimed.ticket is not None:
-                return await self._create(link, name, backend, request, claimed.ticket)
+            if claimed.ticket is not None and claimed.link is not None:
+                name, backend = chosen["backend"]
+                return await self._create(claimed.link, name, backend, request, claimed.ticket)
             if anyio.current_time() >= deadline:
                 raise ServiceUnavailable(
                     "the same meeting is still being made for an earlier request; please try again"

@@ -15,6 +15,7 @@ import hashlib
 import json
 import secrets as _secrets
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -88,10 +89,15 @@ class Ticket:
 @dataclass(frozen=True)
 class Claimed:
     """What claiming a postMeeting found: ours to make (``ticket``), already answered (``repeated``), or neither
-    (another request holds the claim and is making the meeting right now)."""
+    (another request holds the claim and is making the meeting right now); and the link, as read with it."""
 
+    link: Link | None = None
     ticket: Ticket | None = None
     repeated: Repeated | None = None
+
+
+ChooseBackend = Callable[[Link | None], tuple[str, bool]]
+"""Given the link as read (None: unknown), the backend to claim for and whether it sweeps; raises to refuse."""
 
 
 class LostClaim(Exception):
@@ -184,14 +190,16 @@ class Meetings(Database):
         self,
         fingerprint: str,
         link_id: str,
-        backend: str,
+        choose: ChooseBackend,
         holder: str,
         *,
         lease_seconds: float,
         since: datetime | None,
-        sweep: bool,
     ) -> Claimed:
-        """Claim a postMeeting before its vendor call: the request's fingerprint is the primary key of its claim.
+        """Read the link and claim a postMeeting before its vendor call, in one transaction.
+
+        The request's fingerprint is the primary key of its claim; ``choose`` picks the
+        backend from the link (and may raise, e.g. for an unknown link: nothing is written).
 
         A claim another holder still leases is busy; a done claim since ``since`` on the
         same backend, whose meeting is live, is the answer; anything else (none, failed,
@@ -202,18 +210,20 @@ class Meetings(Database):
         vault = self._require_vault()
 
         def claim(conn: Connection) -> Claimed:
+            link = link_from_row(conn.execute(LINK_BY_ID, {"id": link_id}).first())
+            backend, sweep = choose(link)
             now = time.time()
             query = select(CLAIMS).where(CLAIMS.c.fingerprint == fingerprint)
             row = conn.execute(query if self.is_sqlite else query.with_for_update()).first()
             if row is not None:
                 if row.state == CLAIM_CREATING and row.lease_until > now:
-                    return Claimed()
+                    return Claimed(link)
                 made = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
                 if row.state == CLAIM_DONE and row.backend == backend and since is not None and made >= since:
                     meeting = _meeting_of(conn, link_id, row.meeting_id)
                     room = None if meeting is None else _room_of(conn, vault, meeting.id)
                     if meeting is not None and meeting.state == MEETING_ACTIVE and room is not None:
-                        return Claimed(repeated=Repeated(meeting, room))
+                        return Claimed(link, repeated=Repeated(meeting, room))
             meeting_id = new_meeting_id()
             values = {
                 "link_id": link_id,
@@ -233,7 +243,7 @@ class Meetings(Database):
                 job = sweep_job(backend, link_id, meeting_id, reason="create", delay=lease_seconds)
                 insert_job(conn, job)
                 sweep_job_id = job.id
-            return Claimed(ticket=Ticket(fingerprint, holder, meeting_id, sweep_job_id))
+            return Claimed(link, ticket=Ticket(fingerprint, holder, meeting_id, sweep_job_id))
 
         for _ in range(3):
             try:
@@ -241,7 +251,7 @@ class Meetings(Database):
                     return claim(conn)
             except IntegrityError:
                 continue  # another replica inserted the same claim first: read it
-        return Claimed()  # it keeps changing hands: the caller looks again, as for a busy claim
+        return Claimed(None)  # it keeps changing hands: the caller looks again, as for a busy claim
 
     @writes
     def fail_claim(self, ticket: Ticket) -> None:
