@@ -24,7 +24,7 @@ from bridge.config import Config
 from bridge.errors import BackendError
 from bridge.runtime import open_bridge
 from bridge.storage.links import Link
-from bridge.storage.meetings import room_key
+from bridge.storage.meetings import Ticket, room_key
 from bridge.storage.schema import CLAIMS, JOBS, MEETING_ACTIVE
 from bridge.storage.store import Store
 from bridge.testing import bridge_client, load_plugins, make_config, wait_for_empty_outbox, wait_until
@@ -55,6 +55,19 @@ def config(tmp_path: Path, database_url: str) -> Config:
 def listing(_link: Link | None) -> tuple[str, bool]:
     """A claim for the ``listing`` backend, which sweeps."""
     return "listing", True
+
+
+BODY_REQUEST = MeetingRequest(topic=BODY["topic"], start_time=datetime(2030, 1, 1, 10, 0, tzinfo=UTC), duration=30)
+
+
+async def claim_elsewhere(store: Store, link: Link, *, lease_seconds: float) -> Ticket:
+    """BODY's postMeeting claimed by another process (one that may be dead), as the store records it."""
+    fingerprint = request_fingerprint(link.id, BODY_REQUEST)
+    claimed = await store.claim_meeting(
+        fingerprint, link.id, listing, "elsewhere:1:x", lease_seconds=lease_seconds, since=None
+    )
+    assert claimed.ticket is not None
+    return claimed.ticket
 
 
 def url(link: Link, meeting_id: str | None = None) -> str:
@@ -90,11 +103,7 @@ async def test_the_same_request_at_two_instances_at_once_makes_one_room(config, 
 
 
 async def test_a_copy_of_a_request_another_process_is_still_making_is_asked_to_try_again(client, vendor, store, link):
-    request = MeetingRequest(topic=BODY["topic"], start_time=datetime(2030, 1, 1, 10, 0, tzinfo=UTC), duration=30)
-    held = await store.claim_meeting(
-        request_fingerprint(link.id, request), link.id, listing, "busy:1:x", lease_seconds=60, since=None
-    )
-    assert held.ticket is not None
+    await claim_elsewhere(store, link, lease_seconds=60)
     started = time.monotonic()
 
     response = await client.post(url(link), json=BODY)
@@ -118,17 +127,13 @@ async def test_a_request_whose_first_copy_failed_makes_its_room_on_the_retry(cli
 async def test_a_claim_whose_process_died_lets_the_retry_through_and_its_room_is_swept(client, vendor, store, link):
     # a process claimed this request and the vendor made the room, tagged with the claim's key; then the
     # process died before storing it: its claim (a short lease) and its sweep job are all that is left
-    request = MeetingRequest(topic=BODY["topic"], start_time=datetime(2030, 1, 1, 10, 0, tzinfo=UTC), duration=30)
-    dead = await store.claim_meeting(
-        request_fingerprint(link.id, request), link.id, listing, "dead:1:x", lease_seconds=0.3, since=None
-    )
-    assert dead.ticket is not None
-    vendor.rooms["listing-orphan"] = replace(request, key=room_key(dead.ticket.meeting_id))
+    dead = await claim_elsewhere(store, link, lease_seconds=0.3)
+    vendor.rooms["listing-orphan"] = replace(BODY_REQUEST, key=room_key(dead.meeting_id))
 
     retried = await client.post(url(link), json=BODY)  # Pipedrive's retry waits out the lapsed lease
 
     assert retried.status_code == 201, retried.text
-    assert retried.json()["data"]["meeting_id"] != dead.ticket.meeting_id
+    assert retried.json()["data"]["meeting_id"] != dead.meeting_id
     await wait_until(lambda: "listing-orphan" not in vendor.rooms, what="the sweep of the dead claim's room")
     await wait_for_empty_outbox(store)
     assert list(vendor.rooms) == ["listing-1"]
