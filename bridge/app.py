@@ -32,9 +32,9 @@ from starlette.routing import Match, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge.api import routes as reverse_api
-from bridge.api.jobs import run_worker
 from bridge.api.manifest import build_manifest
 from bridge.api.openapi import build_openapi
+from bridge.api.reconcile import run_worker
 from bridge.config import Config
 from bridge.errors import BridgeError, PayloadTooLarge
 from bridge.logs import request_id_var

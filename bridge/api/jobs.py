@@ -200,21 +200,3 @@ class JobRunner:
         self.bridge.metrics.jobs.labels(job.kind, result.outcome).inc()
         if result.rooms_removed:
             self.bridge.metrics.rooms_removed.labels(job.backend, job.reason).inc(len(result.rooms_removed))
-
-
-async def run_worker(bridge: Bridge) -> None:
-    """The background worker of one replica: reconcile at start, then run due jobs and reconcile on a timer."""
-    from bridge.api.reconcile import drop_stale_claims  # the reconcile module builds on this one
-
-    runner = JobRunner(bridge)
-    settings = bridge.config.meetings
-    next_reconcile = 0.0
-    while True:
-        try:
-            if time.monotonic() >= next_reconcile:
-                await drop_stale_claims(bridge)
-                next_reconcile = time.monotonic() + settings.reconcile_interval_seconds
-            await runner.run_due()
-        except Exception:
-            log.exception("the outbox worker failed a round; it tries again")
-        await anyio.sleep(settings.job_poll_seconds)

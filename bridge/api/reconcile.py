@@ -15,6 +15,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import anyio
+
 from bridge.api.jobs import JobResult, JobRunner
 from bridge.api.vendor_calls import backend_context, call_backend
 from bridge.errors import BridgeError
@@ -194,3 +196,19 @@ def describe(reports: list[BackendReport], now: float | None = None) -> list[str
 
 def _when(seconds: float) -> str:
     return "now" if seconds <= 0 else f"in {seconds:.0f} s"
+
+
+async def run_worker(bridge: Bridge) -> None:
+    """The background worker of one replica: reconcile at start, then run due jobs and reconcile on a timer."""
+    runner = JobRunner(bridge)
+    settings = bridge.config.meetings
+    next_reconcile = 0.0
+    while True:
+        try:
+            if time.monotonic() >= next_reconcile:
+                await drop_stale_claims(bridge)
+                next_reconcile = time.monotonic() + settings.reconcile_interval_seconds
+            await runner.run_due()
+        except Exception:
+            log.exception("the outbox worker failed a round; it tries again")
+        await anyio.sleep(settings.job_poll_seconds)

@@ -321,8 +321,9 @@ class Meetings(Database):
     def links_of_backend(self, backend: str) -> list[str]:
         """The links that have (or had) meetings or claims on ``backend``: whose vendor accounts to list."""
         with self._transaction() as conn:
-            ids = {r[0] for r in conn.execute(select(MEETINGS.c.link_id).where(MEETINGS.c.backend == backend))}
-            ids |= {r[0] for r in conn.execute(select(CLAIMS.c.link_id).where(CLAIMS.c.backend == backend))}
+            meetings = select(MEETINGS.c.link_id).where(MEETINGS.c.backend == backend).distinct()
+            claims = select(CLAIMS.c.link_id).where(CLAIMS.c.backend == backend).distinct()
+            ids = {r[0] for r in conn.execute(meetings)} | {r[0] for r in conn.execute(claims)}
             return sorted(ids)
 
     @in_thread
