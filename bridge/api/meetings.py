@@ -65,6 +65,7 @@ class MeetingService:
     def __init__(self, bridge: Bridge, observation: Observation | None = None) -> None:
         self.bridge = bridge
         self.store = bridge.store
+        self.jobs = JobRunner(bridge)
         self.observation = observation or Observation()
 
     # --- lookups --------------------------------------------------------------------
@@ -102,13 +103,10 @@ class MeetingService:
         window = settings.retry_window_seconds
         fingerprint = request_fingerprint(link_id, request) if window else secrets.token_hex(32)
         since = utcnow() - timedelta(seconds=window) if window else None
-        chosen: dict[str, tuple[str, Backend]] = {}
 
         def choose(found: Link | None) -> tuple[str, bool]:  # runs in the claim's transaction
             name = self.backend_for(_usable(found))
-            backend = self._backend(name)
-            chosen["backend"] = (name, backend)
-            return name, backend.lists_rooms
+            return name, self._backend(name).lists_rooms
 
         # an identical request's vendor call ends within the timeout; a moment more lets it store its answer
         deadline = anyio.current_time() + self.bridge.config.server.backend_timeout_seconds + _STORE_MARGIN
@@ -125,8 +123,8 @@ class MeetingService:
             if claimed.repeated is not None:
                 return self._repeated(claimed.repeated)
             if claimed.ticket is not None and claimed.link is not None:
-                name, backend = chosen["backend"]
-                return await self._create(claimed.link, name, backend, request, claimed.ticket)
+                backend = self._backend(claimed.backend)
+                return await self._create(claimed.link, claimed.backend, backend, request, claimed.ticket)
             if anyio.current_time() >= deadline:
                 raise ServiceUnavailable(
                     "the same meeting is still being made for an earlier request; please try again"
@@ -224,7 +222,7 @@ class MeetingService:
                     await self._remove_room(backend, ctx, link.id, room.vendor_meeting_id, reason="update not stored")
                 raise ServiceUnavailable("the meeting change could not be saved; please try again") from exc
             if then is not None:
-                await JobRunner(self.bridge).run_held(then)
+                await self.jobs.run_held(then)
         log.info("meeting updated", extra={"meeting_id": meeting.id, "backend": meeting.backend})
 
     async def _same_room(self, meeting: Meeting, ctx: BackendContext, request: MeetingRequest) -> Room:
@@ -252,7 +250,7 @@ class MeetingService:
         job = self._delete_job(meeting, meeting.vendor_meeting_id, reason="meeting deleted")
         await self.store.delete_meeting(meeting.id, job)
         with anyio.CancelScope(shield=True):
-            result = await JobRunner(self.bridge).run_held(job)
+            result = await self.jobs.run_held(job)
         log.info(
             "meeting deleted" if result.outcome == "done" else "meeting deleted; its room's removal is queued",
             extra={"meeting_id": meeting.id, "backend": meeting.backend},
@@ -261,7 +259,7 @@ class MeetingService:
     # --- vendor work that must finish -------------------------------------------------
 
     def _delete_job(self, meeting: Meeting, vendor_meeting_id: str, *, reason: str) -> Job:
-        return JobRunner(self.bridge).delete_job(
+        return self.jobs.delete_job(
             meeting.backend, meeting.link_id, vendor_meeting_id, reason=reason, meeting_id=meeting.id
         )
 
@@ -269,14 +267,13 @@ class MeetingService:
         self, backend: Backend, ctx: BackendContext, link_id: str, vendor_meeting_id: str, *, reason: str
     ) -> None:
         """Remove a room the bridge will not keep: as a job when the database takes one, else directly."""
-        runner = JobRunner(self.bridge)
-        job = runner.delete_job(backend.name, link_id, vendor_meeting_id, reason=reason)
+        job = self.jobs.delete_job(backend.name, link_id, vendor_meeting_id, reason=reason)
         try:
             await self.store.add_job(job)
         except StoreError:
             await self._discard(backend, ctx, vendor_meeting_id, reason=reason)
         else:
-            await runner.run_held(job)
+            await self.jobs.run_held(job)
 
     async def _discard(self, backend: Backend, ctx: BackendContext, vendor_meeting_id: str, *, reason: str) -> None:
         """Best-effort removal when not even a job can be written; failures are logged, not raised."""

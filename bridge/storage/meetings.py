@@ -20,17 +20,16 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, insert, or_, select, update
+from sqlalchemy import Connection, Row, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bridge.storage.links import LINK_BY_ID, Link, link_from_row
-from bridge.storage.outbox import Job, insert_job, new_job, take_unclaimed
+from bridge.storage.outbox import Job, insert_job, new_job, sweep_in_flight_at, take_unclaimed
 from bridge.storage.schema import (
     CLAIM_CREATING,
     CLAIM_DONE,
     CLAIM_FAILED,
     CLAIMS,
-    JOB_PENDING,
     JOB_SWEEP,
     JOBS,
     MEETING_ACTIVE,
@@ -89,9 +88,10 @@ class Ticket:
 @dataclass(frozen=True)
 class Claimed:
     """What claiming a postMeeting found: ours to make (``ticket``), already answered (``repeated``), or neither
-    (another request holds the claim and is making the meeting right now); and the link, as read with it."""
+    (another request holds the claim and is making the meeting right now); and the link and backend it was for."""
 
     link: Link | None = None
+    backend: str = ""
     ticket: Ticket | None = None
     repeated: Repeated | None = None
 
@@ -217,13 +217,13 @@ class Meetings(Database):
             row = conn.execute(query if self.is_sqlite else query.with_for_update()).first()
             if row is not None:
                 if row.state == CLAIM_CREATING and row.lease_until > now:
-                    return Claimed(link)
+                    return Claimed(link, backend)
                 made = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
                 if row.state == CLAIM_DONE and row.backend == backend and since is not None and made >= since:
                     meeting = _meeting_of(conn, link_id, row.meeting_id)
                     room = None if meeting is None else _room_of(conn, vault, meeting.id)
                     if meeting is not None and meeting.state == MEETING_ACTIVE and room is not None:
-                        return Claimed(link, repeated=Repeated(meeting, room))
+                        return Claimed(link, backend, repeated=Repeated(meeting, room))
             meeting_id = new_meeting_id()
             values = {
                 "link_id": link_id,
@@ -243,7 +243,7 @@ class Meetings(Database):
                 job = sweep_job(backend, link_id, meeting_id, reason="create", delay=lease_seconds)
                 insert_job(conn, job)
                 sweep_job_id = job.id
-            return Claimed(link, ticket=Ticket(fingerprint, holder, meeting_id, sweep_job_id))
+            return Claimed(link, backend, ticket=Ticket(fingerprint, holder, meeting_id, sweep_job_id))
 
         for _ in range(3):
             try:
@@ -251,7 +251,7 @@ class Meetings(Database):
                     return claim(conn)
             except IntegrityError:
                 continue  # another replica inserted the same claim first: read it
-        return Claimed(None)  # it keeps changing hands: the caller looks again, as for a busy claim
+        return Claimed()  # it keeps changing hands: the caller looks again, as for a busy claim
 
     @writes
     def fail_claim(self, ticket: Ticket) -> None:
@@ -307,14 +307,7 @@ class Meetings(Database):
                 )
             )
             keys = {room_key(meeting_id) for (meeting_id,) in claims}
-            sweeps = conn.execute(
-                select(JOBS.c.room_key).where(
-                    JOBS.c.backend == backend,
-                    JOBS.c.kind == JOB_SWEEP,
-                    JOBS.c.state == JOB_PENDING,
-                    or_(JOBS.c.next_attempt > now, JOBS.c.lease_until > now),
-                )
-            )
+            sweeps = conn.execute(select(JOBS.c.room_key).where(JOBS.c.backend == backend, sweep_in_flight_at(now)))
             return keys | {key for (key,) in sweeps if key}
 
     @in_thread

@@ -90,6 +90,15 @@ def take_unclaimed(conn: Connection, job_id: str) -> bool:
     return result.rowcount == 1
 
 
+def sweep_in_flight_at(now: float) -> Any:
+    """A sweep job still covering an operation at ``now``: pending, not yet due, or held by a worker."""
+    return and_(
+        JOBS.c.kind == JOB_SWEEP,
+        JOBS.c.state == JOB_PENDING,
+        or_(JOBS.c.next_attempt > now, JOBS.c.lease_until > now),
+    )
+
+
 @dataclass(frozen=True)
 class OutboxStats:
     pending: int
@@ -176,11 +185,7 @@ class Outbox(Database):
         with self._transaction() as conn:
             return conn.execute(
                 select(func.max(JOBS.c.next_attempt)).where(
-                    JOBS.c.room_key == room_key,
-                    JOBS.c.kind == JOB_SWEEP,
-                    JOBS.c.id != job_id,
-                    JOBS.c.state == JOB_PENDING,
-                    or_(JOBS.c.next_attempt > now, JOBS.c.lease_until > now),
+                    JOBS.c.room_key == room_key, JOBS.c.id != job_id, sweep_in_flight_at(now)
                 )
             ).scalar()
 
