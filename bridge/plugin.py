@@ -18,9 +18,12 @@ from bridge.errors import BackendError, BackendTimeout, BackendUnavailable, Brid
 from bridge.vendors.hookspecs import hookimpl
 from bridge.vendors.http import RETRY_EXTENSION, raise_for_vendor
 from bridge.vendors.interface import (
+    GUEST,
+    HOST,
     Backend,
     BackendContext,
     CredentialStore,
+    Joining,
     MeetingRequest,
     Room,
     UserIdentity,
@@ -30,6 +33,8 @@ from bridge.vendors.invitation import render_invitation
 from bridge.vendors.tokens import Token, TokenAuth, TokenKeeper, TokenRefused, TokenStore
 
 __all__ = [
+    "GUEST",
+    "HOST",
     "RETRY_EXTENSION",
     "Backend",
     "BackendContext",
@@ -38,6 +43,7 @@ __all__ = [
     "BackendUnavailable",
     "BridgeError",
     "CredentialStore",
+    "Joining",
     "MeetingRequest",
     "Room",
     "Token",

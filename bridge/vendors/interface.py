@@ -45,6 +45,12 @@ class MeetingRequest:
     A backend whose vendor keeps something the bridge can read back (a field, a room
     name) tags the room with it at create and update, and reports it from
     :meth:`Backend.list_rooms`: that is how a room made just before a crash is found."""
+    join_link: str = ""
+    """The link the bridge hands out for this meeting (``<public_url>/j/<token>``), or empty when
+    the vendor's URL is handed out. When set, put it in the invitation instead of the room's URL,
+    and leave short-lived credentials out of ``Room.join_url``: :meth:`Backend.join_url` is asked
+    at every click. (The core puts the link in place of ``Room.join_url`` in any invitation that
+    still carries the room's URL.)"""
 
     @property
     def end_time(self) -> datetime:
@@ -98,6 +104,28 @@ class Room:
     join_url: str
     invitation: str
     password: str | None = None
+
+
+HOST = "host"
+"""The organiser: the Pipedrive user who owns the meeting, signed in on the bridge in this browser."""
+GUEST = "guest"
+"""Anyone else who opens the meeting's join link."""
+
+
+@dataclass(frozen=True)
+class Joining:
+    """Someone opening a meeting's join link, as :meth:`Backend.join_url` receives it."""
+
+    vendor_meeting_id: str
+    meeting: MeetingRequest
+    """The meeting as last made or moved: topic, start, duration, ``key`` and ``join_link``."""
+    role: str
+    """``HOST`` or ``GUEST``."""
+    join_url: str
+    """The room's join URL as ``create`` or ``update`` returned it."""
+    password: str | None = None
+    name: str = ""
+    """The person's name where the bridge knows it (the organiser's Pipedrive name); empty for a guest."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +187,22 @@ class Backend(ABC):
         nothing to list.
         """
         raise NotImplementedError(f"{self.title} cannot list its rooms")
+
+    # --- joining through the bridge's link --------------------------------------------
+
+    async def join_url(self, ctx: BackendContext, joining: Joining) -> str | None:
+        """Where to send the person opening the meeting's join link now; None: the room's ``join_url``.
+
+        Called at every click of ``<public_url>/j/<token>``, so credentials minted here
+        (a JWT, a signed URL) can be short-lived, and ``joining.role`` can pick the host's
+        way in (a start URL, a host room, a moderator token) for ``HOST``. ``ctx.user`` is
+        the organiser, whoever clicks. Errors are shown to the person as a page.
+        """
+        return None
+
+    creates_on_join: ClassVar[bool] = False
+    """True when the room is made at the first click (in :meth:`join_url`), not by ``create``: such a
+    backend has no URL to hand Pipedrive and works only with ``join_links = "bridge"``."""
 
     # --- the optional per-user connect flow (only when ``needs_user_account``) --------
 
