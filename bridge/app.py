@@ -42,7 +42,7 @@ from bridge.metrics import CONTENT_TYPE
 from bridge.pipedrive.tokens import run_upkeep
 from bridge.runtime import bridge_of, open_bridge
 from bridge.vendors.registry import PluginRegistry
-from bridge.web import install
+from bridge.web import home, install, join
 from bridge.web import settings as settings_page
 from bridge.web.pages import EVERY_RESPONSE_HEADERS, PAGE_HEADERS, page
 
@@ -63,7 +63,7 @@ async def _bridge_error(_request: Request, exc: Exception) -> Response:
     return error_response(exc.status, exc.message)
 
 
-_BROWSER_PATHS = ("/settings", "/oauth/")
+_BROWSER_PATHS = ("/settings", "/oauth/", "/j")
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -301,6 +301,8 @@ def create_app(
         *reverse_api.routes,
         *install.routes,
         *settings_page.routes,
+        *join.routes,
+        *home.routes,
     ]
     app = Starlette(
         routes=routes,

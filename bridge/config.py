@@ -26,6 +26,7 @@ CONFIG_ENV = "PVB_CONFIG"
 TRIAL_CLIENT_ID = "local-trial"
 TRIAL_CLIENT_SECRET = "local-trial-secret"
 BACKEND_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+JOIN_LINK_MODES = ("bridge", "vendor")
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,17 @@ class MeetingsConfig:
     job_max_attempts: int = 20
     job_poll_seconds: float = 5.0
     reconcile_interval_seconds: float = 300.0
+    join_links: str = "bridge"
+    """"bridge": Pipedrive gets ``<public_url>/j/<token>``, resolved at each click; "vendor": the vendor's URL."""
+    backend_join_links: Mapping[str, str] = field(default_factory=dict)
+    """Per backend, from ``join_links`` in its ``[backends.<name>]`` table: overrides ``join_links``."""
+    join_open_hours: float = 24.0
+    """How long after its scheduled end a meeting's join link still opens its room."""
+    join_misses_per_minute: int = 30
+    """Unknown join tokens one client may try per minute before its clicks are refused for a while."""
+
+    def join_links_for(self, backend: str) -> str:
+        return self.backend_join_links.get(backend, self.join_links)
 
 
 @dataclass(frozen=True)
@@ -197,6 +209,10 @@ def _check_level(value: Any) -> str | None:
     return value.upper() if isinstance(value, str) and value.upper() in levels else None
 
 
+def _check_join_links(value: Any) -> str | None:
+    return value if value in JOIN_LINK_MODES else None
+
+
 def _check_format(value: Any) -> str | None:
     return value if value in ("json", "text") else None
 
@@ -277,6 +293,9 @@ _SCHEMA: dict[str, dict[str, tuple[_Checker, str]]] = {
         "job_max_attempts": (_check_positive_int, "a positive integer"),
         "job_poll_seconds": (_check_positive_number, "a positive number of seconds"),
         "reconcile_interval_seconds": (_check_positive_number, "a positive number of seconds"),
+        "join_links": (_check_join_links, '"bridge" or "vendor"'),
+        "join_open_hours": (_check_positive_number, "a positive number of hours"),
+        "join_misses_per_minute": (_check_positive_int, "a positive integer"),
     },
 }
 
@@ -342,13 +361,14 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], source: Path | 
             _take(section, key, given, values, problems, where=f"environment {name}")
 
     backends = _parse_backends(raw.get("backends", {}), env, problems)
+    join_links = _backend_join_links(backends, problems)
     config = Config(
         server=ServerConfig(**values["server"]),
         pipedrive=PipedriveConfig(**values["pipedrive"]),
         database=DatabaseConfig(**values["database"]),
         vault=_vault_config(values["vault"], source),
         logging=LoggingConfig(**values["logging"]),
-        meetings=MeetingsConfig(**values["meetings"]),
+        meetings=MeetingsConfig(**values["meetings"], backend_join_links=join_links),
         backends=backends,
         source=source,
     )
@@ -418,6 +438,20 @@ def _parse_backends(raw: Any, env: Mapping[str, str], problems: _Problems) -> di
             else:
                 problems.add(f"environment {var}", "expected PVB_BACKENDS_<NAME>_<SETTING>")
     return backends
+
+
+def _backend_join_links(backends: dict[str, dict[str, Any]], problems: _Problems) -> dict[str, str]:
+    """``join_links`` in a backend's table is the core's setting, not the plugin's: taken out here."""
+    modes: dict[str, str] = {}
+    for name, table in backends.items():
+        if "join_links" not in table:
+            continue
+        value = table.pop("join_links")
+        if _check_join_links(value) is None:
+            problems.add(f"[backends.{name}] join_links", f'must be "bridge" or "vendor", got {value!r}')
+        else:
+            modes[name] = value
+    return modes
 
 
 def _cross_checks(config: Config, problems: _Problems) -> None:

@@ -76,6 +76,13 @@ class Metrics:
             "postMeeting claims whose process died, resolved by this process",
             registry=self.registry,
         )
+        self.join_clicks = Counter(
+            "pvb_join_clicks",
+            "Join links opened, by backend, role (host, guest, -) and outcome "
+            "(redirected, cancelled, ended, unknown, limited, failed)",
+            ["backend", "role", "outcome"],
+            registry=self.registry,
+        )
         self.outbox_jobs = Gauge(
             "pvb_outbox_jobs",
             "Outbox jobs in the database, by state (pending, failed)",

@@ -23,6 +23,7 @@ from starlette.requests import Request
 
 from bridge.config import Config
 from bridge.errors import ConfigError, ServiceUnavailable
+from bridge.limits import MissLimiter
 from bridge.metrics import Metrics
 from bridge.pipedrive.client import PipedriveClient
 from bridge.pipedrive.tokens import PipedriveTokens
@@ -72,6 +73,10 @@ def build_backends(registry: PluginRegistry, config: Config) -> tuple[Backends, 
             backends.missing[name] = reason
     for name, cls in registry.backends.items():
         try:
+            if cls.creates_on_join and config.meetings.join_links_for(name) != "bridge":
+                raise ValueError(
+                    f'join_links: {cls.title} makes its rooms at the first click, so it needs join_links = "bridge"'
+                )
             backends.available[name] = cls.from_config(config.backend_table(name))
         except (ValueError, TypeError, KeyError) as exc:
             backends.missing[name] = f"its configuration is invalid: {exc}"
@@ -110,6 +115,8 @@ class Bridge:
     tokens: PipedriveTokens
     signer: Signer
     metrics: Metrics
+    join_misses: MissLimiter
+    """Unknown join links tried, per client (this process's memory)."""
     holder: str = field(default_factory=lambda: new_holder())
     """This process's name on the claims, jobs and leases it holds."""
 
@@ -200,6 +207,7 @@ async def open_bridge(
                 tokens=PipedriveTokens(store, pipedrive, config.pipedrive.token_refresh_margin_seconds, metrics),
                 signer=Signer(store.vault.derive("signing")),
                 metrics=metrics,
+                join_misses=MissLimiter(config.meetings.join_misses_per_minute),
             )
     finally:
         store.close()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import anyio
 import httpx
@@ -20,7 +21,7 @@ from bridge.storage.links import Link
 from bridge.storage.store import Store
 from bridge.testing import bridge_client, make_config, prepared_store
 from bridge.vendors.hookspecs import hookimpl
-from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room, VendorRoom
+from bridge.vendors.interface import Backend, BackendContext, Joining, MeetingRequest, Room, VendorRoom
 from bridge.vendors.invitation import render_invitation
 
 POSTGRES_ADMIN_URL = os.environ.get("PVB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -103,6 +104,7 @@ class FakeVendor:
     delay: float = 0.0
     new_room_on_update: bool = False
     counter: int = 0
+    joins: list[Joining] = field(default_factory=list)  # what each click's join_url was given
 
     def take_failure(self, operation: str) -> None:
         exc = self.fail.pop(operation, None)
@@ -170,6 +172,20 @@ def make_fake_plugin(vendor: FakeVendor) -> Any:
             vendor.calls.append((self.name, "list", ""))
             return [VendorRoom(room_id, meeting.key) for room_id, meeting in vendor.rooms.items() if meeting.key]
 
+    class JoiningBackend(FakeBackend):
+        """Picks the way in at each click, as a vendor with host links and minted tokens does."""
+
+        name = "joining"
+        title = "Joining Video"
+
+        async def join_url(self, ctx: BackendContext, joining: Joining) -> str | None:
+            vendor.take_failure("join")
+            vendor.calls.append((self.name, "join", joining.vendor_meeting_id))
+            vendor.joins.append(joining)
+            vendor.counter += 1
+            query = urlencode({"role": joining.role, "name": joining.name, "minted": vendor.counter})
+            return f"{joining.join_url}?{query}"
+
     class Plugin:
         __name__ = "fake-plugin"
 
@@ -179,6 +195,7 @@ def make_fake_plugin(vendor: FakeVendor) -> Any:
             register(FakeBackend)
             register(OtherBackend)
             register(ListingBackend)
+            register(JoiningBackend)
 
     return Plugin()
 

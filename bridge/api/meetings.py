@@ -12,6 +12,9 @@ The rules that hold whatever the vendor, on one replica or several, across crash
 - **sweeps**: before a call that may make a room, a backend that can list its rooms
   gets a sweep job due when the call's lease ends; storing the room removes it, so a
   process killed mid-call leaves a job that finds and removes the room it made;
+- **join links**: unless the backend's ``join_links`` is "vendor", Pipedrive gets the bridge's
+  own ``<public_url>/j/<token>`` (and the invitation carries it), resolved at each click
+  (``bridge.web.join``); the token is kept encrypted with the room, its hash on the meeting;
 - every vendor failure becomes a BridgeError with a status (502/503/504).
 """
 
@@ -28,6 +31,7 @@ import anyio
 
 from bridge.api.jobs import JobRunner
 from bridge.api.vendor_calls import backend_context, call_backend
+from bridge.config import Config
 from bridge.errors import Gone, NotFound, ServiceUnavailable
 from bridge.metrics import Observation
 from bridge.runtime import Bridge
@@ -38,6 +42,8 @@ from bridge.storage.meetings import (
     Repeated,
     StoredRoom,
     Ticket,
+    join_key,
+    new_join_token,
     new_meeting,
     room_key,
     sweep_job,
@@ -53,6 +59,12 @@ log = logging.getLogger(__name__)
 _CLEANUP_SECONDS = 10.0
 _STORE_MARGIN = 1.0
 _CLAIM_POLL = (0.02, 0.25)  # the first and the longest wait between two looks at a claim another request holds
+JOIN_PREFIX = "/j/"
+
+
+def join_link(config: Config, token: str | None) -> str:
+    """The join URL the bridge hands out for a meeting with this token ("" for none)."""
+    return config.server.public_url.rstrip("/") + JOIN_PREFIX + token if token else ""
 
 
 @dataclass(frozen=True)
@@ -138,7 +150,7 @@ class MeetingService:
         log.info("repeated postMeeting answered with the meeting already made", extra={"meeting_id": meeting.id})
         room = Room(
             vendor_meeting_id=meeting.vendor_meeting_id,
-            join_url=stored.join_url,
+            join_url=join_link(self.bridge.config, stored.join_token) or stored.join_url,
             invitation=stored.invitation,
             password=stored.password,
         )
@@ -148,7 +160,10 @@ class MeetingService:
         self, link: Link, name: str, backend: Backend, request: MeetingRequest, ticket: Ticket
     ) -> CreatedMeeting:
         ctx = backend_context(self.bridge, link, name)
-        keyed = dataclasses.replace(request, key=room_key(ticket.meeting_id))
+        token = new_join_token() if self.bridge.config.meetings.join_links_for(name) == "bridge" else None
+        keyed = dataclasses.replace(
+            request, key=room_key(ticket.meeting_id), join_link=join_link(self.bridge.config, token)
+        )
         try:
             room = await call_backend(self.bridge, backend, "create the meeting", lambda: backend.create(ctx, keyed))
         except BaseException:
@@ -163,10 +178,12 @@ class MeetingService:
             duration=request.duration,
             request_hash=ticket.fingerprint,
             meeting_id=ticket.meeting_id,
+            join_key=join_key(token) if token else None,
         )
+        answer = handed_out(room, keyed.join_link)
         with anyio.CancelScope(shield=True):
             try:
-                await self.store.add_meeting(meeting, _stored_room(room), ticket)
+                await self.store.add_meeting(meeting, _stored_room(room, answer, token, keyed), ticket)
             except Exception as exc:
                 await self._remove_room(backend, ctx, link.id, room.vendor_meeting_id, reason="create not stored")
                 if isinstance(exc, LostClaim):
@@ -177,7 +194,7 @@ class MeetingService:
                     "the meeting could not be saved, so its room was removed again; please try again"
                 ) from exc
         log.info("meeting created", extra={"meeting_id": meeting.id, "backend": name})
-        return CreatedMeeting(meeting.id, room)
+        return CreatedMeeting(meeting.id, answer)
 
     async def _release(self, ticket: Ticket) -> None:
         """After a failed vendor call: identical requests may try again (the claim's sweep job stays)."""
@@ -193,17 +210,22 @@ class MeetingService:
             raise NotFound("this meeting was deleted")
         backend = self._backend(meeting.backend)
         ctx = backend_context(self.bridge, link, meeting.backend)
+        stored = await self.store.get_room(meeting.id)
+        if stored is None:
+            raise ServiceUnavailable("the meeting's stored room could not be read; please try again")
         old_vendor_id = meeting.vendor_meeting_id
         lease = self.bridge.config.meetings.operation_lease_seconds
         sweep = None
         if backend.lists_rooms:  # a move may make a new room: cover the call as a create is covered
             sweep = sweep_job(meeting.backend, link.id, meeting.id, reason="update", delay=lease)
             await self.store.add_job(sweep)
-        keyed = dataclasses.replace(request, key=room_key(meeting.id))
+        keyed = dataclasses.replace(
+            request, key=room_key(meeting.id), join_link=join_link(self.bridge.config, stored.join_token)
+        )
         updated = await call_backend(
             self.bridge, backend, "update the meeting", lambda: backend.update(ctx, old_vendor_id, keyed)
         )
-        room = updated or await self._same_room(meeting, ctx, request)
+        room = updated or _same_room(meeting, stored, ctx, keyed)
         replaced = room.vendor_meeting_id != old_vendor_id
         then = self._delete_job(meeting, old_vendor_id, reason="replaced by update") if replaced else None
         with anyio.CancelScope(shield=True):
@@ -211,7 +233,7 @@ class MeetingService:
                 await self.store.replace_room(
                     meeting,
                     vendor_meeting_id=room.vendor_meeting_id,
-                    room=_stored_room(room),
+                    room=_stored_room(room, handed_out(room, keyed.join_link), stored.join_token, keyed),
                     start_time=request.start_time,
                     duration=request.duration,
                     sweep_job_id=None if sweep is None else sweep.id,
@@ -224,19 +246,6 @@ class MeetingService:
             if then is not None:
                 await self.jobs.run_held(then)
         log.info("meeting updated", extra={"meeting_id": meeting.id, "backend": meeting.backend})
-
-    async def _same_room(self, meeting: Meeting, ctx: BackendContext, request: MeetingRequest) -> Room:
-        """The stored room with an invitation for the new time, for a backend whose update returned None."""
-        stored = await self.store.get_room(meeting.id)
-        if stored is None:
-            raise ServiceUnavailable("the meeting's stored room could not be read; please try again")
-        invitation = render_invitation(request, stored.join_url, user=ctx.user, password=stored.password)
-        return Room(
-            vendor_meeting_id=meeting.vendor_meeting_id,
-            join_url=stored.join_url,
-            invitation=invitation,
-            password=stored.password,
-        )
 
     async def delete(self, link: Link, meeting: Meeting) -> None:
         """Mark the meeting deleted and queue its room's removal in one transaction, then remove it.
@@ -301,5 +310,34 @@ def request_fingerprint(link_id: str, request: MeetingRequest) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _stored_room(room: Room) -> StoredRoom:
-    return StoredRoom(join_url=room.join_url, invitation=room.invitation, password=room.password)
+def _same_room(meeting: Meeting, stored: StoredRoom, ctx: BackendContext, request: MeetingRequest) -> Room:
+    """The stored room with an invitation for the new time, for a backend whose update returned None."""
+    shown = request.join_link or stored.join_url
+    invitation = render_invitation(request, shown, user=ctx.user, password=stored.password)
+    return Room(
+        vendor_meeting_id=meeting.vendor_meeting_id,
+        join_url=stored.join_url,
+        invitation=invitation,
+        password=stored.password,
+    )
+
+
+def handed_out(room: Room, link: str) -> Room:
+    """The room as Pipedrive gets it: with a bridge join link, that link in place of the vendor's URL."""
+    if not link:
+        return room
+    invitation = room.invitation.replace(room.join_url, link) if room.join_url else room.invitation
+    if link not in invitation:
+        invitation = f"{invitation.rstrip()}\n\nJoin: {link}"
+    return dataclasses.replace(room, join_url=link, invitation=invitation)
+
+
+def _stored_room(room: Room, answer: Room, token: str | None, request: MeetingRequest) -> StoredRoom:
+    """What is kept: the vendor's URL (a click resolves it), the invitation as answered, the link's token."""
+    return StoredRoom(
+        join_url=room.join_url,
+        invitation=answer.invitation,
+        password=room.password,
+        join_token=token,
+        topic=request.topic if token else "",
+    )

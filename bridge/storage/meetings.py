@@ -56,15 +56,19 @@ class Meeting:
     request_hash: str | None
     created_at: datetime
     updated_at: datetime
+    join_key: str | None = None
 
 
 @dataclass(frozen=True)
 class StoredRoom:
-    """What the vendor gave us for a meeting: kept encrypted (a join URL may carry a token)."""
+    """A meeting's room, kept encrypted (a join URL may carry a token): the vendor's ``join_url``, the
+    invitation as Pipedrive got it, and, for a meeting with a bridge join link, its token and topic."""
 
     join_url: str
     invitation: str
     password: str | None = None
+    join_token: str | None = None
+    topic: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ def new_meeting(
     duration: int,
     request_hash: str | None = None,
     meeting_id: str | None = None,
+    join_key: str | None = None,
 ) -> Meeting:
     """An active meeting (with a new id unless a claim gave one), ready for ``Store.add_meeting``."""
     now = utcnow()
@@ -136,6 +141,7 @@ def new_meeting(
         request_hash=request_hash,
         created_at=now,
         updated_at=now,
+        join_key=join_key,
     )
 
 
@@ -146,16 +152,45 @@ def meeting_from_row(row: Row[Any] | None) -> Meeting | None:
 
 def room_text(room: StoredRoom) -> str:
     """The plaintext a room is stored as (encrypted, as the ``room`` secret of the meeting's scope)."""
-    return json.dumps({"join_url": room.join_url, "invitation": room.invitation, "password": room.password})
+    data: dict[str, Any] = {"join_url": room.join_url, "invitation": room.invitation, "password": room.password}
+    if room.join_token:
+        data.update(join_token=room.join_token, topic=room.topic)
+    return json.dumps(data)
 
 
 def _room_from_text(value: str) -> StoredRoom:
     data = json.loads(value)
-    return StoredRoom(join_url=data["join_url"], invitation=data["invitation"], password=data.get("password"))
+    return StoredRoom(
+        join_url=data["join_url"],
+        invitation=data["invitation"],
+        password=data.get("password"),
+        join_token=data.get("join_token"),
+        topic=data.get("topic", ""),
+    )
+
+
+def new_join_token() -> str:
+    """A join link's token: 192 random bits, URL-safe (32 characters)."""
+    return _secrets.token_urlsafe(24)
+
+
+def join_key(token: str) -> str:
+    """What the database keeps to find a join link's meeting: the token's SHA-256 (a dump holds no token)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class JoinTarget:
+    """What a join link names: its meeting, the meeting's link, and its room (None once deleted)."""
+
+    meeting: Meeting
+    link: Link | None
+    room: StoredRoom | None
 
 
 # the statements of the reverse API's path, built once so SQLAlchemy's compiled cache always hits
 _MEETING_BY_ID = select(MEETINGS).where(MEETINGS.c.id == bindparam("id"))
+_MEETING_BY_JOIN_KEY = select(MEETINGS).where(MEETINGS.c.join_key == bindparam("key"))
 _INSERT_MEETING = insert(MEETINGS)
 
 
@@ -177,6 +212,17 @@ class Meetings(Database):
         """The meeting, only if it belongs to this link: another link's id is simply unknown."""
         with self._transaction() as conn:
             return _meeting_of(conn, link_id, meeting_id)
+
+    @in_thread
+    def join_target(self, token: str) -> JoinTarget | None:
+        """The meeting a join link's token names, with its link and room, in one transaction; None: unknown."""
+        vault = self._require_vault()
+        with self._transaction() as conn:
+            meeting = meeting_from_row(conn.execute(_MEETING_BY_JOIN_KEY, {"key": join_key(token)}).first())
+            if meeting is None:
+                return None
+            link = link_from_row(conn.execute(LINK_BY_ID, {"id": meeting.link_id}).first())
+            return JoinTarget(meeting, link, _room_of(conn, vault, meeting.id))
 
     @in_thread
     def get_link_and_meeting(self, link_id: str, meeting_id: str) -> tuple[Link | None, Meeting | None]:

@@ -67,7 +67,10 @@ class MeetingTable(SQLModel, table=True):
     """The bridge's own meeting id, mapped to the backend and vendor id that made the room."""
 
     __tablename__ = "meeting"
-    __table_args__ = (Index("ix_meeting_link_request", "link_id", "request_hash"),)
+    __table_args__ = (
+        Index("ix_meeting_link_request", "link_id", "request_hash"),
+        Index("ux_meeting_join_key", "join_key", unique=True),
+    )
 
     id: str = Field(primary_key=True, max_length=64)
     link_id: str = Field(foreign_key="link.id", index=True, max_length=64)
@@ -79,6 +82,8 @@ class MeetingTable(SQLModel, table=True):
     request_hash: str | None = Field(default=None, max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    # the SHA-256 of the meeting's join-link token (the token is kept encrypted with the room); NULL: no bridge link
+    join_key: str | None = Field(default=None, max_length=64)
 
 
 class SecretTable(SQLModel, table=True):

@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from bridge.runtime import Bridge
 from bridge.storage.links import Link
+from bridge.storage.schema import LINK_ACTIVE
 
 SESSION_COOKIE = "pvb_session"
 STATE_COOKIE = "pvb_oauth_state"
@@ -78,6 +79,22 @@ def read_session(request: Request, bridge: Bridge) -> Session | None:
         )
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def is_users_link(session: Session, link: Link) -> bool:
+    """Whether the session was started by this link's user (and the link is still live)."""
+    return (
+        link.id == session.link_id
+        and link.status == LINK_ACTIVE
+        and link.pipedrive_user_id == session.user_id
+        and link.company_id == session.company_id
+    )
+
+
+def signed_in_as(request: Request, bridge: Bridge, link: Link) -> bool:
+    """Whether this browser is signed in as the link's user, in a session not ended since (its generation)."""
+    session = read_session(request, bridge)
+    return session is not None and is_users_link(session, link) and link.session_generation == session.generation
 
 
 def csrf_token(bridge: Bridge, session: Session) -> str:

@@ -27,11 +27,19 @@ from bridge.api.vendor_calls import backend_context, call_backend
 from bridge.errors import BridgeError
 from bridge.runtime import Bridge, bridge_of
 from bridge.storage.links import Link
-from bridge.storage.schema import LINK_ACTIVE
 from bridge.vendors.interface import Backend
 from bridge.web.install import LOGIN
 from bridge.web.pages import Refuse, browser_page, page, sentence, templates
-from bridge.web.sessions import Session, connect_state, connect_state_ok, csrf_ok, csrf_token, end_session, read_session
+from bridge.web.sessions import (
+    Session,
+    connect_state,
+    connect_state_ok,
+    csrf_ok,
+    csrf_token,
+    end_session,
+    is_users_link,
+    read_session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +89,7 @@ def _forbidden(request: Request, message: str) -> Response:
 
 async def _active_link(request: Request, bridge: Bridge, session: Session) -> Link:
     link = await bridge.store.get_link(session.link_id)
-    if (
-        link is None
-        or link.status != LINK_ACTIVE
-        or link.pipedrive_user_id != session.user_id
-        or link.company_id != session.company_id
-    ):
+    if link is None or not is_users_link(session, link):
         raise Refuse(
             page(
                 request,
