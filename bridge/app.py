@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bridge.api import routes as reverse_api
 from bridge.api.manifest import build_manifest
+from bridge.api.meetings import JOIN_PREFIX
 from bridge.api.openapi import build_openapi
 from bridge.api.reconcile import run_worker
 from bridge.config import Config
@@ -139,7 +140,7 @@ class RequestMiddleware:
                 "request",
                 extra={
                     "method": scope["method"],
-                    "path": scope["path"],
+                    "path": logged_path(scope["path"]),
                     "status": status,
                     "ms": round((time.perf_counter() - started) * 1000, 2),
                 },
@@ -160,6 +161,11 @@ class RequestMiddleware:
             return message
 
         return limited
+
+
+def logged_path(path: str) -> str:
+    """The path as the access log shows it: a join link's token is a way into a meeting, so it is left out."""
+    return JOIN_PREFIX + "…" if path.startswith(JOIN_PREFIX) and len(path) > len(JOIN_PREFIX) else path
 
 
 def _too_large(limit: int) -> Response:

@@ -95,14 +95,18 @@ async def test_post_meeting_answers_201_with_exactly_the_contract_fields(client,
     # the vendor made exactly one room, and the bridge answers with that room's details
     assert list(vendor.rooms) == ["fake-1"]
     assert vendor.calls == [("fake", "create", "fake-1")]
-    assert data["join_url"] == "https://video.example.com/fake-1"
+    assert data["join_url"].startswith("https://bridge.example.com/j/")  # the bridge's own link to that room
     assert data["password"] == "s3cret-pass"
     assert data["join_url"] in data["invitation"]
     assert "Demo with Acme" in data["invitation"]
 
     room = vendor.rooms["fake-1"]
     assert room == MeetingRequest(
-        topic="Demo with Acme", start_time=datetime(2030, 1, 1, 10, 0, tzinfo=UTC), duration=30, key=room.key
+        topic="Demo with Acme",
+        start_time=datetime(2030, 1, 1, 10, 0, tzinfo=UTC),
+        duration=30,
+        key=room.key,
+        join_link=data["join_url"],
     )
     assert room.key == room_key(data["meeting_id"])  # the tag a backend may put on the room
 
@@ -130,9 +134,14 @@ async def test_post_meeting_stores_the_room_encrypted(client, link, store):
 
     room = await store.get_room(data["meeting_id"])
     assert room is not None
-    assert (room.join_url, room.invitation, room.password) == (data["join_url"], data["invitation"], data["password"])
+    assert (room.join_url, room.invitation, room.password) == (
+        "https://video.example.com/fake-1",
+        data["invitation"],
+        data["password"],
+    )
+    assert data["join_url"].endswith("/j/" + str(room.join_token))
     _, secrets = await all_rows(store)
-    assert secrets and all(data["join_url"] not in s.ciphertext for s in secrets)
+    assert secrets and all(room.join_url not in s.ciphertext and "/j/" not in s.ciphertext for s in secrets)
 
 
 async def test_topic_whitespace_is_normalised_and_extra_fields_are_ignored(client, link, vendor):
@@ -224,7 +233,7 @@ async def test_password_is_left_out_when_the_backend_gives_none(
     body = response.json()
     assert body["success"] is True
     assert set(body["data"]) == {"meeting_id", "join_url", "invitation"}
-    assert body["data"]["join_url"] == "https://open.example.com/room-1"
+    assert "Passcode" not in body["data"]["invitation"]
 
 
 # --- patchUpdateMeeting and deleteMeeting ---------------------------------------------
@@ -244,8 +253,10 @@ async def test_patch_answers_204_with_an_empty_body_and_moves_the_room(client, l
             duration=90,
             start_time=datetime(2030, 2, 3, 16, 45, tzinfo=UTC),
             key=room_key(meeting_id),  # a move carries the meeting's key too, for a backend that makes a new room
+            join_link=vendor.rooms["fake-1"].join_link,  # and the link Pipedrive holds, which stays the same
         )
     }
+    assert vendor.rooms["fake-1"].join_link.startswith("https://bridge.example.com/j/")
     stored = await store.get_meeting(link.id, meeting_id)
     assert stored is not None
     assert stored.duration == 90 and stored.vendor_meeting_id == "fake-1"

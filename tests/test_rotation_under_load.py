@@ -179,7 +179,10 @@ async def test_keys_rotate_while_the_bridge_serves(
             retried = await client.post(meetings, json=body(n))  # the request that made it, again
             assert retried.status_code == 201, retried.text
             assert retried.json()["data"]["meeting_id"] == meeting_id
-            assert retried.json()["data"]["join_url"].startswith("https://video.example.com/")
+            join_url = retried.json()["data"]["join_url"]
+            assert join_url.startswith(only_new.server.public_url + "/j/")
+            opened = await client.get(join_url, follow_redirects=False)  # the room decrypts with the new key
+            assert opened.headers["location"].startswith("https://video.example.com/"), opened.text
             assert (await client.patch(f"{meetings}/{meeting_id}", json=body(n))).status_code == 204
             assert (await client.delete(f"{meetings}/{meeting_id}")).status_code == 204
     assert not [room for room in vendor.rooms if room in made.values()]

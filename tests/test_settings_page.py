@@ -532,7 +532,8 @@ async def test_connecting_an_account_stores_it_encrypted_for_that_link_and_backe
 
     created = await post_meeting(bridge, link)
     assert created.status_code == 201, created.text
-    assert created.json()["data"]["join_url"].startswith("https://acct.example.com/")
+    opened = await browser.get(created.json()["data"]["join_url"], follow_redirects=False)
+    assert opened.status_code == 303 and opened.headers["location"].startswith("https://acct.example.com/")
 
 
 async def test_a_chosen_but_unconnected_account_fails_post_meeting_with_a_clear_message(
