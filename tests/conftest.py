@@ -105,6 +105,7 @@ class FakeVendor:
     new_room_on_update: bool = False
     counter: int = 0
     joins: list[Joining] = field(default_factory=list)  # what each click's join_url was given
+    room_base: str = "https://video.example.com"  # where the rooms' URLs point
 
     def take_failure(self, operation: str) -> None:
         exc = self.fail.pop(operation, None)
@@ -148,7 +149,7 @@ def make_fake_plugin(vendor: FakeVendor) -> Any:
             vendor.rooms.pop(vendor_meeting_id, None)
 
         def _room(self, ctx: BackendContext, room_id: str, meeting: MeetingRequest) -> Room:
-            url = f"https://video.example.com/{room_id}"
+            url = f"{vendor.room_base}/{room_id}"
             return Room(
                 vendor_meeting_id=room_id,
                 join_url=url,

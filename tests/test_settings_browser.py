@@ -12,9 +12,14 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
 
 from bridge.app import create_app
 from bridge.devtools.fake_pipedrive import FakePipedriveState, running_fake_pipedrive
@@ -45,7 +50,13 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is miss
 
 
 @pytest.fixture
-def bridge_url(tmp_path: Path, database_url: str, fake_plugin: Any) -> Iterator[str]:
+def allowed() -> list[str]:
+    """The backends the company allows; the first is the default."""
+    return ["fake", "other"]
+
+
+@pytest.fixture
+def bridge_url(tmp_path: Path, database_url: str, fake_plugin: Any, allowed: list[str]) -> Iterator[str]:
     """The bridge on a loopback port, signing in through the fake Pipedrive on another."""
     with running_fake_pipedrive(FakePipedriveState(CLIENT_ID, CLIENT_SECRET)) as pipedrive:
 
@@ -60,7 +71,7 @@ def bridge_url(tmp_path: Path, database_url: str, fake_plugin: Any) -> Iterator[
                     "api_base": pipedrive.api_domain,
                 },
                 server={"public_url": url},
-                meetings={"default_backend": "fake", "allowed_backends": ["fake", "other"]},
+                meetings={"default_backend": allowed[0], "allowed_backends": allowed},
             )
             return create_app(config, load_plugins([fake_plugin], entry_points=False))
 
@@ -115,3 +126,64 @@ def test_a_user_chooses_a_backend_in_the_browser_and_the_next_meeting_uses_it(
     assert created.status_code == 201, created.text
     assert vendor.calls[-1][:2] == ("other", "create")
     context.close()
+
+
+@pytest.fixture
+def vendor_rooms(vendor: FakeVendor) -> Iterator[str]:
+    """The fake vendor's rooms on a loopback port: each answers a page naming the role it was opened with."""
+
+    async def room(request: Request) -> Response:
+        role = request.query_params.get("role", "none")
+        return HTMLResponse(f"<!doctype html><title>{role}</title><h1>{role} in the room</h1>")
+
+    with serve_on_loopback(lambda _url: Starlette(routes=[Route("/{room}", room)])) as url:
+        vendor.room_base = url
+        yield url
+
+
+@pytest.mark.parametrize("allowed", [["joining", "fake"]])
+def test_the_organiser_and_a_guest_open_the_same_link_and_land_as_host_and_guest(
+    bridge_url: str, chromium: Any, vendor: FakeVendor, allowed: list[str], vendor_rooms: str
+) -> None:
+    installing = chromium.new_context()
+    installing.new_page().goto(bridge_url + "/oauth/install")
+    installing.close()
+
+    organiser = chromium.new_context()
+    page = organiser.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(bridge_url + "/settings")  # signs in through Pipedrive: the session the join link recognises
+    sync_api.expect(page.get_by_label("Joining Video")).to_be_checked()
+    link_id = page.locator("#link-id").inner_text()
+    meetings = f"{bridge_url}/api/v1/links/{link_id}/meetings"
+    created = httpx.post(
+        meetings,
+        headers=basic_auth(CLIENT_ID, CLIENT_SECRET),
+        json={"topic": "Browser demo", "start_time": "2031-05-14 09:30", "duration": 30},
+    )
+    assert created.status_code == 201, created.text
+    join_url = created.json()["data"]["join_url"]
+    assert join_url.startswith(bridge_url + "/j/")
+
+    page.goto(join_url)
+    sync_api.expect(page.get_by_role("heading")).to_have_text("host in the room")
+    host_query = parse_qs(urlsplit(page.url).query)
+    assert page.url.startswith(vendor_rooms + "/joining-1?") and host_query["name"] == ["Sam Simulator"]
+
+    guest = chromium.new_context()
+    guest_page = guest.new_page()
+    guest_page.set_default_timeout(15_000)
+    guest_page.goto(join_url)
+    sync_api.expect(guest_page.get_by_role("heading")).to_have_text("guest in the room")
+    assert guest_page.url.startswith(vendor_rooms + "/joining-1?") and "Sam" not in guest_page.url
+    assert [j.role for j in vendor.joins] == ["host", "guest"]
+
+    deleted = httpx.delete(
+        f"{meetings}/{created.json()['data']['meeting_id']}", headers=basic_auth(CLIENT_ID, CLIENT_SECRET)
+    )
+    assert deleted.status_code == 204
+    guest_page.goto(join_url)
+    sync_api.expect(guest_page.get_by_role("heading")).to_have_text("This meeting was cancelled")
+    assert guest_page.url == join_url  # a page, not a redirect
+    organiser.close()
+    guest.close()
