@@ -60,6 +60,7 @@ _CLEANUP_SECONDS = 10.0
 _STORE_MARGIN = 1.0
 _CLAIM_POLL = (0.02, 0.25)  # the first and the longest wait between two looks at a claim another request holds
 JOIN_PREFIX = "/j/"
+JOIN_PATH = JOIN_PREFIX + "{token}"  # the route (bridge.web.join) and the OpenAPI document's path
 
 
 def join_link(config: Config, token: str | None) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import __version__
+from bridge.api.meetings import JOIN_PATH
 from bridge.api.routes import ID_PATTERN, MEETING, POST_MEETING
 from bridge.api.validation import MAX_DURATION_MINUTES, MAX_TOPIC_LENGTH, START_TIME_PATTERN
 
@@ -108,7 +109,13 @@ def _created_schema() -> dict[str, Any]:
                         "description": "The bridge's id of the meeting: the :meetingId of "
                         "patchUpdateMeeting and deleteMeeting.",
                     },
-                    "join_url": {"type": "string", "format": "uri", "description": "Where to join the call."},
+                    "join_url": {
+                        "type": "string",
+                        "format": "uri",
+                        "description": "Where to join the call: the bridge's own link, <public_url>/j/<token>, "
+                        "resolved at each click to the meeting's room as it is then (GET /j/{token}); with "
+                        "[meetings] join_links = \"vendor\" (or that backend's own setting), the vendor's URL.",
+                    },
                     "password": {
                         "type": "string",
                         "minLength": 1,
@@ -123,6 +130,10 @@ def _created_schema() -> dict[str, Any]:
             },
         },
     }
+
+
+def _page(description: str) -> dict[str, Any]:
+    return {"description": description + " An HTML page.", "content": {"text/html": {"schema": {"type": "string"}}}}
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:
@@ -151,7 +162,7 @@ def _body() -> dict[str, Any]:
 
 
 def build_openapi() -> dict[str, Any]:
-    """The OpenAPI document of the reverse API and the health checks."""
+    """The OpenAPI document of the reverse API, the join links and the health checks."""
     no_content = {"204": {"description": "Done (no body)."}}
     link = _ref("parameters", "linkId")
     meeting = _ref("parameters", "meetingId")
@@ -188,6 +199,7 @@ def build_openapi() -> dict[str, Any]:
         },
         "tags": [
             {"name": "reverse API", "description": "Called by Pipedrive with the app's Basic credentials."},
+            {"name": "join links", "description": "Opened by the people invited to a meeting, in a browser."},
             {"name": "health", "description": "For load balancers and orchestrators."},
         ],
         "paths": {
@@ -232,6 +244,39 @@ def build_openapi() -> dict[str, Any]:
                         "that fails it now gets it again in the background. A repeated delete answers 204 again."
                     ),
                     "responses": _responses(no_content, DELETE_ERRORS),
+                },
+            },
+            JOIN_PATH: {
+                "get": {
+                    "operationId": "join",
+                    "tags": ["join links"],
+                    "security": [],
+                    "summary": "Open a meeting from its join link (a browser, not Pipedrive)",
+                    "description": "The organiser signed in on the bridge (the settings page's session cookie) "
+                    "goes in as host where the vendor has a host's way in; anyone else as a guest. Pages and "
+                    "redirects are Cache-Control: no-store and Referrer-Policy: no-referrer; HEAD answers what "
+                    "GET would.",
+                    "parameters": [
+                        {
+                            "name": "token",
+                            "in": "path",
+                            "required": True,
+                            "description": "The link's token: 32 characters of [A-Za-z0-9_-] (192 random bits).",
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {
+                        "303": {
+                            "description": "To the meeting's room, as the vendor has it now.",
+                            "headers": {"Location": {"description": "The vendor's URL.", "schema": {"type": "string"}}},
+                        },
+                        "404": _page("No meeting has this link."),
+                        "410": _page("The meeting was cancelled, has ended, or its organiser uninstalled the app."),
+                        "429": _page("This client tried too many unknown links; Retry-After says when to try again."),
+                        "502": _page("The vendor failed to give a way into the meeting."),
+                        "503": _page("The vendor, the meeting's backend or the database is unavailable."),
+                        "504": _page("The vendor did not answer in time."),
+                    },
                 },
             },
             "/healthz": {

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from bridge.api.meetings import JOIN_PREFIX, join_link
+from bridge.api.meetings import JOIN_PATH, join_link
 from bridge.api.vendor_calls import backend_context, call_backend
 from bridge.errors import VendorFailed
 from bridge.runtime import Bridge, bridge_of
@@ -39,7 +39,6 @@ from bridge.web.sessions import signed_in_as
 
 log = logging.getLogger(__name__)
 
-JOIN = JOIN_PREFIX + "{token}"
 TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")  # what ``new_join_token`` makes; anything else is unknown without a lookup
 
 
@@ -165,4 +164,4 @@ def _when(start: datetime) -> str:
     return start.strftime("%A, %d %B %Y at %H:%M UTC")
 
 
-routes = [Route(JOIN, join, methods=["GET"], name="join")]
+routes = [Route(JOIN_PATH, join, methods=["GET"], name="join")]
