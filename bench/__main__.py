@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench [--quick] [--only NAME] [--postgres-url URL] [--json FILE] [--client raw|httpx]
 
-NAME is one of: overhead, slow_vendor, scale, tokens (repeat --only for several).
+NAME is one of: overhead, slow_vendor, scale, tokens, join (repeat --only for several).
 
 1. overhead     postMeeting through the Jitsi backend vs. a bare Starlette endpoint returning the same
                 JSON (own uvicorn process, same settings): throughput ratio, p50/p99 at 1, 16 and 64
@@ -14,7 +14,9 @@ NAME is one of: overhead, slow_vendor, scale, tokens (repeat --only for several)
 4. tokens       10,000 concurrent PipedriveTokens.fresh_tokens calls in 2 processes sharing PostgreSQL
                 while the access token expires k times: Pipedrive must see exactly k refreshes;
                 the same for the Zoom plugin's Server-to-Server token when it is installed.
-5. peak RSS of every process started (VmHWM).
+5. join         a join link's 303 (token looked up, room decrypted, Jitsi public and token modes) vs. a
+                bare Starlette redirect: p50/p99 and throughput at 16 connections, SQLite and PostgreSQL.
+6. peak RSS of every process started (VmHWM).
 
 The load generator runs in this process: N asyncio workers, each on its own keep-alive
 connection, a fixed request count and a time cap per run, after an unmeasured warm-up. By
@@ -39,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from bench import overhead, scale, slow_vendor, tokens
+from bench import join, overhead, scale, slow_vendor, tokens
 from bench.harness import Run, postgres_or_none
 from bench.load import CLIENTS
 from bench.report import Report, heading, machine
@@ -50,6 +52,7 @@ BENCHMARKS: dict[str, Callable[[Run], None]] = {
     "slow_vendor": slow_vendor.run,
     "scale": scale.run,
     "tokens": tokens.run,
+    "join": join.run,
 }
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -32,8 +32,8 @@ HEADERS = {**basic_auth(TRIAL_CLIENT_ID, TRIAL_CLIENT_SECRET), "Content-Type": "
 START_TIME = "2026-12-01 14:00"
 CLIENTS = ("raw", "httpx")
 
-Request = Callable[[int], tuple[str, bytes]]  # request number -> (path, body) of a POST
-Post = Callable[[str, bytes], Awaitable[int]]  # (path, body) -> status
+Request = Callable[[int], tuple[str, bytes | None]]  # request number -> (path, body): a POST, or a GET for None
+Post = Callable[[str, bytes | None], Awaitable[int]]  # (path, body) -> status
 
 
 @dataclass
@@ -95,11 +95,17 @@ class RawConnection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, body: bytes) -> int:
+    async def post(self, path: str, body: bytes | None) -> int:
+        """POST ``body`` to ``path`` (GET it when ``body`` is None); the answer's status, its body read and dropped."""
         if self.writer is None or self.reader is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         try:
-            self.writer.write(f"POST {path} HTTP/1.1\r\n{self.head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            if body is None:
+                self.writer.write(f"GET {path} HTTP/1.1\r\n{self.head}\r\n".encode())
+            else:
+                self.writer.write(
+                    f"POST {path} HTTP/1.1\r\n{self.head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+                )
             head = await self.reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
             status = int(lines[0].split(" ", 2)[1])
@@ -149,7 +155,9 @@ async def _load(
                 httpx.AsyncClient(base_url=base_url, headers=HEADERS, limits=limits, timeout=httpx.Timeout(30.0))
             )
 
-            async def httpx_post(path: str, body: bytes) -> int:
+            async def httpx_post(path: str, body: bytes | None) -> int:
+                if body is None:
+                    return (await shared.get(path)).status_code
                 return (await shared.post(path, content=body)).status_code
 
             posts = [httpx_post] * concurrency

@@ -1,6 +1,7 @@
 """The server processes the benchmarks start (one per process, on loopback, under uvicorn).
 
-    python -m bench.servers bare   --port N                 a bare Starlette endpoint answering postMeeting's JSON
+    python -m bench.servers bare   --port N                 a bare Starlette endpoint answering postMeeting's JSON,
+                                                            and a bare join link redirecting to a fixed room
     python -m bench.servers vendor --port N [--delay 0.1]   a fake video vendor that answers after ``delay`` seconds
     python -m bench.servers bridge --config FILE --port N   the bridge exactly as ``pipedrive-video-bridge serve``
                                                             runs it, plus the bench's slow-vendor plugin
@@ -22,7 +23,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from bridge.config import ServerConfig
@@ -48,12 +49,16 @@ def bare_app() -> Starlette:
     async def post_meeting(_request: Request) -> Response:
         return JSONResponse(BARE_ANSWER, status_code=201)
 
+    async def join(_request: Request) -> Response:
+        return RedirectResponse(BARE_ANSWER["data"]["join_url"], status_code=303)  # type: ignore[index]
+
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     return Starlette(
         routes=[
             Route("/api/v1/links/{link_id}/meetings", post_meeting, methods=["POST"]),
+            Route("/j/{token}", join, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
         ]
     )
