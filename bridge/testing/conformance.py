@@ -15,7 +15,7 @@ import pytest
 
 from bridge.config import BACKEND_NAME
 from bridge.testing.kit import make_context, sample_meeting
-from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room, VendorRoom
+from bridge.vendors.interface import GUEST, HOST, Backend, BackendContext, Joining, MeetingRequest, Room, VendorRoom
 
 HOSTILE_TOPICS = [
     "Quarterly review",
@@ -42,6 +42,18 @@ def _assert_room(room: Any, meeting: MeetingRequest) -> None:
     )
 
 
+def _absolute_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("https", "http") and bool(parts.netloc) and not re.search(r"\s", url)
+
+
+def kit_meeting(backend: Backend, **overrides: Any) -> MeetingRequest:
+    """A sample meeting; with a bridge join link for a backend that makes its rooms at the first click."""
+    if type(backend).creates_on_join and "join_link" not in overrides:
+        overrides["join_link"] = "https://bridge.example.com/j/" + secrets.token_urlsafe(24)
+    return sample_meeting(**overrides)
+
+
 class BackendConformance:
     """The backend interface's contract. Subclass it and provide a ``backend`` fixture."""
 
@@ -66,19 +78,21 @@ class BackendConformance:
     @pytest.mark.anyio
     @pytest.mark.parametrize("topic", HOSTILE_TOPICS)
     async def test_create_returns_a_room(self, backend: Backend, context: BackendContext, topic: str) -> None:
-        meeting = sample_meeting(topic=topic)
+        meeting = kit_meeting(backend, topic=topic)
         _assert_room(await backend.create(context, meeting), meeting)
 
     @pytest.mark.anyio
     async def test_rooms_are_distinct(self, backend: Backend, context: BackendContext) -> None:
-        rooms = [await backend.create(context, sample_meeting()) for _ in range(3)]
+        rooms = [await backend.create(context, kit_meeting(backend)) for _ in range(3)]
         assert len({r.vendor_meeting_id for r in rooms}) == 3, "each create must make its own room"
         assert len({r.join_url for r in rooms}) == 3, "each room must have its own join_url"
 
     @pytest.mark.anyio
     async def test_update_returns_the_moved_room(self, backend: Backend, context: BackendContext) -> None:
-        room = await backend.create(context, sample_meeting())
-        moved = sample_meeting(topic="Moved demo", start_time=datetime(2031, 6, 1, 16, 0, tzinfo=UTC), duration=90)
+        room = await backend.create(context, kit_meeting(backend))
+        moved = kit_meeting(
+            backend, topic="Moved demo", start_time=datetime(2031, 6, 1, 16, 0, tzinfo=UTC), duration=90
+        )
         updated = await backend.update(context, room.vendor_meeting_id, moved)
         if updated is not None:  # None: the vendor keeps the room's link; the core re-writes the invitation
             _assert_room(updated, moved)
@@ -93,18 +107,34 @@ class BackendConformance:
         self, backend: Backend, context: BackendContext, vendor_secrets: list[str], caplog: pytest.LogCaptureFixture
     ) -> None:
         caplog.set_level(logging.DEBUG)
-        room = await backend.create(context, sample_meeting())
-        moved = await backend.update(context, room.vendor_meeting_id, sample_meeting(topic="Moved")) or room
+        room = await backend.create(context, kit_meeting(backend))
+        moved = await backend.update(context, room.vendor_meeting_id, kit_meeting(backend, topic="Moved")) or room
+        urls = [await backend.join_url(context, _joining(moved, kit_meeting(backend), role)) for role in (HOST, GUEST)]
         await backend.delete(context, moved.vendor_meeting_id)
         shown = [room.invitation, room.join_url, room.password or "", moved.invitation, moved.join_url, caplog.text]
+        shown += [url or "" for url in urls]
         for secret in vendor_secrets:
             assert not any(secret in text for text in shown), "a configured secret leaked into a room or a log"
 
     @pytest.mark.anyio
     async def test_delete_is_idempotent(self, backend: Backend, context: BackendContext) -> None:
-        room = await backend.create(context, sample_meeting())
+        room = await backend.create(context, kit_meeting(backend))
         await backend.delete(context, room.vendor_meeting_id)
         await backend.delete(context, room.vendor_meeting_id)  # a room already gone counts as deleted: no error
+
+    @pytest.mark.anyio
+    async def test_join_url_gives_a_way_in_for_the_host_and_a_guest(
+        self, backend: Backend, context: BackendContext
+    ) -> None:
+        """What a click on the bridge's join link gets: None (the room's own URL) or an absolute URL."""
+        meeting = kit_meeting(backend, join_link="https://bridge.example.com/j/" + secrets.token_urlsafe(24))
+        room = await backend.create(context, meeting)
+        for role in (HOST, GUEST):
+            url = await backend.join_url(context, _joining(room, meeting, role))
+            assert url is None or (isinstance(url, str) and _absolute_url(url)), f"join_url for {role}: {url!r}"
+            if type(backend).creates_on_join:
+                assert url is not None, "a backend that makes its rooms at the first click must give a URL"
+                assert url != meeting.join_link, "join_url must not lead back to the bridge's own link"
 
     @pytest.mark.anyio
     async def test_lists_its_tagged_rooms_until_they_are_deleted(
@@ -114,18 +144,31 @@ class BackendConformance:
         if not type(backend).lists_rooms:
             pytest.skip(f"{type(backend).title} does not list its rooms")
         key = secrets.token_hex(8)
-        room = await backend.create(context, sample_meeting(key=key))
-        untagged = await backend.create(context, sample_meeting())
+        room = await backend.create(context, kit_meeting(backend, key=key))
+        untagged = await backend.create(context, kit_meeting(backend))
         rooms = await backend.list_rooms(context)
         assert all(isinstance(r, VendorRoom) for r in rooms), "list_rooms must return VendorRoom objects"
         listed = {r.vendor_meeting_id: r.key for r in rooms}
         assert listed.get(room.vendor_meeting_id) == key, "a room made with a key is listed with that key"
         assert untagged.vendor_meeting_id not in listed, "a room made without a key is not the bridge's to list"
 
-        moved = await backend.update(context, room.vendor_meeting_id, sample_meeting(topic="Moved", key=key)) or room
+        moved = (
+            await backend.update(context, room.vendor_meeting_id, kit_meeting(backend, topic="Moved", key=key)) or room
+        )
         assert {r.vendor_meeting_id: r.key for r in await backend.list_rooms(context)}.get(
             moved.vendor_meeting_id
         ) == key, "a moved room (or the new room a move made) carries the key too"
         await backend.delete(context, moved.vendor_meeting_id)
         listed_after = {r.vendor_meeting_id for r in await backend.list_rooms(context)}
         assert moved.vendor_meeting_id not in listed_after, "a deleted room is no longer listed"
+
+
+def _joining(room: Room, meeting: MeetingRequest, role: str) -> Joining:
+    return Joining(
+        vendor_meeting_id=room.vendor_meeting_id,
+        meeting=meeting,
+        role=role,
+        join_url=room.join_url,
+        password=room.password,
+        name="Ada Lovelace" if role == HOST else "",
+    )
