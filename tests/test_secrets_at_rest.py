@@ -143,7 +143,13 @@ async def test_no_secret_in_the_database_dump_or_the_logs(tmp_path: Path, databa
     old_key, new_key = generate_key(), generate_key()
     state = RecordingPipedrive(client_id="test-client", client_secret="set below")
     codes: list[str] = []
-    join_urls: list[str] = []
+    join_urls: list[str] = []  # the links Pipedrive got, and where each click on one was sent (with a JWT)
+
+    async def click(client: httpx.AsyncClient, join_url: str) -> None:
+        opened = await client.get(join_url, headers={"Authorization": ""})
+        assert opened.status_code == 303, opened.text
+        join_urls.append(opened.headers["location"])
+
     with running_fake_pipedrive(state) as pipedrive:
         config = bridge_config(tmp_path, database_url, pipedrive, [old_key])
         pipedrive.client_secret = config.pipedrive.client_secret
@@ -166,9 +172,12 @@ async def test_no_secret_in_the_database_dump_or_the_logs(tmp_path: Path, databa
                 assert answer.status_code == 201, answer.text
                 made.append(answer.json()["data"]["meeting_id"])
                 join_urls.append(answer.json()["data"]["join_url"])
+                await click(client, join_urls[-1])
+            links = {meeting_id: url for meeting_id, url in zip(made, join_urls[::2], strict=True)}
             for meeting_id in made[:2]:
                 moved = await client.patch(f"{meetings}/{meeting_id}", json=body("Moved", "2031-07-09 10:00"))
                 assert moved.status_code == 204, moved.text
+                await click(client, links[meeting_id])
             for meeting_id in made[3:]:
                 assert (await client.delete(f"{meetings}/{meeting_id}")).status_code == 204
 
@@ -207,8 +216,10 @@ async def test_no_secret_in_the_database_dump_or_the_logs(tmp_path: Path, databa
             answer = await client.post(meetings, json=body("After the rotation"))
             assert answer.status_code == 201, answer.text
             join_urls.append(answer.json()["data"]["join_url"])
+            await click(client, join_urls[-1])
+            await click(client, links[made[2]])
 
-        # every join link ever stored, moved ones included (their new JWTs were never shown to us)
+        # every secret stored: with join links a room keeps no JWT, and any JWT a value held would be checked too
         store = open_store(after)
         try:
             with store.engine.connect() as conn:
@@ -220,7 +231,9 @@ async def test_no_secret_in_the_database_dump_or_the_logs(tmp_path: Path, databa
 
     jwts = {token for url in join_urls for token in JWT.findall(url)}
     jwts |= {token for value in values if value for token in JWT.findall(value)}
-    assert len(jwts) >= 6  # 6 rooms made; a move within the same second may re-issue an identical token
+    assert len(jwts) >= 6  # a JWT per click (one minted in the same second for the same room may be identical)
+    join_tokens = [url.rsplit("/j/", 1)[1] for url in join_urls if url.startswith(BRIDGE + "/j/")]
+    assert len(join_tokens) == 6
     assert len(state.issued) == 4  # the install's pair and the refresh's
     secrets = {
         "client secret": [config.pipedrive.client_secret],
@@ -229,6 +242,7 @@ async def test_no_secret_in_the_database_dump_or_the_logs(tmp_path: Path, databa
         "Pipedrive token": state.issued,
         "authorization code": codes,
         "JWT of a join link": sorted(jwts),
+        "join link token": join_tokens,
     }
     at_rest = database_text(after)
     assert link_id.encode() in at_rest and key_id(new_key).encode() in at_rest  # the dump is a real one
