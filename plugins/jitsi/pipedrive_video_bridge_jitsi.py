@@ -244,7 +244,7 @@ class JitsiBackend(Backend):
         identity = {"id": str(user.user_id), "name": user.name, "email": user.email}
         if s.mode == "jaas":
             identity["moderator"] = "true" if s.moderator else "false"
-        return self._sign(room, identity, iat=now, exp=exp, nbf=s.mode == "jaas")
+        return self._sign(room, identity, iat=now, exp=exp, nbf=False)  # as it always was
 
     def _sign(self, room: str, identity: dict[str, str], *, iat: int, exp: int, nbf: bool) -> str:
         """A JWT for this room only, in the shape the mode's server expects; ``nbf``: whether a token-mode
