@@ -8,6 +8,19 @@ requires it, a JWT that lets the link in:
 - ``public``: ``https://<domain>/<room>`` (meet.jit.si by default);
 - ``token``: self-hosted Jitsi with ``jitsi-meet-tokens``, HS256 with app_id/app_secret;
 - ``jaas``: 8x8's Jitsi as a Service, RS256 with kid ``<app_id>/<api_key_id>``.
+
+When the bridge hands out its own join link (``MeetingRequest.join_link``), the room's
+URL carries no token: :meth:`JitsiBackend.join_url` mints one at every click, valid for
+``join_token_minutes``, with the organiser's identity and moderator rights for the host
+and neither for a guest. Without a join link, the room's URL carries one token for
+everybody, valid until the meeting's end plus ``token_grace_minutes``, as before.
+
+Moderator rights come from the token's ``context.user``: JaaS reads ``moderator``
+(``"true"``/``"false"``). jitsi-meet-tokens itself assigns no roles (Jicofo does: by
+default the first to join is moderator); the token mode writes ``affiliation``
+(``"owner"``/``"member"``) and ``moderator`` alike, which jitsi-contrib's
+``token_affiliation`` Prosody module turns into the room's affiliation once Jicofo's
+``enable-auto-owner`` is off.
 """
 
 from __future__ import annotations
@@ -25,7 +38,18 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from bridge.plugin import Backend, BackendContext, MeetingRequest, Room, UserIdentity, hookimpl, render_invitation
+from bridge.plugin import (
+    HOST,
+    Backend,
+    BackendContext,
+    BackendError,
+    Joining,
+    MeetingRequest,
+    Room,
+    UserIdentity,
+    hookimpl,
+    render_invitation,
+)
 
 MODES = ("public", "token", "jaas")
 JAAS_DOMAIN = "8x8.vc"
@@ -33,6 +57,11 @@ JAAS_APP_PREFIX = "vpaas-magic-cookie-"
 _DOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:\d{1,5})?$")
 _PREFIX = re.compile(r"^[a-z0-9]{0,24}$")
 _ROOM = re.compile(r"^[a-z0-9]{1,64}$")
+JOIN_TOKEN_MINUTES = 10
+"""How long a token minted at a click lets its holder in: long enough to load the page, pass
+the pre-join screen and reload it once or twice; short enough that a URL copied from the
+address bar stops working soon after. Anyone who needs in again clicks the bridge's link."""
+NBF_LEEWAY_SECONDS = 10  # "not before" a little in the past, for the Jitsi server's clock
 
 
 def new_room_name(prefix: str = "") -> str:
@@ -54,6 +83,7 @@ class JitsiSettings:
     private_key: RSAPrivateKey | None = None
     token_grace_minutes: int = 24 * 60
     moderator: bool = True
+    join_token_minutes: int = JOIN_TOKEN_MINUTES
 
 
 def _settings(config: Mapping[str, Any]) -> JitsiSettings:
@@ -70,6 +100,7 @@ def _settings(config: Mapping[str, Any]) -> JitsiSettings:
         "private_key_file",
         "token_grace_minutes",
         "moderator",
+        "join_token_minutes",
     }
     unknown = sorted(set(config) - known)
     if unknown:
@@ -89,7 +120,17 @@ def _settings(config: Mapping[str, Any]) -> JitsiSettings:
     moderator = config.get("moderator", True)
     if not isinstance(moderator, bool):
         raise ValueError("moderator: must be true or false")
-    base = dict(mode=mode, domain=domain, room_prefix=prefix, token_grace_minutes=grace, moderator=moderator)
+    join_minutes = config.get("join_token_minutes", JOIN_TOKEN_MINUTES)
+    if isinstance(join_minutes, bool) or not isinstance(join_minutes, int) or join_minutes < 1:
+        raise ValueError("join_token_minutes: must be a whole number of minutes >= 1")
+    base = dict(
+        mode=mode,
+        domain=domain,
+        room_prefix=prefix,
+        token_grace_minutes=grace,
+        moderator=moderator,
+        join_token_minutes=join_minutes,
+    )
 
     def required(key: str) -> str:
         value = config.get(key)
@@ -155,45 +196,74 @@ class JitsiBackend(Backend):
     async def delete(self, ctx: BackendContext, vendor_meeting_id: str) -> None:
         """Jitsi rooms exist only while someone is in them: nothing to remove."""
 
+    async def join_url(self, ctx: BackendContext, joining: Joining) -> str | None:
+        """Public rooms: None, the room's URL is right for everyone. Otherwise the room's URL with a
+        token minted now: the organiser's identity and moderator rights for ``HOST``, neither for a guest."""
+        if self.settings.mode == "public":
+            return None
+        room = joining.vendor_meeting_id
+        if not _ROOM.fullmatch(room):
+            raise BackendError("this meeting's room is not a Jitsi room this bridge made")
+        host = joining.role == HOST
+        if host:
+            identity = {"id": str(ctx.user.user_id), "name": joining.name or ctx.user.name, "email": ctx.user.email}
+        else:
+            identity = {}  # no name at all: Jitsi asks the guest for one (a name, even "", would be imposed)
+        identity["moderator"] = "true" if host else "false"
+        if self.settings.mode == "token":
+            identity["affiliation"] = "owner" if host else "member"
+        now = int(time.time())
+        token = self._sign(room, identity, iat=now, exp=now + self.settings.join_token_minutes * 60, nbf=True)
+        return f"{self.room_url(room)}?jwt={token}"
+
     def _room(self, user: UserIdentity, room: str, meeting: MeetingRequest) -> Room:
-        join_url = self.join_url(user, room, meeting)
-        return Room(
-            vendor_meeting_id=room, join_url=join_url, invitation=render_invitation(meeting, join_url, user=user)
-        )
+        if meeting.join_link:  # the bridge's link goes out; a token is minted at each click
+            join_url, link = self.room_url(room), meeting.join_link
+        else:
+            join_url = link = self.vendor_url(user, room, meeting)
+        return Room(vendor_meeting_id=room, join_url=join_url, invitation=render_invitation(meeting, link, user=user))
 
-    def join_url(self, user: UserIdentity, room: str, meeting: MeetingRequest) -> str:
+    def room_url(self, room: str) -> str:
+        """The room's address, without a token."""
         s = self.settings
-        if s.mode == "public":
-            return f"https://{s.domain}/{room}"
-        if s.mode == "token":
-            return f"https://{s.domain}/{room}?jwt={self.token(user, room, meeting)}"
-        return f"https://{s.domain}/{s.app_id}/{room}?jwt={self.token(user, room, meeting)}"
+        if s.mode == "jaas":
+            return f"https://{s.domain}/{s.app_id}/{room}"
+        return f"https://{s.domain}/{room}"
 
-    def token(self, user: UserIdentity, room: str, meeting: MeetingRequest) -> str:
-        """The room's JWT, valid from now until the meeting's end plus ``token_grace_minutes``."""
+    def vendor_url(self, user: UserIdentity, room: str, meeting: MeetingRequest) -> str:
+        """The room's URL as everyone gets it when the bridge hands out the vendor's links."""
+        if self.settings.mode == "public":
+            return self.room_url(room)
+        return f"{self.room_url(room)}?jwt={self.meeting_token(user, room, meeting)}"
+
+    def meeting_token(self, user: UserIdentity, room: str, meeting: MeetingRequest) -> str:
+        """The one token of a vendor link, valid from now until the meeting's end plus ``token_grace_minutes``."""
         s = self.settings
         now = int(time.time())
         exp = max(int(meeting.end_time.timestamp()), now) + s.token_grace_minutes * 60
         identity = {"id": str(user.user_id), "name": user.name, "email": user.email}
+        if s.mode == "jaas":
+            identity["moderator"] = "true" if s.moderator else "false"
+        return self._sign(room, identity, iat=now, exp=exp, nbf=False)  # as it always was
+
+    def _sign(self, room: str, identity: dict[str, str], *, iat: int, exp: int, nbf: bool) -> str:
+        """A JWT for this room only, in the shape the mode's server expects; ``nbf``: whether a token-mode
+        JWT carries "not before" (a JaaS one always does)."""
+        s = self.settings
+        claims: dict[str, Any]
         if s.mode == "token":
-            claims = {
-                "iss": s.app_id,
-                "aud": s.audience,
-                "sub": s.subject,
-                "room": room,
-                "iat": now,
-                "exp": exp,
-                "context": {"user": identity},
-            }
+            claims = {"iss": s.app_id, "aud": s.audience, "sub": s.subject, "room": room, "iat": iat, "exp": exp}
+            if nbf:
+                claims["nbf"] = iat - NBF_LEEWAY_SECONDS
+            claims["context"] = {"user": identity}
             return jwt.encode(claims, s.app_secret, algorithm="HS256")
-        identity["moderator"] = "true" if s.moderator else "false"
         claims = {
             "iss": "chat",
             "aud": "jitsi",
             "sub": s.app_id,
             "room": room,
-            "iat": now,
-            "nbf": now - 10,
+            "iat": iat,
+            "nbf": iat - NBF_LEEWAY_SECONDS,
             "exp": exp,
             "context": {"user": identity, "features": {}},
         }

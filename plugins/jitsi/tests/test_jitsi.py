@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pipedrive_video_bridge_jitsi import JitsiBackend
 
-from bridge.plugin import Backend, BackendContext, MeetingRequest, Room
+from bridge.plugin import GUEST, HOST, Backend, BackendContext, BackendError, Joining, MeetingRequest, Room
 from bridge.testing import (
     BackendConformance,
     BridgeProcess,
@@ -45,6 +45,8 @@ APP_SECRET = "a-shared-secret-long-enough-for-hs256-0123456789"
 JAAS_APP_ID = "vpaas-magic-cookie-0123456789abcdef0123456789abcdef"
 JAAS_KEY_ID = "4f4910"
 GRACE = 24 * 60 * 60  # the default token_grace_minutes, in seconds
+JOIN_LINK = "https://bridge.example.com/j/Zk3q9Xw2b7Lr"
+JOIN_TOKEN = 10 * 60  # the default join_token_minutes, in seconds
 
 
 @pytest.fixture
@@ -341,6 +343,189 @@ async def test_delete_is_a_no_op(context: BackendContext) -> None:
     assert await backend.delete(context, "doesnotexist") is None
 
 
+# --- join links served by the bridge -------------------------------------------------------------
+
+MODES = {"token": token_config, "jaas": jaas_config}
+
+
+def decode_for(mode: str, join_url: str) -> dict[str, Any]:
+    return decode_token(join_url) if mode == "token" else decode_jaas(join_url)
+
+
+def joining(room: Room, meeting: MeetingRequest, role: str, name: str = "") -> Joining:
+    """What the core hands ``join_url`` at a click: the stored room, the meeting, the person's role."""
+    return Joining(
+        vendor_meeting_id=room.vendor_meeting_id, meeting=meeting, role=role, join_url=room.join_url, name=name
+    )
+
+
+async def click(
+    backend: JitsiBackend, context: BackendContext, room: Room, meeting: MeetingRequest, role: str
+) -> tuple[str, float, float]:
+    """The URL a click is sent to, and the time just before and just after it."""
+    before = time.time()
+    name = context.user.name if role == HOST else ""
+    url = await backend.join_url(context, joining(room, meeting, role, name))
+    after = time.time()
+    assert url is not None
+    return url, before, after
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["public", "token", "jaas"])
+async def test_with_a_join_link_the_room_and_invitation_carry_no_token(context: BackendContext, mode: str) -> None:
+    backend = JitsiBackend.from_config(MODES[mode]() if mode in MODES else {})
+    meeting = sample_meeting(join_link=JOIN_LINK)
+    for room in [await create(backend, context, meeting), await backend.update(context, "roomabc", meeting)]:
+        assert urlsplit(room.join_url).query == "", "no JWT in the stored URL: one is minted at each click"
+        assert room.join_url == backend.room_url(room.vendor_meeting_id)
+        assert f"Join: {JOIN_LINK}" in room.invitation
+        assert room.join_url not in room.invitation, "the invitation hands out the bridge's link, not the room"
+        assert "jwt" not in room.invitation and "eyJ" not in room.invitation
+        assert "Demo with Acme" in room.invitation and "Ada Lovelace" in room.invitation
+
+
+@pytest.mark.anyio
+async def test_with_a_join_link_the_room_urls_are_bare(context: BackendContext) -> None:
+    meeting = sample_meeting(join_link=JOIN_LINK)
+    room = await create(JitsiBackend.from_config(token_config()), context, meeting)
+    assert room.join_url == f"https://meet.example.org/{room.vendor_meeting_id}"
+    room = await create(JitsiBackend.from_config(jaas_config()), context, meeting)
+    assert room.join_url == f"https://8x8.vc/{JAAS_APP_ID}/{room.vendor_meeting_id}"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("role", [HOST, GUEST])
+async def test_public_rooms_need_no_token_at_a_click(context: BackendContext, role: str) -> None:
+    backend = JitsiBackend.from_config({"domain": "meet.example.org"})
+    meeting = sample_meeting(join_link=JOIN_LINK)
+    room = await create(backend, context, meeting)
+    assert await backend.join_url(context, joining(room, meeting, role)) is None, "the stored URL is right for all"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["token", "jaas"])
+@pytest.mark.parametrize("role", [HOST, GUEST])
+async def test_a_click_gets_a_token_minted_now_for_this_room_only(
+    context: BackendContext, mode: str, role: str
+) -> None:
+    backend = JitsiBackend.from_config(MODES[mode]())
+    meeting = sample_meeting(join_link=JOIN_LINK)  # in 2031: a meeting token would run until then
+    room = await create(backend, context, meeting)
+    url, before, after = await click(backend, context, room, meeting, role)
+
+    assert url.startswith(room.join_url + "?jwt=")
+    assert room_of(url.split("?")[0]) == room.vendor_meeting_id
+    claims = decode_for(mode, url)  # verifies the signature, exp, nbf and iat
+    assert int(before) <= claims["iat"] <= after, "issued at the click"
+    assert claims["exp"] - claims["iat"] == JOIN_TOKEN, "valid for join_token_minutes, not until the meeting's end"
+    assert 0 < claims["iat"] - claims["nbf"] <= 30, "valid from a few seconds before the click"
+    assert claims["room"] == room.vendor_meeting_id, "no wildcard: this room only"
+    assert jwt.get_unverified_header(jwt_of(url))["alg"] == ("HS256" if mode == "token" else "RS256")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["token", "jaas"])
+async def test_the_host_joins_as_the_organiser_with_moderator_rights(context: BackendContext, mode: str) -> None:
+    backend = JitsiBackend.from_config(MODES[mode]())
+    meeting = sample_meeting(join_link=JOIN_LINK)
+    room = await create(backend, context, meeting)
+    url, _, _ = await click(backend, context, room, meeting, HOST)
+
+    user = decode_for(mode, url)["context"]["user"]
+    organiser = sample_user()
+    assert (user["id"], user["name"], user["email"]) == (str(organiser.user_id), organiser.name, organiser.email)
+    assert user["moderator"] == "true"
+    if mode == "token":
+        assert user["affiliation"] == "owner", "what jitsi-contrib's token_affiliation turns into the room's owner"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["token", "jaas"])
+async def test_a_guest_joins_without_the_organisers_identity_or_rights(context: BackendContext, mode: str) -> None:
+    backend = JitsiBackend.from_config(MODES[mode]())
+    meeting = sample_meeting(join_link=JOIN_LINK)
+    room = await create(backend, context, meeting)
+    url, _, _ = await click(backend, context, room, meeting, GUEST)
+
+    claims = decode_for(mode, url)
+    user = claims["context"]["user"]
+    organiser = sample_user()
+    assert "id" not in user and "email" not in user
+    assert "name" not in user, "no name in the token: Jitsi asks the guest for theirs"
+    assert organiser.email not in jwt_of(url) and organiser.name not in str(claims)
+    assert user["moderator"] == "false"
+    if mode == "token":
+        assert user["affiliation"] == "member"
+
+
+@pytest.mark.anyio
+async def test_every_click_mints_its_own_token_whenever_the_meeting_is(context: BackendContext) -> None:
+    backend = JitsiBackend.from_config(jaas_config())
+    meeting = sample_meeting(start_time=datetime.now(UTC) - timedelta(days=3), join_link=JOIN_LINK)
+    room = await create(backend, context, meeting)
+    first, before, _ = await click(backend, context, room, meeting, GUEST)
+    second, _, _ = await click(backend, context, room, meeting, HOST)
+    assert jwt_of(first) != jwt_of(second)
+    claims = decode_jaas(first)  # a meeting three days past: still valid from the click on, for a while
+    assert int(before) <= claims["iat"] and claims["exp"] == claims["iat"] + JOIN_TOKEN
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["token", "jaas"])
+async def test_join_token_minutes_from_config(context: BackendContext, mode: str) -> None:
+    backend = JitsiBackend.from_config(MODES[mode](join_token_minutes=3, token_grace_minutes=30))
+    meeting = sample_meeting(join_link=JOIN_LINK)
+    room = await create(backend, context, meeting)
+    url, _, _ = await click(backend, context, room, meeting, HOST)
+    claims = decode_for(mode, url)
+    assert claims["exp"] - claims["iat"] == 3 * 60, "token_grace_minutes does not apply to a click's token"
+
+
+@pytest.mark.anyio
+async def test_the_moderator_setting_governs_the_vendor_link_only(context: BackendContext) -> None:
+    backend = JitsiBackend.from_config(jaas_config(moderator=False))
+    vendor_room = await create(backend, context)
+    assert decode_jaas(vendor_room.join_url)["context"]["user"]["moderator"] == "false"
+
+    meeting = sample_meeting(join_link=JOIN_LINK)
+    room = await create(backend, context, meeting)
+    host, _, _ = await click(backend, context, room, meeting, HOST)
+    guest, _, _ = await click(backend, context, room, meeting, GUEST)
+    assert decode_jaas(host)["context"]["user"]["moderator"] == "true", "the organiser moderates their meeting"
+    assert decode_jaas(guest)["context"]["user"]["moderator"] == "false"
+
+
+@pytest.mark.anyio
+async def test_a_click_token_does_not_verify_with_another_secret_or_key(context: BackendContext) -> None:
+    meeting = sample_meeting(join_link=JOIN_LINK)
+    backend = JitsiBackend.from_config(token_config())
+    url, _, _ = await click(backend, context, await create(backend, context, meeting), meeting, HOST)
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(jwt_of(url), "another-secret-that-is-also-long-enough-000", algorithms=["HS256"], audience="jitsi")
+
+    backend = JitsiBackend.from_config(jaas_config())
+    url, _, _ = await click(backend, context, await create(backend, context, meeting), meeting, GUEST)
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(jwt_of(url), other.public_key(), algorithms=["RS256"], audience="jitsi")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("bad", ["", "../etc", "Room", "abc/def"])
+async def test_a_click_on_a_foreign_room_name_is_refused(context: BackendContext, bad: str) -> None:
+    meeting = sample_meeting(join_link=JOIN_LINK)
+    gone = Joining(vendor_meeting_id=bad, meeting=meeting, role=HOST, join_url="https://meet.example.org/x")
+    with pytest.raises(BackendError):
+        await JitsiBackend.from_config(token_config()).join_url(context, gone)
+
+
+def test_join_token_minutes_defaults_to_ten() -> None:
+    assert JitsiBackend.from_config(token_config()).settings.join_token_minutes == 10
+    assert JitsiBackend.from_config(jaas_config(join_token_minutes=1)).settings.join_token_minutes == 1
+    assert JitsiBackend.from_config({"join_token_minutes": 240}).settings.join_token_minutes == 240
+
+
 # --- configuration errors -----------------------------------------------------------------------
 
 
@@ -363,6 +548,11 @@ async def test_delete_is_a_no_op(context: BackendContext) -> None:
         ({"token_grace_minutes": -1}, "token_grace_minutes"),
         ({"token_grace_minutes": "60"}, "token_grace_minutes"),
         ({"moderator": "yes"}, "moderator"),
+        ({"join_token_minutes": 0}, "join_token_minutes"),
+        ({"join_token_minutes": -5}, "join_token_minutes"),
+        ({"join_token_minutes": "10"}, "join_token_minutes"),
+        ({"join_token_minutes": 2.5}, "join_token_minutes"),
+        ({"join_token_minutes": True}, "join_token_minutes"),
         ({"mode": "token", "app_id": APP_ID}, "app_secret"),
         ({"mode": "token", "app_id": APP_ID, "app_secret": "   "}, "app_secret"),
         ({"mode": "token", "app_secret": APP_SECRET}, "app_id"),

@@ -15,7 +15,12 @@ meeting can already be joined today.
   the old one;
 - delete: ``DELETE /meetings/{meetingId}``; a room already gone counts as deleted;
 - list_rooms: ``GET /meetings?limit=100`` page after page until Whereby gives no
-  ``cursor``; only rooms tagged with a bridge key (below) are reported.
+  ``cursor``; only rooms tagged with a bridge key (below) are reported;
+- join_url (a click of the bridge's join link): a guest goes to ``roomUrl``; the
+  organiser to the room's ``hostRoomUrl``, read with ``GET /meetings/{meetingId}
+  ?fields=hostRoomUrl`` (Whereby returns it only when ``fields`` asks for it). With
+  a join link, create asks for ``hostRoomUrl`` too, and the invitation carries the
+  bridge's link and never the host's.
 
 The tag: when the bridge gives a meeting a key (``MeetingRequest.key``, 16
 lowercase hex characters), the room is made with ``roomNamePrefix`` =
@@ -48,9 +53,11 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from bridge.plugin import (
+    HOST,
     Backend,
     BackendContext,
     BackendError,
+    Joining,
     MeetingRequest,
     Room,
     VendorRoom,
@@ -165,8 +172,8 @@ class WherebyBackend(Backend):
         prefix = self.room_name_prefix(meeting.key)
         if prefix:
             body["roomNamePrefix"] = prefix
-        if s.host_link_in_invitation:
-            body["fields"] = ["hostRoomUrl"]
+        if s.host_link_in_invitation or meeting.join_link:
+            body["fields"] = ["hostRoomUrl"]  # with a join link, so that the organiser's click finds one
         response = await ctx.http.post(f"{s.api_base}/meetings", headers=self._auth, json=body)
         self._check(response, "create the room")
         return self._room(ctx, meeting, response)
@@ -180,6 +187,23 @@ class WherebyBackend(Backend):
         response = await ctx.http.delete(self._meeting_url(vendor_meeting_id), headers=self._auth)
         if response.status_code != 404:
             self._check(response, "delete the room")
+
+    async def join_url(self, ctx: BackendContext, joining: Joining) -> str | None:
+        """A guest: None, the room's ``roomUrl``. The organiser: the room's ``hostRoomUrl``, read now."""
+        if joining.role != HOST:
+            return None
+        response = await ctx.http.get(
+            self._meeting_url(joining.vendor_meeting_id), headers=self._auth, params={"fields": "hostRoomUrl"}
+        )
+        if response.status_code == 404:
+            raise BackendError(
+                "Whereby no longer has this meeting's room (Whereby removes a room an hour after its end, "
+                "or it was deleted in Whereby); change the meeting's time or title in Pipedrive and the "
+                "bridge makes a new room for the same link"
+            )
+        self._check(response, "read the room")
+        host_url = json_object(response).get("hostRoomUrl")
+        return host_url if _is_https_url(host_url) else None  # none given: the organiser still gets in, as a guest
 
     async def list_rooms(self, ctx: BackendContext) -> list[VendorRoom]:
         """Every room at Whereby whose name carries a bridge key after this bridge's prefix."""
@@ -285,12 +309,25 @@ class WherebyBackend(Backend):
             raise BackendError("Whereby's answer to creating a room had no meetingId and roomUrl") from None
         if not isinstance(meeting_id, str) or not meeting_id or not _is_https_url(room_url):
             raise BackendError("Whereby answered with a room this bridge cannot use (no meetingId or https roomUrl)")
-        host_url = data.get("hostRoomUrl") if self.settings.host_link_in_invitation else None
+        # with a join link the organiser's own click opens the host room: the invitation needs no host link
+        host_url = data.get("hostRoomUrl") if self.settings.host_link_in_invitation and not meeting.join_link else None
         host_lines = ["", f"Host link, for the organiser only (it gives host rights; do not forward it): {host_url}"]
         invitation = render_invitation(
-            meeting, room_url, user=ctx.user, extra_lines=host_lines if _is_https_url(host_url) else ()
+            meeting,
+            meeting.join_link or room_url,
+            user=ctx.user,
+            extra_lines=host_lines if _is_https_url(host_url) else (),
         )
         return Room(vendor_meeting_id=meeting_id, join_url=room_url, invitation=invitation)
+
+
+def json_object(response: httpx.Response) -> dict[str, Any]:
+    """The answer's JSON object, or {} when it is not one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _is_https_url(value: Any) -> bool:

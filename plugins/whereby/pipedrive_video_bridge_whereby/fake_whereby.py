@@ -10,9 +10,12 @@ Whereby's published OpenAPI):
                                      ``/<roomNamePrefix><uuid>``.
     GET    /v1/meetings              ?cursor=&limit= (1..100, default 50; 400 otherwise):
                                      {"results": [...], "cursor": "<next>" | null}, the cursor opaque
-    GET    /v1/meetings/{meetingId}  200, or 404
+    GET    /v1/meetings/{meetingId}  ?fields=hostRoomUrl,viewerRoomUrl (comma-separated or repeated; 400 for
+                                     another value): 200 with the meeting, or 404
     DELETE /v1/meetings/{meetingId}  204, also for a meeting already gone
 
+Every room has a host URL (``roomUrl`` with a ``roomKey`` query) and a viewer URL from the start;
+``hostRoomUrl`` and ``viewerRoomUrl`` are in an answer only when its request's ``fields`` asks for them.
 A missing or wrong Bearer key is 401; throttling is 429 with ``Retry-After`` and
 ``{"error", "data": {"msLeft"}}``. The body of a 400 is not documented: the fake answers
 ``{"error": "..."}``, the shape of the documented 429.
@@ -144,7 +147,7 @@ class FakeWhereby:
 
     def add_room(self, room_name_prefix: str = "", end: datetime | None = None) -> str:
         """A room made at Whereby by someone other than the bridge (its dashboard, another app); its meetingId."""
-        room = self._make_room(room_name_prefix, end or datetime.now(UTC) + timedelta(hours=1), [])
+        room = self._make_room(room_name_prefix, end or datetime.now(UTC) + timedelta(hours=1))
         return str(room["meetingId"])
 
     # --- the API ----------------------------------------------------------------------------------
@@ -198,9 +201,12 @@ class FakeWhereby:
             return self.list(request)
         match = re.fullmatch(r"/v1/meetings/([^/]+)", path)
         if match and method == "GET":
+            wanted = _fields(request)
+            if wanted is None:
+                return whereby_error(400, '"fields" contains an invalid value')
             with self.lock:
                 room = self.rooms.get(match[1])
-            return JSONResponse(room) if room else whereby_error(404, "Meeting not found")
+            return JSONResponse(_shown(room, wanted)) if room else whereby_error(404, "Meeting not found")
         if match and method == "DELETE":
             with self.lock:
                 self.rooms.pop(match[1], None)
@@ -226,20 +232,19 @@ class FakeWhereby:
         fields = body.get("fields", [])
         if not isinstance(fields, list) or not set(fields) <= set(LIST_FIELDS):
             return whereby_error(400, '"fields" contains an invalid value')
-        return JSONResponse(self._make_room(prefix, end, fields, now), status_code=201)
+        return JSONResponse(_shown(self._make_room(prefix, end, now), set(fields)), status_code=201)
 
-    def _make_room(self, prefix: str, end: datetime, fields: list[str], now: datetime | None = None) -> dict[str, Any]:
+    def _make_room(self, prefix: str, end: datetime, now: datetime | None = None) -> dict[str, Any]:
         room_name = f"/{prefix}{uuid.uuid4()}"
+        room_url = f"{ROOM_HOST}{room_name}"
         room = {
             "roomName": room_name,
-            "roomUrl": f"{ROOM_HOST}{room_name}",
+            "roomUrl": room_url,
             "startDate": iso(now or datetime.now(UTC)),
             "endDate": iso(end),
+            "hostRoomUrl": f"{room_url}?roomKey={secrets.token_urlsafe(24)}",
+            "viewerRoomUrl": f"{room_url}?viewerKey={secrets.token_urlsafe(24)}",
         }
-        if "hostRoomUrl" in fields:
-            room["hostRoomUrl"] = f"{room['roomUrl']}?roomKey={secrets.token_urlsafe(24)}"
-        if "viewerRoomUrl" in fields:
-            room["viewerRoomUrl"] = f"{room['roomUrl']}?viewerKey={secrets.token_urlsafe(24)}"
         with self.lock:
             self.counter += 1
             meeting_id = str(self.counter)
@@ -262,13 +267,26 @@ class FakeWhereby:
             if position is None:
                 return whereby_error(400, '"cursor" is invalid')
             after = position
-        wanted = set(params.getlist("fields")) | {f for value in params.getlist("fields") for f in value.split(",")}
+        wanted = _fields(request)
+        if wanted is None:
+            return whereby_error(400, '"fields" contains an invalid value')
         with self.lock:
             later = sorted((int(k), room) for k, room in self.rooms.items() if int(k) > after)
         page = later[:limit]
-        results = [{k: v for k, v in room.items() if k not in LIST_FIELDS or k in wanted} for _, room in page]
+        results = [_shown(room, wanted) for _, room in page]
         cursor = _cursor_after(str(page[-1][0])) if len(later) > limit else None
         return JSONResponse({"results": results, "cursor": cursor})
+
+
+def _fields(request: Request) -> set[str] | None:
+    """The ``fields`` a GET asks for (``fields=a,b`` or ``fields=a&fields=b``), or None for an unknown one."""
+    wanted = {name for value in request.query_params.getlist("fields") for name in value.split(",") if name}
+    return wanted if wanted <= set(LIST_FIELDS) else None
+
+
+def _shown(room: dict[str, Any], wanted: set[str]) -> dict[str, Any]:
+    """The room as Whereby answers it: the host and viewer URLs only when asked for."""
+    return {k: v for k, v in room.items() if k not in LIST_FIELDS or k in wanted}
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import httpx
@@ -32,7 +33,18 @@ from pipedrive_video_bridge_whereby.fake_whereby import (
 )
 from starlette.responses import JSONResponse, Response
 
-from bridge.plugin import Backend, BackendContext, BackendError, BackendUnavailable, MeetingRequest, VendorRoom
+from bridge.plugin import (
+    GUEST,
+    HOST,
+    Backend,
+    BackendContext,
+    BackendError,
+    BackendUnavailable,
+    Joining,
+    MeetingRequest,
+    Room,
+    VendorRoom,
+)
 from bridge.testing import (
     MEETING_ACTIVE,
     BackendConformance,
@@ -51,6 +63,7 @@ from bridge.testing import (
 )
 
 API_KEY = "whereby-test-key-5f1c0e9a7b2d4c38a1e6"
+JOIN_LINK = "https://bridge.example.com/j/Zk3q9Xw2b7Lr"
 ATTEMPTS = 3
 READ_TIMEOUT = 0.5
 
@@ -639,6 +652,132 @@ async def test_a_cursor_that_never_ends_is_an_error_not_a_loop(whereby: FakeWher
     assert whereby.calls("GET") == 2
 
 
+# --- join links served by the bridge -------------------------------------------------------------
+
+
+def joining(room: Room, meeting: MeetingRequest, role: str) -> Joining:
+    return Joining(vendor_meeting_id=room.vendor_meeting_id, meeting=meeting, role=role, join_url=room.join_url)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("host_link_in_invitation", [False, True])
+async def test_with_a_join_link_the_invitation_carries_the_link_and_no_host_url(
+    whereby: FakeWhereby, context: BackendContext, host_link_in_invitation: bool
+) -> None:
+    backend = backend_for(whereby, host_link_in_invitation=host_link_in_invitation)
+    room = await backend.create(context, sample_meeting(join_link=JOIN_LINK))
+
+    assert whereby.seen[0].body["fields"] == ["hostRoomUrl"], "asked at create, so the organiser's click finds it"
+    made = whereby.rooms[room.vendor_meeting_id]
+    assert room.join_url == made["roomUrl"]
+    assert f"Join: {JOIN_LINK}" in room.invitation
+    assert made["roomUrl"] not in room.invitation and made["hostRoomUrl"] not in room.invitation
+    assert "roomKey" not in room.invitation and "Host link" not in room.invitation
+
+
+@pytest.mark.anyio
+async def test_a_new_room_from_a_move_invites_with_the_join_link(whereby: FakeWhereby, context: BackendContext) -> None:
+    backend = backend_for(whereby)
+    old = await backend.create(context, sample_meeting(join_link=JOIN_LINK))
+    later = sample_meeting(start_time=datetime(2031, 6, 1, 16, 0, tzinfo=UTC), join_link=JOIN_LINK)
+
+    new = await backend.update(context, old.vendor_meeting_id, later)
+
+    assert new is not None and new.vendor_meeting_id != old.vendor_meeting_id
+    assert f"Join: {JOIN_LINK}" in new.invitation and new.join_url not in new.invitation
+
+
+@pytest.mark.anyio
+async def test_a_guest_goes_to_the_room_without_asking_whereby(whereby: FakeWhereby, context: BackendContext) -> None:
+    backend = backend_for(whereby)
+    meeting = sample_meeting(join_link=JOIN_LINK)
+    room = await backend.create(context, meeting)
+    asked = len(whereby.seen)
+
+    assert await backend.join_url(context, joining(room, meeting, GUEST)) is None, "the stored roomUrl"
+    assert len(whereby.seen) == asked
+
+
+@pytest.mark.anyio
+async def test_the_organiser_is_sent_to_the_host_room(whereby: FakeWhereby, context: BackendContext) -> None:
+    backend = backend_for(whereby)
+    meeting = sample_meeting(join_link=JOIN_LINK)
+    room = await backend.create(context, meeting)
+
+    url = await backend.join_url(context, joining(room, meeting, HOST))
+
+    made = whereby.rooms[room.vendor_meeting_id]
+    assert url == made["hostRoomUrl"] and url != made["roomUrl"]
+    assert urlsplit(url).path == urlsplit(room.join_url).path and "roomKey=" in urlsplit(url).query
+    seen = whereby.seen[-1]
+    assert (seen.method, seen.path, seen.authorization) == (
+        "GET",
+        f"/v1/meetings/{room.vendor_meeting_id}",
+        f"Bearer {API_KEY}",
+    )
+    assert parse_qs(seen.query) == {"fields": ["hostRoomUrl"]}
+
+
+@pytest.mark.anyio
+async def test_the_organiser_gets_the_host_room_of_a_room_made_without_a_join_link(
+    whereby: FakeWhereby, context: BackendContext
+) -> None:
+    backend = backend_for(whereby)
+    room = await backend.create(context, sample_meeting())
+    assert "fields" not in whereby.seen[0].body
+
+    url = await backend.join_url(context, joining(room, sample_meeting(), HOST))
+    assert url == whereby.rooms[room.vendor_meeting_id]["hostRoomUrl"], "Whereby gives it when a read asks for it"
+
+
+@pytest.mark.anyio
+async def test_a_room_whereby_removed_is_a_clear_error_for_the_organiser(
+    whereby: FakeWhereby, context: BackendContext
+) -> None:
+    backend = backend_for(whereby)
+    meeting = sample_meeting(join_link=JOIN_LINK)
+    room = await backend.create(context, meeting)
+    whereby.rooms.clear()  # an hour past its end date, or deleted in Whereby's dashboard
+
+    with pytest.raises(BackendError) as caught:
+        await backend.join_url(context, joining(room, meeting, HOST))
+    assert "Whereby no longer has this meeting's room" in caught.value.message
+    assert await backend.join_url(context, joining(room, meeting, GUEST)) is None
+
+
+@pytest.mark.anyio
+async def test_without_a_host_url_in_the_answer_the_organiser_joins_the_room(
+    whereby: FakeWhereby, context: BackendContext
+) -> None:
+    backend = backend_for(whereby)
+    meeting = sample_meeting(join_link=JOIN_LINK)
+    room = await backend.create(context, meeting)
+    whereby.answer_next(JSONResponse({"meetingId": room.vendor_meeting_id, "roomUrl": room.join_url}))
+
+    assert await backend.join_url(context, joining(room, meeting, HOST)) is None
+
+
+@pytest.mark.anyio
+async def test_the_host_room_is_read_through_trouble(whereby: FakeWhereby, context: BackendContext) -> None:
+    backend = backend_for(whereby)
+    meeting = sample_meeting(join_link=JOIN_LINK)
+    room = await backend.create(context, meeting)
+    whereby.answer_next(whereby_error(503, "Service Unavailable"), throttled("0"))
+
+    url = await backend.join_url(context, joining(room, meeting, HOST))
+    assert url == whereby.rooms[room.vendor_meeting_id]["hostRoomUrl"]
+    assert whereby.calls("GET", f"/v1/meetings/{room.vendor_meeting_id}") == 3
+
+
+@pytest.mark.anyio
+async def test_the_host_room_with_a_wrong_key_tells_the_admin(whereby: FakeWhereby, context: BackendContext) -> None:
+    meeting = sample_meeting(join_link=JOIN_LINK)
+    room = await backend_for(whereby).create(context, meeting)
+    backend = WherebyBackend.from_config(settings(whereby, api_key="not-the-right-key-0123456789"))
+    with pytest.raises(BackendError, match="api_key"):
+        await backend.join_url(context, joining(room, meeting, HOST))
+
+
 # --- the fake itself: what the backend relies on Whereby doing ------------------------------------------
 
 
@@ -675,6 +814,22 @@ async def test_the_fake_refuses_a_prefix_whereby_would(whereby: FakeWhereby, pre
         response = await client.post(f"{whereby.api_base}/meetings", json=body)
     assert response.status_code == 400 and "roomNamePrefix" in response.json()["error"]
     assert whereby.live_rooms() == set()
+
+
+@pytest.mark.anyio
+async def test_the_fake_shows_host_and_viewer_urls_only_when_asked(whereby: FakeWhereby) -> None:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}) as client:
+        made = (await client.post(f"{whereby.api_base}/meetings", json={"endDate": "2031-05-14T10:15:00Z"})).json()
+        assert "hostRoomUrl" not in made and "viewerRoomUrl" not in made
+        url = f"{whereby.api_base}/meetings/{made['meetingId']}"
+        assert set((await client.get(url)).json()) == {"meetingId", "roomName", "roomUrl", "startDate", "endDate"}
+        host = (await client.get(url, params={"fields": "hostRoomUrl"})).json()
+        assert host["hostRoomUrl"].startswith(made["roomUrl"] + "?roomKey=") and "viewerRoomUrl" not in host
+        both = (await client.get(url, params={"fields": "hostRoomUrl,viewerRoomUrl"})).json()
+        repeated = (await client.get(url, params=[("fields", "hostRoomUrl"), ("fields", "viewerRoomUrl")])).json()
+        assert both == repeated and both["hostRoomUrl"] == host["hostRoomUrl"] and "viewerKey=" in both["viewerRoomUrl"]
+        response = await client.get(url, params={"fields": "secrets"})
+        assert response.status_code == 400 and "fields" in response.json()["error"]
 
 
 def test_the_fake_can_be_switched_down_from_another_thread() -> None:

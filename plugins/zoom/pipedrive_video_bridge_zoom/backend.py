@@ -10,6 +10,11 @@ meeting creates and updates is never retried, as it lasts until midnight UTC.
 A meeting made for a bridge key carries it as the first line of its agenda
 (``Ref: pvb-<key>``), which Zoom's List meetings API returns (its first 250
 characters), so ``list_rooms`` finds the meetings a crash left behind.
+
+Through the bridge's join link, a guest goes to the meeting's ``join_url`` and the
+organiser to a ``start_url`` read at the click (``GET /meetings/{meetingId}``):
+Zoom's start links expire two hours after they are made (90 days for custCreate
+users), and Get a meeting is Zoom's way to a current one.
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ import anyio
 import httpx
 
 from bridge.plugin import (
+    HOST,
     RETRY_EXTENSION,
     Backend,
     BackendContext,
     BackendError,
     BridgeError,
+    Joining,
     MeetingRequest,
     Room,
     TokenRefused,
@@ -36,7 +43,14 @@ from bridge.plugin import (
     render_invitation,
 )
 
-from .errors import is_missing_meeting, is_missing_user, json_object, raise_for_zoom, worth_retrying
+from .errors import (
+    is_missing_meeting,
+    is_missing_scope,
+    is_missing_user,
+    json_object,
+    raise_for_zoom,
+    worth_retrying,
+)
 from .oauth import AccountTokens, TokenSource, UserTokens, ZoomOAuth, settings_url_of
 from .settings import ZoomSettings, parse_settings
 
@@ -87,8 +101,8 @@ class ZoomBackend(Backend):
             raise BackendError("Zoom created the meeting but gave no meeting id or join link")
         vendor_id = str(meeting_id)  # Zoom's ids exceed 32 bits; kept as text
         password = password if isinstance(password, str) and password else None
-        invitation = await self._invitation(ctx, vendor_id) or render_invitation(
-            meeting, join_url, user=ctx.user, password=password
+        invitation = _invitation_text(
+            meeting, ctx, vendor_id, join_url, password, await self._invitation(ctx, vendor_id)
         )
         log.info("zoom meeting created", extra={"vendor_meeting_id": vendor_id})
         return Room(vendor_meeting_id=vendor_id, join_url=join_url, invitation=invitation, password=password)
@@ -99,10 +113,7 @@ class ZoomBackend(Backend):
             ctx, "PATCH", f"/meetings/{_meeting_path(vendor_meeting_id)}", json=self._schedule(meeting)
         )
         if is_missing_meeting(response):
-            raise BackendError(
-                "this Zoom meeting no longer exists (it was deleted in Zoom); remove the video call "
-                "from the activity and add a new one"
-            )
+            raise _meeting_gone()
         raise_for_zoom(response, "move the meeting")
 
     async def delete(self, ctx: BackendContext, vendor_meeting_id: str) -> None:
@@ -110,6 +121,26 @@ class ZoomBackend(Backend):
         if is_missing_meeting(response):
             return  # already gone
         raise_for_zoom(response, "delete the meeting")
+
+    async def join_url(self, ctx: BackendContext, joining: Joining) -> str | None:
+        """A guest: None, the meeting's ``join_url``. The organiser: a ``start_url`` read now (they expire).
+
+        Without the scope to read a meeting, or without a start link in Zoom's answer, the organiser
+        is sent to the join link too: signed in to Zoom as the host, they start the meeting from there."""
+        if joining.role != HOST:
+            return None
+        response = await self._request(ctx, "GET", f"/meetings/{_meeting_path(joining.vendor_meeting_id)}")
+        if is_missing_meeting(response):
+            raise _meeting_gone()
+        if is_missing_scope(response):
+            log.warning(
+                "zoom app cannot read meetings; the organiser gets the join link, not a start link "
+                "(add the scope meeting:read:meeting or meeting:read:meeting:admin)"
+            )
+            return None
+        raise_for_zoom(response, "read the meeting's start link")
+        start_url = json_object(response).get("start_url")
+        return start_url if isinstance(start_url, str) and start_url.startswith("https://") else None
 
     async def list_rooms(self, ctx: BackendContext) -> list[VendorRoom]:
         """The bridge's meetings of every host ``create`` would use for ``ctx``, each listed once.
@@ -256,6 +287,39 @@ class ZoomUserBackend(ZoomBackend):
 
     async def is_connected(self, ctx: BackendContext) -> bool:
         return await self.tokens.is_connected(ctx)
+
+
+def _meeting_gone() -> BackendError:
+    return BackendError(
+        "this Zoom meeting no longer exists (it was deleted in Zoom); remove the video call "
+        "from the activity and add a new one"
+    )
+
+
+def _invitation_text(
+    meeting: MeetingRequest,
+    ctx: BackendContext,
+    vendor_id: str,
+    join_url: str,
+    password: str | None,
+    zoom_text: str | None,
+) -> str:
+    """Zoom's own invitation, or the bridge's; with a join link, it in place of Zoom's URL.
+
+    The meeting ID and passcode stay: with them, someone in the Zoom app joins without the link."""
+    link = meeting.join_link
+    if not link:
+        return zoom_text or render_invitation(meeting, join_url, user=ctx.user, password=password)
+    if zoom_text and join_url in zoom_text:
+        return zoom_text.replace(join_url, link)
+    return render_invitation(
+        meeting, link, user=ctx.user, password=password, extra_lines=[f"Meeting ID: {_spaced(vendor_id)}"]
+    )
+
+
+def _spaced(meeting_id: str) -> str:
+    """A meeting ID as Zoom writes it: 3, 4 and the rest (``853 3710 9154``)."""
+    return " ".join(part for part in (meeting_id[:3], meeting_id[3:7], meeting_id[7:]) if part)
 
 
 def _key_tag(key: str) -> str:

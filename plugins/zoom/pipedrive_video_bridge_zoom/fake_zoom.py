@@ -12,7 +12,10 @@ OAuth errors ``{"reason": ..., "error": ...}``):
                                               ``next_page_token`` (opaque, "" on the last page), ``total_records``;
                                               ``agenda`` cut to 250 characters and left out when empty;
                                               404 code 1001 and 400 code 3161 as for a create
-    GET    /v2/meetings/{meetingId}           the meeting, with its whole agenda
+    GET    /v2/meetings/{meetingId}           the meeting, with its whole agenda and a new ``start_url`` (a fresh
+                                              ZAK each time, as Zoom's start links expire two hours after they
+                                              are made); 404 code 3001 for a meeting that does not exist,
+                                              400 code 4711 without the scope
     PATCH  /v2/meetings/{meetingId}           204, no body
     DELETE /v2/meetings/{meetingId}           204; 404 code 3001 for a meeting that does not exist
     GET    /v2/meetings/{meetingId}/invitation  {"invitation": "..."}; 400 code 4711 without the scope
@@ -102,6 +105,7 @@ class FakeZoomState:
     daily_limit: int | None = None  # creates + updates per user per day
     daily_limit_headers: bool = True  # documented headers; Zoom has been seen to send the body only
     invitation_scope: bool = True
+    read_scope: bool = True  # the app may read a meeting (Get a meeting)
     list_scope: bool = True  # the app may list meetings
     delay: float = 0.0  # seconds before every API answer
     token_delay: float = 0.0  # seconds before every token answer
@@ -157,7 +161,6 @@ class FakeZoomState:
     def add_meeting(self, user: FakeZoomUser, body: Mapping[str, Any]) -> dict[str, Any]:
         """Store a new meeting of ``user`` from a (checked) create body and return it as Zoom answers it."""
         meeting_id = secrets.randbelow(9 * 10**10) + 10**10  # 11 digits, beyond 32 bits like Zoom's
-        zak = "zak-" + secrets.token_urlsafe(24)
         meeting = {
             "id": meeting_id,
             "uuid": secrets.token_urlsafe(16),
@@ -172,14 +175,19 @@ class FakeZoomState:
             "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "password": body.get("password") or f"{secrets.randbelow(10**6):06d}",
             "join_url": f"https://zoom.us/j/{meeting_id}?pwd={secrets.token_urlsafe(16)}",
-            "start_url": f"https://zoom.us/s/{meeting_id}?zak={zak}",
             "settings": body.get("settings", {}),
             "default_password": body.get("default_password", False),
         }
         with self.lock:
+            meeting["start_url"] = self.new_start_url(meeting_id)
             self.meetings[str(meeting_id)] = meeting
-            self.issued_secrets.append(zak)
         return meeting
+
+    def new_start_url(self, meeting_id: int) -> str:
+        """A start link with a ZAK of its own (call with the lock held); Zoom's expire after two hours."""
+        zak = "zak-" + secrets.token_urlsafe(24)
+        self.issued_secrets.append(zak)
+        return f"https://zoom.us/s/{meeting_id}?zak={zak}"
 
     def schedule(self, host: str, topic: str = "Made in Zoom", agenda: str = "") -> str:
         """A meeting the host scheduled in Zoom itself (not through the bridge); its id."""
@@ -484,8 +492,19 @@ def create_fake_zoom(state: FakeZoomState) -> ASGIApp:
         valid, own_id = caller(request)
         if not valid:
             return invalid_token()
+        if not state.read_scope:
+            return _zoom_error(
+                400,
+                4711,
+                "Invalid access token, does not contain scopes:[meeting:read:meeting, meeting:read:meeting:admin].",
+            )
         meeting = meeting_of(request, own_id)
-        return meeting_missing(request) if meeting is None else JSONResponse(meeting)
+        if meeting is None:
+            return meeting_missing(request)
+        with state.lock:
+            meeting["start_url"] = state.new_start_url(meeting["id"])  # the latest is the one that works
+            answer = dict(meeting)
+        return JSONResponse(answer)
 
     async def invitation(request: Request) -> Response:
         valid, own_id = caller(request)
