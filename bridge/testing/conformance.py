@@ -112,7 +112,7 @@ class BackendConformance:
         urls = [await backend.join_url(context, _joining(moved, kit_meeting(backend), role)) for role in (HOST, GUEST)]
         await backend.delete(context, moved.vendor_meeting_id)
         shown = [room.invitation, room.join_url, room.password or "", moved.invitation, moved.join_url, caplog.text]
-        shown += [url or "" for url in urls]
+        assert len(urls) == 2  # the ways in may carry a credential (a host's start link); the log may not
         for secret in vendor_secrets:
             assert not any(secret in text for text in shown), "a configured secret leaked into a room or a log"
 

@@ -633,8 +633,11 @@ async def test_end_to_end_in_process_public(tmp_path: Path) -> None:
         body = response.json()
         assert body["success"] is True
         data = body["data"]
-        assert re.fullmatch(r"https://meet\.jit\.si/[a-z0-9]{26,}", data["join_url"])
+        assert data["join_url"].startswith("https://bridge.example.com/j/")  # the bridge's join link
         assert data["join_url"] in data["invitation"] and "Demo with Acme" in data["invitation"]
+        opened = await client.get(data["join_url"], headers={"Authorization": ""})
+        assert opened.status_code == 303
+        assert re.fullmatch(r"https://meet\.jit\.si/[a-z0-9]{26,}", opened.headers["location"])
         meeting_url = f"/api/v1/links/{link_id}/meetings/{data['meeting_id']}"
 
         response = await client.patch(meeting_url, json=MOVED_BODY)
@@ -655,11 +658,15 @@ async def test_end_to_end_in_process_token_mode_carries_the_link_user(tmp_path: 
         response = await client.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY)
         assert response.status_code == 201, response.text
         data = response.json()["data"]
-        assert data["join_url"].startswith("https://meet.example.org/")
-        claims = decode_token(data["join_url"])
-        assert claims["context"]["user"] == {"id": "5", "name": "Grace Hopper", "email": "grace@example.com"}
-        assert claims["room"] == room_of(data["join_url"])
+        assert "jwt=" not in data["join_url"] and "jwt=" not in data["invitation"]
         assert "Grace Hopper" in data["invitation"]
+        opened = await client.get(data["join_url"], headers={"Authorization": ""})  # a guest's click
+        room_url = opened.headers["location"]
+        assert room_url.startswith("https://meet.example.org/")
+        claims = decode_token(room_url)
+        assert claims["room"] == room_of(room_url)
+        assert "grace@example.com" not in str(claims), "a guest's token does not carry the organiser"
+        assert claims["exp"] - claims["iat"] <= 60 * 60, "minted at the click, valid for minutes"
 
 
 @pytest.mark.anyio
@@ -746,8 +753,11 @@ def test_end_to_end_on_a_real_socket(served: tuple[str, Path, dict[str, str]]) -
         response = client.post(f"/api/v1/links/{link_id}/meetings", json=MEETING_BODY)
         assert response.status_code == 201, response.text
         data = response.json()["data"]
-        assert re.fullmatch(r"https://meet\.example\.org/[a-z0-9]{26,}", data["join_url"])
-        assert data["join_url"] in data["invitation"]
+        join_path = urlsplit(data["join_url"]).path  # on [server] public_url, which this config leaves default
+        assert join_path.startswith("/j/") and data["join_url"] in data["invitation"]
+        opened = client.get(join_path, headers={"Authorization": ""})
+        assert opened.status_code == 303
+        assert re.fullmatch(r"https://meet\.example\.org/[a-z0-9]{26,}", opened.headers["location"])
         meeting_url = f"/api/v1/links/{link_id}/meetings/{data['meeting_id']}"
 
         assert client.patch(meeting_url, json=MOVED_BODY).status_code == 204

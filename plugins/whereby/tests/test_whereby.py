@@ -983,8 +983,11 @@ async def test_end_to_end_create_rename_move_delete(
     assert response.status_code == 201, response.text
     data = response.json()["data"]
     [room] = whereby.rooms.values()
-    assert data["join_url"] == room["roomUrl"] and "password" not in data
-    assert "Ada Lovelace" in data["invitation"] and room["roomUrl"] in data["invitation"]
+    assert data["join_url"].startswith("https://bridge.example.com/j/") and "password" not in data
+    assert "Ada Lovelace" in data["invitation"] and data["join_url"] in data["invitation"]
+    assert room["roomUrl"] not in data["invitation"]
+    opened = await pipedrive.get(data["join_url"], headers={"Authorization": ""})
+    assert opened.status_code == 303 and opened.headers["location"] == room["roomUrl"]
     meeting_url = f"/api/v1/links/{link_id}/meetings/{data['meeting_id']}"
 
     assert (await pipedrive.patch(meeting_url, json=RENAMED_BODY)).status_code == 204
@@ -998,6 +1001,10 @@ async def test_end_to_end_create_rename_move_delete(
         ("create", moved["meetingId"]),
         ("delete", room["meetingId"]),
     ]
+    # moved past its room's end: the link Pipedrive got in the 201 opens the new room; the old one is gone
+    opened = await pipedrive.get(data["join_url"], headers={"Authorization": ""})
+    assert opened.status_code == 303 and opened.headers["location"] == moved["roomUrl"] != room["roomUrl"]
+    assert room["meetingId"] not in whereby.rooms
     stored = await store.get_meeting(link_id, data["meeting_id"])
     assert stored is not None and stored.vendor_meeting_id == moved["meetingId"]
 

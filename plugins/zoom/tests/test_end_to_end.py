@@ -66,14 +66,17 @@ async def test_create_move_delete_as_pipedrive_does(tmp_path: Path, zoom: FakeZo
         assert (made["topic"], made["start_time"], made["duration"]) == ("Demo with Acme", "2031-05-14T09:30:00Z", 30)
         assert made["host_email"] == "ada@example.com"
         data = body["data"]
-        assert data["join_url"] == made["join_url"] and data["password"] == made["password"]
+        assert data["join_url"].startswith("https://bridge.example.com/j/") and data["password"] == made["password"]
         assert data["meeting_id"] != zoom_id, "Pipedrive gets the bridge's own id"
-        assert made["join_url"] in data["invitation"] and "Topic: Demo with Acme" in data["invitation"]
+        assert data["join_url"] in data["invitation"] and "Topic: Demo with Acme" in data["invitation"]
+        opened = await client.get(data["join_url"], headers={"Authorization": ""})  # a guest's click
+        assert opened.status_code == 303 and opened.headers["location"] == made["join_url"]
 
         moved = await client.patch(meetings_path(link_id, data["meeting_id"]), json=MOVED)
         assert moved.status_code == 204 and moved.content == b""
         assert (made["topic"], made["start_time"], made["duration"]) == (MOVED["topic"], "2031-05-15T16:00:00Z", 60)
-        assert made["join_url"] == data["join_url"], "Zoom keeps the meeting's link"
+        opened = await client.get(data["join_url"], headers={"Authorization": ""})
+        assert opened.headers["location"] == made["join_url"], "Zoom keeps the meeting's link"
 
         deleted = await client.delete(meetings_path(link_id, data["meeting_id"]))
         assert deleted.status_code == 204 and zoom.deleted == [zoom_id] and zoom.meetings == {}
@@ -236,7 +239,10 @@ async def test_connecting_zoom_on_the_settings_page_then_meeting_with_it(
     created = await pipedrive_api.post(meetings_path(link_id), json=MEETING)
     assert created.status_code == 201, created.text
     [made] = zoom.meetings.values()
-    assert made["host_email"] == "ada@example.com" and created.json()["data"]["join_url"] == made["join_url"]
+    assert made["host_email"] == "ada@example.com"
+    # the organiser, signed in on the bridge, opens the join link as host: the start URL fetched at the click
+    host = await browser.get(created.json()["data"]["join_url"], follow_redirects=False)
+    assert host.status_code == 303 and host.headers["location"] == made["start_url"] != made["join_url"]
 
 
 async def test_user_tokens_are_refreshed_once_and_a_refused_refresh_asks_to_reconnect(
