@@ -284,14 +284,13 @@ async def test_end_to_end_a_wrong_secret_is_a_page_saying_so(tmp_path: Path, bbb
     assert "does not match the server" in page.text and "a-wrong-shared-secret" not in page.text
 
 
-def test_vendor_join_links_are_refused_for_it(tmp_path: Path, bbb: FakeBigBlueButton) -> None:
-    from bridge.runtime import build_backends
-    from bridge.vendors.registry import load_plugins
-
+@pytest.mark.anyio
+async def test_vendor_join_links_are_refused_for_it_at_start(tmp_path: Path, bbb: FakeBigBlueButton) -> None:
     config = make_config(
         tmp_path,
         backends={"bigbluebutton": {**bbb.backend_config(), "join_links": "vendor"}},
         meetings={"default_backend": "bigbluebutton", "allowed_backends": ["bigbluebutton"]},
     )
-    _, problems = build_backends(load_plugins(), config)
-    assert any('join_links = "bridge"' in problem for problem in problems), problems
+    with pytest.raises(Exception, match=r'\[backends.bigbluebutton\] join_links: .*join_links = "bridge"'):
+        async with bridge_client(config, entry_points=True):
+            pass
