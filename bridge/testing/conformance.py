@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from bridge.config import BACKEND_NAME
-from bridge.testing.kit import make_context, sample_meeting
-from bridge.vendors.interface import GUEST, HOST, Backend, BackendContext, Joining, MeetingRequest, Room, VendorRoom
+from bridge.testing.kit import make_context, sample_joining, sample_meeting
+from bridge.vendors.interface import GUEST, HOST, Backend, BackendContext, MeetingRequest, Room, VendorRoom
 
 HOSTILE_TOPICS = [
     "Quarterly review",
@@ -109,7 +109,9 @@ class BackendConformance:
         caplog.set_level(logging.DEBUG)
         room = await backend.create(context, kit_meeting(backend))
         moved = await backend.update(context, room.vendor_meeting_id, kit_meeting(backend, topic="Moved")) or room
-        urls = [await backend.join_url(context, _joining(moved, kit_meeting(backend), role)) for role in (HOST, GUEST)]
+        urls = [
+            await backend.join_url(context, sample_joining(moved, kit_meeting(backend), role)) for role in (HOST, GUEST)
+        ]
         await backend.delete(context, moved.vendor_meeting_id)
         shown = [room.invitation, room.join_url, room.password or "", moved.invitation, moved.join_url, caplog.text]
         assert len(urls) == 2  # the ways in may carry a credential (a host's start link); the log may not
@@ -130,7 +132,7 @@ class BackendConformance:
         meeting = kit_meeting(backend, join_link="https://bridge.example.com/j/" + secrets.token_urlsafe(24))
         room = await backend.create(context, meeting)
         for role in (HOST, GUEST):
-            url = await backend.join_url(context, _joining(room, meeting, role))
+            url = await backend.join_url(context, sample_joining(room, meeting, role))
             assert url is None or (isinstance(url, str) and _absolute_url(url)), f"join_url for {role}: {url!r}"
             if type(backend).creates_on_join:
                 assert url is not None, "a backend that makes its rooms at the first click must give a URL"
@@ -161,14 +163,3 @@ class BackendConformance:
         await backend.delete(context, moved.vendor_meeting_id)
         listed_after = {r.vendor_meeting_id for r in await backend.list_rooms(context)}
         assert moved.vendor_meeting_id not in listed_after, "a deleted room is no longer listed"
-
-
-def _joining(room: Room, meeting: MeetingRequest, role: str) -> Joining:
-    return Joining(
-        vendor_meeting_id=room.vendor_meeting_id,
-        meeting=meeting,
-        role=role,
-        join_url=room.join_url,
-        password=room.password,
-        name="Ada Lovelace" if role == HOST else "",
-    )

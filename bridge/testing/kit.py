@@ -16,7 +16,7 @@ from bridge.api.auth import basic_auth
 from bridge.config import Config, parse_config
 from bridge.storage.store import Store
 from bridge.storage.vault import generate_key
-from bridge.vendors.interface import BackendContext, MeetingRequest, UserIdentity
+from bridge.vendors.interface import HOST, BackendContext, Joining, MeetingRequest, Room, UserIdentity
 from bridge.vendors.registry import load_plugins
 
 
@@ -74,6 +74,18 @@ def sample_meeting(**overrides: Any) -> MeetingRequest:
         "start_time": datetime(2031, 5, 14, 9, 30, tzinfo=UTC),
     }
     return MeetingRequest(**{**fields, **overrides})
+
+
+def sample_joining(room: Room, meeting: MeetingRequest, role: str) -> Joining:
+    """A click on the join link of ``room`` (made for ``meeting``) by the organiser (``HOST``) or a guest."""
+    return Joining(
+        vendor_meeting_id=room.vendor_meeting_id,
+        meeting=meeting,
+        role=role,
+        join_url=room.join_url,
+        password=room.password,
+        name="Ada Lovelace" if role == HOST else "",
+    )
 
 
 def make_context(

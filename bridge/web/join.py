@@ -31,7 +31,7 @@ from bridge.api.meetings import JOIN_PATH, join_link
 from bridge.api.vendor_calls import backend_context, call_backend
 from bridge.errors import VendorFailed
 from bridge.runtime import Bridge, bridge_of
-from bridge.storage.meetings import JoinTarget, room_key
+from bridge.storage.meetings import JoinTarget, Meeting, room_key
 from bridge.storage.schema import LINK_ACTIVE, MEETING_ACTIVE, utcnow
 from bridge.vendors.interface import GUEST, HOST, Joining, MeetingRequest
 from bridge.web.pages import browser_page, page
@@ -96,7 +96,7 @@ def _closed(request: Request, bridge: Bridge, target: JoinTarget) -> Response | 
             hint="If you still need to meet, ask the organiser to send a new invitation.",
             status=410,
         )
-    start = meeting.start_time if meeting.start_time.tzinfo else meeting.start_time.replace(tzinfo=UTC)
+    start = _start(meeting)
     end = start + timedelta(minutes=meeting.duration)
     if utcnow() > end + timedelta(hours=bridge.config.meetings.join_open_hours):
         _count(bridge, "ended", backend)
@@ -125,7 +125,7 @@ async def _to_room(request: Request, bridge: Bridge, target: JoinTarget, token: 
     role = HOST if signed_in_as(request, bridge, link) else GUEST
     try:
         backend = bridge.backends.get(meeting.backend)
-        start = meeting.start_time if meeting.start_time.tzinfo else meeting.start_time.replace(tzinfo=UTC)
+        start = _start(meeting)
         joining = Joining(
             vendor_meeting_id=meeting.vendor_meeting_id,
             meeting=MeetingRequest(
@@ -158,6 +158,11 @@ def _leaves_for_vendor(url: str, own_link: str) -> bool:
     """An absolute http(s) URL that is not this very link (a redirect to itself would loop)."""
     parts = urlsplit(url)
     return parts.scheme in ("https", "http") and bool(parts.netloc) and url != own_link and not re.search(r"\s", url)
+
+
+def _start(meeting: Meeting) -> datetime:
+    """The meeting's start in UTC (SQLite hands the stored time back without its zone)."""
+    return meeting.start_time if meeting.start_time.tzinfo else meeting.start_time.replace(tzinfo=UTC)
 
 
 def _when(start: datetime) -> str:

@@ -9,8 +9,8 @@ import pytest
 from pipedrive_video_bridge_zoom import ZoomBackend
 from pipedrive_video_bridge_zoom.fake_zoom import FakeZoomState
 
-from bridge.plugin import GUEST, HOST, BackendContext, BackendError, Joining, MeetingRequest, Room
-from bridge.testing import sample_meeting
+from bridge.plugin import GUEST, HOST, BackendContext, BackendError, MeetingRequest, Room
+from bridge.testing import sample_joining, sample_meeting
 
 pytestmark = pytest.mark.anyio
 
@@ -35,17 +35,6 @@ def context(auth: str, request: pytest.FixtureRequest) -> BackendContext:
     return context
 
 
-def joining(room: Room, meeting: MeetingRequest, role: str) -> Joining:
-    return Joining(
-        vendor_meeting_id=room.vendor_meeting_id,
-        meeting=meeting,
-        role=role,
-        join_url=room.join_url,
-        password=room.password,
-        name="Ada Lovelace" if role == HOST else "",
-    )
-
-
 async def made(backend: ZoomBackend, context: BackendContext) -> tuple[Room, MeetingRequest]:
     meeting = sample_meeting(join_link=JOIN_LINK)
     return await backend.create(context, meeting), meeting
@@ -60,7 +49,7 @@ async def test_a_guest_goes_to_zooms_join_link_without_a_call(
     room, meeting = await made(backend, context)
     calls = len(zoom.api_requests)
 
-    assert await backend.join_url(context, joining(room, meeting, GUEST)) is None, "the stored join_url"
+    assert await backend.join_url(context, sample_joining(room, meeting, GUEST)) is None, "the stored join_url"
     assert len(zoom.api_requests) == calls
 
 
@@ -70,8 +59,8 @@ async def test_the_organiser_gets_a_start_link_read_at_each_click(
     room, meeting = await made(backend, context)
     at_create = zoom.meetings[room.vendor_meeting_id]["start_url"]
 
-    first = await backend.join_url(context, joining(room, meeting, HOST))
-    second = await backend.join_url(context, joining(room, meeting, HOST))
+    first = await backend.join_url(context, sample_joining(room, meeting, HOST))
+    second = await backend.join_url(context, sample_joining(room, meeting, HOST))
 
     assert first is not None and second is not None
     assert first.startswith(f"https://zoom.us/s/{room.vendor_meeting_id}?zak=")
@@ -88,7 +77,7 @@ async def test_the_start_link_is_read_with_a_renewed_token(
     zoom.expire_access_tokens()  # Zoom revoked it early: 401 code 124
     before = sum(zoom.token_requests.values())
 
-    url = await backend.join_url(context, joining(room, meeting, HOST))
+    url = await backend.join_url(context, sample_joining(room, meeting, HOST))
 
     assert url == zoom.meetings[room.vendor_meeting_id]["start_url"]
     assert sum(zoom.token_requests.values()) == before + 1, "one new token, then the read once more"
@@ -100,7 +89,7 @@ async def test_the_start_link_is_read_through_a_server_error(
     room, meeting = await made(backend, context)
     zoom.failing_next = [503, 500]
 
-    url = await backend.join_url(context, joining(room, meeting, HOST))
+    url = await backend.join_url(context, sample_joining(room, meeting, HOST))
     assert url == zoom.meetings[room.vendor_meeting_id]["start_url"]
 
 
@@ -112,9 +101,9 @@ async def test_a_meeting_deleted_in_zoom_is_a_clear_error_for_the_organiser(
         del zoom.meetings[room.vendor_meeting_id]  # deleted in Zoom: 404 code 3001
 
     with pytest.raises(BackendError) as caught:
-        await backend.join_url(context, joining(room, meeting, HOST))
+        await backend.join_url(context, sample_joining(room, meeting, HOST))
     assert "this Zoom meeting no longer exists" in caught.value.message
-    assert await backend.join_url(context, joining(room, meeting, GUEST)) is None
+    assert await backend.join_url(context, sample_joining(room, meeting, GUEST)) is None
 
 
 async def test_without_the_scope_to_read_meetings_the_organiser_gets_the_join_link(
@@ -124,7 +113,7 @@ async def test_without_the_scope_to_read_meetings_the_organiser_gets_the_join_li
     zoom.read_scope = False  # Zoom answers 400, code 4711
     caplog.set_level(logging.WARNING)
 
-    assert await backend.join_url(context, joining(room, meeting, HOST)) is None
+    assert await backend.join_url(context, sample_joining(room, meeting, HOST)) is None
     assert "meeting:read:meeting" in caplog.text, "the log tells the admin which scope to add"
 
 
@@ -133,7 +122,7 @@ async def test_a_start_link_stays_out_of_the_logs(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     room, meeting = await made(backend, context)
-    url = await backend.join_url(context, joining(room, meeting, HOST))
+    url = await backend.join_url(context, sample_joining(room, meeting, HOST))
     assert url is not None and url.split("zak=")[1] not in caplog.text
 
 
