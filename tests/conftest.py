@@ -114,7 +114,8 @@ class FakeVendor:
 
 
 def make_fake_plugin(vendor: FakeVendor) -> Any:
-    """A plugin with three backends, ``fake``, ``other`` and ``listing``, that keep their rooms in ``vendor``."""
+    """A plugin with the backends ``fake``, ``other``, ``listing``, ``finding`` and ``joining``, that keep their
+    rooms in ``vendor``."""
 
     class FakeBackend(Backend):
         name = "fake"
@@ -173,6 +174,17 @@ def make_fake_plugin(vendor: FakeVendor) -> Any:
             vendor.calls.append((self.name, "list", ""))
             return [VendorRoom(room_id, meeting.key) for room_id, meeting in vendor.rooms.items() if meeting.key]
 
+    class FindingBackend(FakeBackend):
+        """Tags rooms with the meeting's key and finds them by it, as a vendor with external ids does."""
+
+        name = "finding"
+        title = "Finding Video"
+        finds_rooms = True
+
+        async def find_rooms(self, ctx: BackendContext, key: str) -> list[VendorRoom]:
+            vendor.calls.append((self.name, "find", key))
+            return [VendorRoom(room_id, meeting.key) for room_id, meeting in vendor.rooms.items() if meeting.key == key]
+
     class JoiningBackend(FakeBackend):
         """Picks the way in at each click, as a vendor with host links and minted tokens does."""
 
@@ -196,6 +208,7 @@ def make_fake_plugin(vendor: FakeVendor) -> Any:
             register(FakeBackend)
             register(OtherBackend)
             register(ListingBackend)
+            register(FindingBackend)
             register(JoiningBackend)
 
     return Plugin()

@@ -43,7 +43,7 @@ def config(tmp_path: Path, database_url: str) -> Config:
         server={"backend_timeout_seconds": 2},
         meetings={
             "default_backend": "listing",
-            "allowed_backends": ["listing", "fake"],
+            "allowed_backends": ["listing", "finding", "fake"],
             "operation_lease_seconds": 3,
             "job_poll_seconds": 0.05,
             "job_retry_seconds": 0.05,
@@ -52,19 +52,14 @@ def config(tmp_path: Path, database_url: str) -> Config:
     )
 
 
-def listing(_link: Link | None) -> tuple[str, bool]:
-    """A claim for the ``listing`` backend, which sweeps."""
-    return "listing", True
-
-
 BODY_REQUEST = MeetingRequest(topic=BODY["topic"], start_time=datetime(2030, 1, 1, 10, 0, tzinfo=UTC), duration=30)
 
 
-async def claim_elsewhere(store: Store, link: Link, *, lease_seconds: float) -> Ticket:
+async def claim_elsewhere(store: Store, link: Link, *, lease_seconds: float, backend: str = "listing") -> Ticket:
     """BODY's postMeeting claimed by another process (one that may be dead), as the store records it."""
     fingerprint = request_fingerprint(link.id, BODY_REQUEST)
     claimed = await store.claim_meeting(
-        fingerprint, link.id, listing, "elsewhere:1:x", lease_seconds=lease_seconds, since=None
+        fingerprint, link.id, lambda _link: (backend, True), "elsewhere:1:x", lease_seconds=lease_seconds, since=None
     )
     assert claimed.ticket is not None
     return claimed.ticket
@@ -138,6 +133,25 @@ async def test_a_claim_whose_process_died_lets_the_retry_through_and_its_room_is
     await wait_for_empty_outbox(store)
     assert list(vendor.rooms) == ["listing-1"]
     assert not await store.stale_claims(time.time() + 3600)
+
+
+async def test_a_backend_that_finds_rooms_by_key_has_its_dead_claims_room_swept_without_listing(
+    client, vendor, store, link
+):
+    dead = await claim_elsewhere(store, link, lease_seconds=0.3, backend="finding")
+    key = room_key(dead.meeting_id)
+    vendor.rooms["finding-orphan"] = replace(BODY_REQUEST, key=key)
+    vendor.rooms["finding-other"] = replace(BODY_REQUEST, key="0123456789abcdef")  # another meeting's room
+
+    retried = await client.post(url(link), json=BODY)
+
+    assert retried.status_code == 201, retried.text
+    await wait_until(lambda: "finding-orphan" not in vendor.rooms, what="the sweep of the dead claim's room")
+    await wait_for_empty_outbox(store)
+    assert "finding-other" in vendor.rooms
+    finding_calls = [(operation, arg) for backend, operation, arg in vendor.calls if backend == "finding"]
+    assert ("find", key) in finding_calls
+    assert all(operation != "list" for operation, _ in finding_calls)
 
 
 async def test_a_holder_slower_than_its_lease_stores_nothing_and_its_room_goes(

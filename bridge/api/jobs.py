@@ -3,8 +3,8 @@
 Two kinds of job (``bridge.storage.outbox``):
 
 - **delete**: remove one room at the vendor, unless a live meeting holds it;
-- **sweep**: list the vendor's rooms (``Backend.list_rooms``) and remove those tagged
-  with the job's key that no live meeting holds. A sweep is written, due when the
+- **sweep**: find the vendor's rooms tagged with the job's key (``Backend.find_rooms``) and
+  remove those that no live meeting holds. A sweep is written, due when the
   lease ends, before every vendor call that may make a room; storing the result
   removes it. So a process killed mid-call leaves a sweep that finds its room.
 
@@ -137,18 +137,19 @@ class JobRunner:
         return JobResult("done", rooms_removed=[room])
 
     async def _sweep(self, job: Job, backend: Backend, ctx: BackendContext) -> JobResult:
-        if not backend.lists_rooms:
+        if not backend.recovers_rooms:
             return JobResult("done")
         later = await self.store.sweep_in_flight(job.room_key or "", job.id)
         if later is not None:  # another operation on this meeting is still within its lease
             await self.store.defer_job(job.id, self.bridge.holder, later + 1.0)
             return JobResult("deferred")
-        rooms = await self._call(backend, "list its rooms", lambda: backend.list_rooms(ctx))
+        key = job.room_key or ""
+        rooms = await self._call(backend, "find its rooms", lambda: backend.find_rooms(ctx, key))
         meeting = await self.store.meeting_by_id(job.meeting_id or "")
         keep = meeting.vendor_meeting_id if meeting is not None and meeting.state == MEETING_ACTIVE else None
         removed = []
         for room in rooms:
-            if room.key == job.room_key and room.vendor_meeting_id != keep:
+            if room.key == key and room.vendor_meeting_id != keep:
                 await self._remove(backend, ctx, room.vendor_meeting_id)
                 removed.append(room.vendor_meeting_id)
         if removed:

@@ -119,7 +119,7 @@ class MeetingService:
 
         def choose(found: Link | None) -> tuple[str, bool]:  # runs in the claim's transaction
             name = self.backend_for(_usable(found))
-            return name, self._backend(name).lists_rooms
+            return name, self._backend(name).recovers_rooms
 
         # an identical request's vendor call ends within the timeout; a moment more lets it store its answer
         deadline = anyio.current_time() + self.bridge.config.server.backend_timeout_seconds + _STORE_MARGIN
@@ -217,7 +217,7 @@ class MeetingService:
         old_vendor_id = meeting.vendor_meeting_id
         lease = self.bridge.config.meetings.operation_lease_seconds
         sweep = None
-        if backend.lists_rooms:  # a move may make a new room: cover the call as a create is covered
+        if backend.recovers_rooms:  # a move may make a new room: cover the call as a create is covered
             sweep = sweep_job(meeting.backend, link.id, meeting.id, reason="update", delay=lease)
             await self.store.add_job(sweep)
         keyed = dataclasses.replace(

@@ -139,6 +139,19 @@ class BackendConformance:
                 assert url != meeting.join_link, "join_url must not lead back to the bridge's own link"
 
     @pytest.mark.anyio
+    async def test_finds_the_room_made_for_a_key(self, backend: Backend, context: BackendContext) -> None:
+        """What the bridge's sweep after a crash relies on, for a backend that finds or lists its rooms."""
+        if not backend.recovers_rooms:
+            pytest.skip(f"{type(backend).title} cannot find its rooms again")
+        key = secrets.token_hex(8)
+        room = await backend.create(context, kit_meeting(backend, key=key))
+        found = await backend.find_rooms(context, key)
+        assert all(isinstance(r, VendorRoom) for r in found), "find_rooms must return VendorRoom objects"
+        assert all(r.key == key for r in found), "find_rooms returns only rooms tagged with the key asked for"
+        assert room.vendor_meeting_id in {r.vendor_meeting_id for r in found}, "the room made for a key is found"
+        await backend.delete(context, room.vendor_meeting_id)
+
+    @pytest.mark.anyio
     async def test_lists_its_tagged_rooms_until_they_are_deleted(
         self, backend: Backend, context: BackendContext
     ) -> None:

@@ -147,6 +147,10 @@ class Backend(ABC):
     lists_rooms: ClassVar[bool] = False
     """True when :meth:`list_rooms` is implemented: the bridge can then find and remove
     rooms a crash or a vendor timeout left behind."""
+    finds_rooms: ClassVar[bool] = False
+    """True when :meth:`find_rooms` finds the room made for a key without listing (the vendor
+    looks rooms up by an external id): enough for the bridge's sweeps, not for ``reconcile``'s
+    list of rooms nobody holds."""
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Self:
@@ -187,6 +191,20 @@ class Backend(ABC):
         nothing to list.
         """
         raise NotImplementedError(f"{self.title} cannot list its rooms")
+
+    async def find_rooms(self, ctx: BackendContext, key: str) -> list[VendorRoom]:
+        """The rooms visible with ``ctx`` tagged with ``key``: after a crash or a vendor timeout, the
+        bridge removes those that no live meeting holds.
+
+        The default filters :meth:`list_rooms`. Override it (and set ``finds_rooms = True``) where the
+        vendor finds a room by the key directly: a room looked up by an external id, or an idempotent
+        create that answers the room already made for it."""
+        return [room for room in await self.list_rooms(ctx) if room.key == key]
+
+    @property
+    def recovers_rooms(self) -> bool:
+        """Whether the bridge can find a room again by its key: the sweeps are written only then."""
+        return self.lists_rooms or self.finds_rooms
 
     # --- joining through the bridge's link --------------------------------------------
 
