@@ -4,9 +4,10 @@
 
 NAME is one of: overhead, slow_vendor, scale, tokens, join (repeat --only for several).
 
-1. overhead     postMeeting through the Jitsi backend vs. a bare Starlette endpoint returning the same
-                JSON (own uvicorn process, same settings): throughput ratio, p50/p99 at 1, 16 and 64
-                connections, on SQLite and PostgreSQL.
+1. overhead     postMeeting through the Jitsi backend vs. the plain same-work app (``bench.plain``: the
+                same steps written plainly, on its own database of the same engine) and a bare Starlette
+                endpoint returning the same JSON (each its own uvicorn process, same settings):
+                throughput ratios, p50/p99 at 1, 16 and 64 connections, on SQLite and PostgreSQL.
 2. slow_vendor  a backend whose vendor (a separate process on loopback) answers after 100 ms:
                 throughput at 64 connections vs. the ideal 64 / 0.1 s.
 3. scale        postMeeting p50 with 1,000 vs. 1,000,000 links and meetings in the database
