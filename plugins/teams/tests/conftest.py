@@ -3,7 +3,6 @@ both backends, and a throwaway certificate."""
 
 from __future__ import annotations
 
-import datetime
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -12,13 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from pipedrive_video_bridge_teams import TeamsBackend, TeamsUserBackend
 from pipedrive_video_bridge_teams.auth import USER_TOKENS
-from pipedrive_video_bridge_teams.fake_teams import FakeTeamsState, running_fake_teams
+from pipedrive_video_bridge_teams.fake_teams import FakeTeamsState, running_fake_teams, write_certificate
 from pipedrive_video_bridge_teams.settings import read_certificate
 
 from bridge.plugin import BackendContext, Token
@@ -39,28 +34,6 @@ def anyio_backend() -> str:
 def teams() -> Iterator[FakeTeamsState]:
     with running_fake_teams(FakeTeamsState(TENANT_ID, CLIENT_ID, CLIENT_SECRET)) as state:
         yield state
-
-
-def write_certificate(path: Path, common_name: str = "pipedrive-video-bridge") -> Path:
-    """A self-signed certificate and its RSA key in one PEM file, as an admin would make with openssl."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    path.write_bytes(key_pem + certificate.public_bytes(serialization.Encoding.PEM))
-    return path
 
 
 @pytest.fixture
