@@ -27,7 +27,14 @@ from bridge.errors import BackendError, BackendUnavailable, VendorFailed
 from bridge.storage.links import Link
 from bridge.testing import bridge_client, make_config
 from bridge.vendors.hookspecs import hookimpl
-from bridge.vendors.http import RETRY_EXTENSION, RetryPolicy, RetryTransport, raise_for_vendor, retry_after_seconds
+from bridge.vendors.http import (
+    IDEMPOTENT_EXTENSION,
+    RETRY_EXTENSION,
+    RetryPolicy,
+    RetryTransport,
+    raise_for_vendor,
+    retry_after_seconds,
+)
 from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room
 from bridge.vendors.invitation import render_invitation
 
@@ -117,6 +124,13 @@ async def test_read_timeouts_and_drops_are_not_retried_for_post(error: Exception
     with pytest.raises(type(error)):
         await call(vendor, "POST")
     assert vendor.calls == 1
+
+
+@pytest.mark.parametrize("first", [answer(500), answer(502), httpx.ReadTimeout("timed out"), httpx.ReadError("reset")])
+async def test_a_post_the_vendor_makes_idempotent_is_retried_as_a_put_is(first: Answer) -> None:
+    vendor = ScriptedVendor([first, answer(201)])
+    response = await call(vendor, "POST", extensions={IDEMPOTENT_EXTENSION: True})
+    assert response.status_code == 201 and vendor.calls == 2
 
 
 async def test_a_body_cut_off_is_retried_for_get_but_not_for_post() -> None:

@@ -14,6 +14,8 @@ Backends call vendors with ``ctx.http`` and get, without writing any of it:
 A backend that knows an answer is not worth repeating (say, a daily quota that
 only resets at midnight) passes ``extensions={RETRY_EXTENSION: predicate}`` on
 the request; the predicate gets the answer and returns False to stop retrying.
+A POST the vendor makes idempotent (an idempotency key, an external id it answers
+again) passes ``extensions={IDEMPOTENT_EXTENSION: True}`` and is retried as a PUT is.
 
 ``raise_for_vendor`` turns a final 429/5xx answer into the bridge's error with a
 status for Pipedrive; backends call it after handling the statuses they know.
@@ -37,6 +39,7 @@ from bridge.errors import BackendUnavailable, VendorFailed
 log = logging.getLogger(__name__)
 
 RETRY_EXTENSION = "pipedrive_video_bridge.retry"
+IDEMPOTENT_EXTENSION = "pipedrive_video_bridge.idempotent"
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _ALWAYS_RETRY = frozenset({429, 503})
 _RETRY_IF_IDEMPOTENT = frozenset({500, 502, 504})
@@ -80,7 +83,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
         self.on_retry = on_retry
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        idempotent = request.method in IDEMPOTENT
+        idempotent = request.method in IDEMPOTENT or request.extensions.get(IDEMPOTENT_EXTENSION) is True
         attempt = 0
         while True:
             attempt += 1
