@@ -140,9 +140,12 @@ class FakeGoogleState:
     def api_base(self) -> str:
         return self.base_url + "/calendar/v3"
 
-    def new_service_account(self, directory: Path, name: str = "meet-bridge") -> Path:
-        """A fresh service account with a throwaway RSA key: its JSON key file, written in ``directory``."""
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    def new_service_account(
+        self, directory: Path, name: str = "meet-bridge", key: rsa.RSAPrivateKey | None = None
+    ) -> Path:
+        """A new service account with a throwaway RSA key (``key``, or a fresh one): its JSON key file,
+        written in ``directory``."""
+        key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ).decode()
@@ -373,7 +376,7 @@ def create_fake_google(state: FakeGoogleState) -> ASGIApp:
         """A new Meet conference: pending for ``pending_reads`` reads, then with its entry points."""
         if state.pending_reads:
             state.reads_left[event_id] = state.pending_reads
-        status = "failure" if state.conference_failure else "pending" if state.pending_reads else "success"
+        status = "failure" if state.conference_failure else "pending"  # settled at once without pending_reads
         return {
             "createRequest": {
                 "requestId": request_id,
@@ -455,18 +458,16 @@ def create_fake_google(state: FakeGoogleState) -> ASGIApp:
             calendar[event_id] = event
             return answer(event)
 
-    def found_event(request: Request) -> tuple[str | None, dict[str, Any] | None]:
-        owner = owner_of(request)
-        if owner is None:
-            return None, None
-        calendar = calendar_of(request, owner)
-        return owner, (calendar or {}).get(request.path_params["event_id"])
+    def found_event(request: Request, owner: str) -> dict[str, Any] | None:
+        """The path's event on the owner's calendar (call with the lock held)."""
+        return (calendar_of(request, owner) or {}).get(request.path_params["event_id"])
 
     async def get_event(request: Request) -> Response:
+        owner = owner_of(request)
+        if owner is None:
+            return invalid_credentials()
         with state.lock:
-            owner, event = found_event(request)
-            if owner is None:
-                return invalid_credentials()
+            event = found_event(request, owner)
             if event is None:
                 return not_found()
             settle(event)
@@ -474,10 +475,11 @@ def create_fake_google(state: FakeGoogleState) -> ASGIApp:
 
     async def patch_event(request: Request) -> Response:
         body = await request.json()
+        owner = owner_of(request)
+        if owner is None:
+            return invalid_credentials()
         with state.lock:
-            owner, event = found_event(request)
-            if owner is None:
-                return invalid_credentials()
+            event = found_event(request, owner)
             if event is None:
                 return not_found()
             event.update({k: body[k] for k in ("summary", "start", "end") if k in body})
@@ -485,10 +487,11 @@ def create_fake_google(state: FakeGoogleState) -> ASGIApp:
             return answer(event)
 
     async def delete_event(request: Request) -> Response:
+        owner = owner_of(request)
+        if owner is None:
+            return invalid_credentials()
         with state.lock:
-            owner, event = found_event(request)
-            if owner is None:
-                return invalid_credentials()
+            event = found_event(request, owner)
             if event is None:
                 return not_found()
             if event["status"] == "cancelled":
