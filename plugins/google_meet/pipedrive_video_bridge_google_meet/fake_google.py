@@ -207,9 +207,9 @@ class FakeGoogleState:
         return {**answer, "refresh_token": refresh}
 
 
-def _api_error(status: int, reason: str, message: str, domain: str = "global", **extra: Any) -> JSONResponse:
-    error = {"errors": [{"domain": domain, "reason": reason, "message": message}], "code": status, "message": message}
-    return JSONResponse({"error": {**error, **extra}}, status_code=status)
+def _api_error(code: int, reason: str, message: str, domain: str = "global", **extra: Any) -> JSONResponse:
+    error = {"errors": [{"domain": domain, "reason": reason, "message": message}], "code": code, "message": message}
+    return JSONResponse({"error": {**error, **extra}}, status_code=code)
 
 
 def _oauth_error(status: int, error: str, description: str) -> JSONResponse:
