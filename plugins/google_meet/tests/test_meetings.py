@@ -27,7 +27,7 @@ async def test_create_asks_for_a_meet_conference_without_notifications(
 ) -> None:
     meeting = sample_meeting(topic="Café ☕", start_time=datetime(2031, 5, 14, 9, 30, tzinfo=UTC), duration=45)
     room = await company_backend.create(company_context, meeting)
-    [(method, path, query)] = [r for r in google.api_requests if r[0] == "POST"]
+    [(_, path, query)] = [r for r in google.api_requests if r[0] == "POST"]
     assert path == "/calendar/v3/calendars/primary/events"
     assert query == {"conferenceDataVersion": "1", "sendUpdates": "none"}
     made = event_of(google, room.vendor_meeting_id)
@@ -99,7 +99,7 @@ async def test_update_moves_the_event_and_keeps_its_link(
     room = await company_backend.create(company_context, sample_meeting())
     moved = sample_meeting(topic="Moved", start_time=datetime(2031, 6, 1, 16, 0, tzinfo=UTC), duration=90)
     assert await company_backend.update(company_context, room.vendor_meeting_id, moved) is None
-    [(_, path, query)] = [r for r in google.api_requests if r[0] == "PATCH"]
+    [(_, _, query)] = [r for r in google.api_requests if r[0] == "PATCH"]
     assert query == {"conferenceDataVersion": "1", "sendUpdates": "none"}
     made = event_of(google, room.vendor_meeting_id)
     assert (made["summary"], made["start"], made["end"]) == (
