@@ -110,6 +110,7 @@ class FakeGoogleState:
     delegated_scopes: set[str] = field(default_factory=lambda: {SCOPE})
     authorizing_user: str = "ada@example.com"  # who signs in on the consent page
     access_ttl: int = 3600
+    largest_page: int = LIST_PAGE_SIZE[1]  # smaller, to see paging with a few events
     # faults
     pending_reads: int = 0  # a new conference is "pending" at its insert and until its n-th read
     conference_failure: bool = False
@@ -177,6 +178,14 @@ class FakeGoogleState:
         if auth == "user":
             table.update(client_id=self.client_id, client_secret=self.client_secret, auth_base=self.base_url)
         return {**table, **overrides}
+
+    def add_event(self, owner: str, event_id: str, private: dict[str, str] | None = None) -> None:
+        """An event made in Google Calendar itself (not through the bridge), with these private properties."""
+        event = {"id": event_id, "status": "confirmed", "summary": "Made in Google Calendar", "sequence": 0}
+        if private is not None:
+            event["extendedProperties"] = {"private": private}
+        with self.lock:
+            self.calendars.setdefault(owner, {})[event_id] = event
 
     def events(self, owner: str = "ada@example.com", *, live: bool = True) -> dict[str, dict[str, Any]]:
         """The owner's events (only those not deleted, unless ``live=False``)."""
@@ -507,7 +516,7 @@ def create_fake_google(state: FakeGoogleState) -> ASGIApp:
         size = query.get("maxResults", str(LIST_PAGE_SIZE[0]))
         if not size.isdigit() or int(size) < 1:
             return _api_error(400, "invalid", "Invalid value for: maxResults")
-        page_size = min(int(size), LIST_PAGE_SIZE[1])
+        page_size = min(int(size), state.largest_page)
         wanted = [tuple(c.split("=", 1)) for c in query.getlist("privateExtendedProperty")]
         if any(len(c) != 2 for c in wanted):
             return _api_error(400, "invalid", "Invalid extended property constraint.")
