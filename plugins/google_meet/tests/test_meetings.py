@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -167,6 +168,16 @@ async def test_429s_are_retried_by_the_core_honouring_retry_after(
     google.limits_next = [Limit("rateLimitExceeded", 429, "0"), Limit("rateLimitExceeded", 429)]
     room = await company_backend.create(company_context, sample_meeting())
     assert room.vendor_meeting_id.split("/")[1] in google.events() and google.count("POST") == 3
+
+
+async def test_a_429s_retry_after_is_waited_out(
+    google: FakeGoogleState, company_backend: GoogleMeetBackend, company_context: BackendContext
+) -> None:
+    await company_backend.create(company_context, sample_meeting())  # the token is fetched
+    google.limits_next = [Limit("rateLimitExceeded", 429, "1")]
+    started = time.monotonic()
+    await company_backend.create(company_context, sample_meeting())
+    assert time.monotonic() - started >= 1.0 and google.count("POST") == 3
 
 
 async def test_429s_that_outlast_the_retries_are_a_503(
