@@ -118,6 +118,7 @@ class FakeGoogleState:
     limits_next: list[Limit] = field(default_factory=list)
     failing_next: list[int] = field(default_factory=list)  # 5xx answers to give first
     delay: float = 0.0
+    insert_delay: float = 0.0  # after the event is made, before the insert answers (a slow answer, not a slow make)
     token_delay: float = 0.0
     # records
     calendars: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # owner -> event id -> event
@@ -465,7 +466,10 @@ def create_fake_google(state: FakeGoogleState) -> ASGIApp:
                 if not state.pending_reads and not state.conference_failure:
                     settle(event)
             calendar[event_id] = event
-            return answer(event)
+            made = answer(event)
+        if state.insert_delay:
+            await anyio.sleep(state.insert_delay)
+        return made
 
     def found_event(request: Request, owner: str) -> dict[str, Any] | None:
         """The path's event on the owner's calendar (call with the lock held)."""

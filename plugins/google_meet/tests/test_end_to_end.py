@@ -27,6 +27,7 @@ from bridge.testing import (
     make_config,
     prepared_store,
     running_fake_pipedrive,
+    wait_until,
 )
 
 pytestmark = pytest.mark.anyio
@@ -119,6 +120,30 @@ async def test_the_daily_quota_is_a_503_and_google_is_asked_once(
         answer = await client.post(meetings_path(link_id), json=MEETING)
     assert answer.status_code == 503 and "daily Google Calendar API quota" in answer.json()["error"]
     assert google.count("POST") == 1
+
+
+async def test_an_event_google_made_after_the_bridge_gave_up_is_swept_by_its_key(
+    tmp_path: Path, google: FakeGoogleState, key_file: Path
+) -> None:
+    config = make_config(
+        tmp_path,
+        backends={"google_meet": google.backend_config(service_account_file=str(key_file))},
+        meetings={**MEET_ONLY, "operation_lease_seconds": 1.0},
+        server={"backend_timeout_seconds": 0.5},
+    )
+    link_id = await create_link(config)
+    async with bridge_client(config, entry_points=True) as client:
+        assert (await client.post(meetings_path(link_id), json={**MEETING, "topic": "warm-up"})).status_code == 201
+        google.insert_delay = 1.0  # Google makes the event but answers too late
+        answer = await client.post(meetings_path(link_id), json=MEETING)
+        assert answer.status_code == 504, answer.text
+        google.insert_delay = 0.0
+        [orphan] = [event_id for event_id, event in google.events().items() if event["summary"] == MEETING["topic"]]
+        await wait_until(lambda: orphan not in google.events(), what="the sweep of the event made too late")
+    reads = [path for method, path, _ in google.api_requests if method == "GET"]
+    assert any(path.endswith("/events/" + orphan) for path in reads), "found by a read of its id"
+    assert not any(path.endswith("/events") for path in reads), "without listing"
+    assert len(google.events()) == 1, "the warm-up meeting's event stays"
 
 
 # --- each user's own Google account through the settings page -----------------------------------------
