@@ -21,8 +21,8 @@ It speaks the documented shapes (API errors are ``{"error": {"code", "message",
 
 The calendar is the token's user's (``primary``, or their e-mail). Switches: the API
 disabled (403 accessNotConfigured / SERVICE_DISABLED), rate limits (403 or 429, with or
-without ``Retry-After``), 503s, slow answers, subjects outside the domain and scopes
-not delegated. Everything it saw is kept for assertions.
+without ``Retry-After``), 503s, slow answers (an insert that makes its event and answers
+late too), subjects outside the domain and scopes not delegated. Everything it saw is kept for assertions.
 """
 
 from __future__ import annotations

@@ -193,3 +193,15 @@ async def test_another_replica_with_the_same_credentials_reuses_the_token(
         replica = GoogleMeetBackend.from_config(google.backend_config(service_account_file=str(key_file)))
         await replica.create(make_context(http, credentials=credentials), sample_meeting())
     assert google.token_requests == {JWT_BEARER: 1}
+
+
+async def test_an_assertion_out_of_googles_timeframe_points_at_the_clock(
+    google: FakeGoogleState,
+    company_backend: GoogleMeetBackend,
+    company_context: BackendContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("pipedrive_video_bridge_google_meet.oauth.ASSERTION_SECONDS", 7200)  # Google allows 3600
+    with pytest.raises(BackendError) as raised:
+        await company_backend.create(company_context, sample_meeting())
+    assert "check that the server's clock is right" in raised.value.message
