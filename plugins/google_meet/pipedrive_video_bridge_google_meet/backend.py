@@ -33,6 +33,7 @@ import anyio
 import httpx
 
 from bridge.plugin import (
+    IDEMPOTENT_EXTENSION,
     RETRY_EXTENSION,
     Backend,
     BackendContext,
@@ -96,7 +97,13 @@ class GoogleMeetBackend(Backend):
         owner = self._new_owner(ctx)
         event_id = _event_id(meeting.key)
         response = await self._request(
-            ctx, owner, "POST", self._events_path(), params=CREATE, json=self._new_event(meeting, event_id)
+            ctx,
+            owner,
+            "POST",
+            self._events_path(),
+            params=CREATE,
+            json=self._new_event(meeting, event_id),
+            idempotent=True,  # the event id is the meeting's: a repeated insert answers 409, then the event is read
         )
         if is_duplicate(response) and meeting.key:
             log.info("google event made earlier for this key; reading it", extra={"link_id": ctx.user.link_id})
@@ -118,8 +125,8 @@ class GoogleMeetBackend(Backend):
             vendor_meeting_id=vendor_id, join_url=join_url, invitation=_invitation_text(meeting, ctx, join_url, event)
         )
 
-    async def update(self, ctx: BackendContext, vendor_meeting_id: str, meeting: MeetingRequest) -> None:
-        """The event keeps its Meet link, so the core keeps the stored one and writes a new invitation."""
+    async def update(self, ctx: BackendContext, vendor_meeting_id: str, meeting: MeetingRequest) -> Room:
+        """The event keeps its Meet link; its invitation is written anew from the moved event (dial-ins kept)."""
         owner, event_id = self._owner_and_event(ctx, vendor_meeting_id)
         response = await self._request(
             ctx, owner, "PATCH", self._events_path(event_id), params=CREATE, json=self._schedule(meeting)
@@ -127,6 +134,13 @@ class GoogleMeetBackend(Backend):
         if is_gone(response) or (response.is_success and json_object(response).get("status") == "cancelled"):
             raise _meeting_gone()
         raise_for_google(response, "move the meeting's calendar event", who=self._who(owner))
+        event = json_object(response)
+        join_url = _join_url(event)
+        return Room(
+            vendor_meeting_id=vendor_meeting_id,
+            join_url=join_url,
+            invitation=_invitation_text(meeting, ctx, join_url, event),
+        )
 
     async def delete(self, ctx: BackendContext, vendor_meeting_id: str) -> None:
         owner, event_id = self._owner_and_event(ctx, vendor_meeting_id)
@@ -268,6 +282,7 @@ class GoogleMeetBackend(Backend):
         *,
         params: Mapping[str, str] | None = None,
         json: dict[str, Any] | None = None,
+        idempotent: bool = False,
     ) -> httpx.Response:
         """One API call acting for ``owner``; a token Google answers 401 to is replaced once and the call repeated."""
         try:
@@ -277,7 +292,7 @@ class GoogleMeetBackend(Backend):
                 params=params,
                 json=json,
                 auth=self.tokens.auth(ctx, owner),
-                extensions={RETRY_EXTENSION: worth_retrying},
+                extensions={RETRY_EXTENSION: worth_retrying, IDEMPOTENT_EXTENSION: idempotent},
             )
         except TokenRefused:
             raise await self.tokens.refused(ctx) from None

@@ -99,7 +99,10 @@ async def test_update_moves_the_event_and_keeps_its_link(
 ) -> None:
     room = await company_backend.create(company_context, sample_meeting())
     moved = sample_meeting(topic="Moved", start_time=datetime(2031, 6, 1, 16, 0, tzinfo=UTC), duration=90)
-    assert await company_backend.update(company_context, room.vendor_meeting_id, moved) is None
+    after = await company_backend.update(company_context, room.vendor_meeting_id, moved)
+    assert after.vendor_meeting_id == room.vendor_meeting_id and after.join_url == room.join_url
+    assert "Topic: Moved" in after.invitation and "(90 minutes)" in after.invitation
+    assert "Join by phone:" in after.invitation, "the moved meeting's invitation keeps its dial-in"
     [(_, _, query)] = [r for r in google.api_requests if r[0] == "PATCH"]
     assert query == {"conferenceDataVersion": "1", "sendUpdates": "none"}
     made = event_of(google, room.vendor_meeting_id)

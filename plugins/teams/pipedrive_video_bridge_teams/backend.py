@@ -28,6 +28,7 @@ from urllib.parse import quote
 import httpx
 
 from bridge.plugin import (
+    IDEMPOTENT_EXTENSION,
     Backend,
     BackendContext,
     BackendError,
@@ -129,6 +130,7 @@ class TeamsBackend(Backend):
             "POST",
             f"{_owner_path(organizer)}/onlineMeetings/createOrGet",
             json={"externalId": _external_id(meeting.key), **_schedule(meeting)},
+            idempotent=True,  # Graph answers the meeting already made for an external id: safe to send again
         )
         raise_for_graph(response, "create the meeting", organizer=self._shown(organizer))
         return _meeting_body(response)
@@ -186,11 +188,17 @@ class TeamsBackend(Backend):
         path: str,
         json: dict[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
+        idempotent: bool = False,
     ) -> httpx.Response:
         """One Graph call; a token Graph refuses (401) is replaced once and the call repeated once."""
         try:
             return await ctx.http.request(
-                method, self.settings.graph_base + path, json=json, params=params, auth=self.tokens.auth(ctx)
+                method,
+                self.settings.graph_base + path,
+                json=json,
+                params=params,
+                auth=self.tokens.auth(ctx),
+                extensions={IDEMPOTENT_EXTENSION: idempotent},
             )
         except TokenRefused:
             raise await self.tokens.refused(ctx) from None

@@ -16,7 +16,8 @@ the token endpoint's ``{"error", "error_description": "AADSTS<n>: ...", "error_c
     GET, PATCH, DELETE  /v1.0/{users/{id} | me}/onlineMeetings/{meetingId}   404 for another's or no meeting
 
 An expired or unknown access token answers 401 InvalidAuthenticationToken. Faults a test can switch on:
-429s with ``Retry-After``, server errors, slow answers. ``live_meetings()`` is Graph's own ledger.
+429s with ``Retry-After``, server errors, slow answers, and answers lost after the work was done (504).
+``live_meetings()`` is Graph's own ledger.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class FakeTeamsState:
     token_delay: float = 0.0
     busy_next: list[str | None] = field(default_factory=list)  # 429s to answer first, with this Retry-After
     failing_next: list[int] = field(default_factory=list)  # server errors (500, 503...) to answer first
+    lost_next: int = 0  # requests carried out whose answer is replaced by a 504 (a gateway gave up waiting)
     # records
     meetings: dict[str, dict[str, Any]] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
@@ -200,6 +202,8 @@ class _Faults:
         state = self.state
         with state.lock:
             state.api_requests.append((scope["method"], scope["path"]))
+            lost = state.lost_next > 0
+            state.lost_next -= lost
             busy = bool(state.busy_next)
             retry_after = state.busy_next.pop(0) if busy else None
             failing = state.failing_next.pop(0) if state.failing_next and not busy else None
@@ -214,7 +218,17 @@ class _Faults:
                 scope, receive, send
             )
             return
+        if lost:
+            await self.app(scope, receive, _discard)
+            await graph_error(504, "GatewayTimeout", "The gateway did not receive a response in time.")(
+                scope, receive, send
+            )
+            return
         await self.app(scope, receive, send)
+
+
+async def _discard(_message: Any) -> None:
+    """Where an answer that never reaches the caller goes."""
 
 
 def _meeting_id(organizer: str) -> str:

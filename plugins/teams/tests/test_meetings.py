@@ -59,6 +59,16 @@ async def test_the_same_key_twice_answers_the_same_meeting_and_makes_no_second(
     assert len(teams.meetings) == 1, "finding the key makes nothing new"
 
 
+async def test_a_create_whose_answer_was_lost_is_sent_again_and_answers_the_meeting_it_made(
+    teams: FakeTeamsState, company_backend: TeamsBackend, company_context: BackendContext
+) -> None:
+    await company_backend.create(company_context, sample_meeting())  # the user's id is known from here on
+    teams.lost_next = 1  # Graph makes the meeting, but a gateway answers 504
+    room = await company_backend.create(company_context, sample_meeting(key=secrets.token_hex(8)))
+    assert teams.count("POST", "/createOrGet") == 3, "the lost createOrGet was sent again"
+    assert len(teams.meetings) == 2 and room.vendor_meeting_id.endswith(list(teams.meetings)[-1])
+
+
 async def test_finding_a_key_nobody_made_a_meeting_for_makes_one_the_sweep_then_removes(
     teams: FakeTeamsState, company_backend: TeamsBackend, company_context: BackendContext
 ) -> None:
