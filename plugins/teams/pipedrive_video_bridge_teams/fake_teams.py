@@ -91,6 +91,7 @@ class FakeTeamsState:
     token_delay: float = 0.0
     busy_next: list[str | None] = field(default_factory=list)  # 429s to answer first, with this Retry-After
     failing_next: list[int] = field(default_factory=list)  # server errors (500, 503...) to answer first
+    create_delay: float = 0.0  # seconds a createOrGet waits after making its meeting, before answering
     lost_next: int = 0  # requests carried out whose answer is replaced by a 504 (a gateway gave up waiting)
     # records
     meetings: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -439,6 +440,8 @@ def create_fake_teams(state: FakeTeamsState) -> ASGIApp:
                 "participants": {"organizer": {"identity": {"user": {"id": user.id}}, "upn": user.upn}},
             }
             state.meetings[meeting_id] = meeting
+        if state.create_delay:
+            await anyio.sleep(state.create_delay)
         return JSONResponse(shown(meeting), status_code=201)
 
     def meeting_of(request: Request) -> tuple[dict[str, Any] | None, Response | None]:
