@@ -87,14 +87,14 @@ def test_check_lists_every_config_problem_with_where(tmp_path: Path) -> None:
 
 
 def test_check_reports_plugin_level_problems(tmp_path: Path) -> None:
-    raw = base_config(tmp_path, meetings={"default_backend": "jitsi", "allowed_backends": ["jitsi", "teams"]})
+    raw = base_config(tmp_path, meetings={"default_backend": "jitsi", "allowed_backends": ["jitsi", "skype"]})
     raw["backends.jitsi"] = {"mode": "nonsense"}
     path = write_toml(tmp_path / "bridge.toml", raw)
     result = cli("-c", str(path), "check", cwd=tmp_path)
     assert result.returncode == 1
     assert "2 problem(s)" in result.stderr, result.stderr
     assert "[backends.jitsi] mode" in result.stderr
-    assert "[meetings] allowed_backends: no installed plugin provides 'teams'" in result.stderr
+    assert "[meetings] allowed_backends: no installed plugin provides 'skype'" in result.stderr
 
 
 def test_a_missing_config_file_is_an_error(tmp_path: Path) -> None:

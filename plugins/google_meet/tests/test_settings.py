@@ -131,8 +131,12 @@ def test_user_mode_settings_are_refused_in_company_mode(key_path: Path, setting:
 
 
 def test_every_setting_is_documented_in_the_example_config(key_path: Path) -> None:
-    example = Path(__file__).resolve().parents[1] / "config.example.toml"
-    block = example.read_text().split("# [backends.google_meet]", 1)[1]
+    example = Path(__file__).resolve().parents[3] / "config.example.toml"
+    if not example.exists():
+        pytest.skip("not in a checkout of the bridge")
+    block = re.split(
+        r"^#? ?\[backends\.|^# Microsoft Teams", example.read_text().split("# [backends.google_meet]", 1)[1], flags=re.M
+    )[0]
     documented = dict(re.findall(r"^# (\w+) = (.+)$", block, flags=re.M))
     assert set(documented) == KNOWN_SETTINGS
     values = tomllib.loads("\n".join(f"{key} = {value}" for key, value in documented.items()))

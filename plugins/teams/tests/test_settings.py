@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pipedrive_video_bridge_teams import TeamsBackend, TeamsUserBackend
 from pipedrive_video_bridge_teams.fake_teams import write_certificate
+from pipedrive_video_bridge_teams.settings import KNOWN_SETTINGS
 
 from bridge.plugin import Backend
+from bridge.testing import generate_key, write_toml
 
 TENANT_ID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT_ID = "11111111-2222-4333-8444-555555555555"
@@ -89,3 +96,43 @@ def test_unusable_certificate_files_are_refused_without_showing_their_contents(t
     mismatched.write_bytes(pem[: pem.index(b"-----BEGIN CERTIFICATE-----")] + other[other.index(b"-----BEGIN CERT") :])
     with pytest.raises(ValueError, match="does not belong to its certificate"):
         TeamsBackend.from_config({**_without_secret(), "certificate_file": str(mismatched)})
+
+
+def test_every_setting_is_documented_in_the_example_config(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[3] / "config.example.toml"
+    if not example.exists():
+        pytest.skip("not in a checkout of the bridge")
+    block = re.split(r"^#? ?\[backends\.", example.read_text().split("# [backends.teams]", 1)[1], flags=re.M)[0]
+    documented = dict(re.findall(r"^# (\w+) = (.+)$", block, flags=re.M))
+    assert set(documented) == KNOWN_SETTINGS
+    values = tomllib.loads("\n".join(f"{key} = {value}" for key, value in documented.items()))
+    values["certificate_file"] = str(write_certificate(tmp_path / "teams.pem"))
+    del values["client_secret"]  # one credential at a time
+    TeamsBackend.from_config(values)  # the documented values are valid
+
+
+def test_check_reads_the_table_and_the_certificate_and_names_each_problem(tmp_path: Path) -> None:
+    """``pipedrive-video-bridge check``, as an admin runs it, with the plugin installed."""
+    missing = tmp_path / "nowhere.pem"
+    tables = {
+        "server": {"public_url": "https://bridge.example.com"},
+        "pipedrive": {"client_id": "check-client", "client_secret": "check-secret-value"},
+        "database": {"url": f"sqlite:///{tmp_path / 'bridge.sqlite3'}"},
+        "vault": {"keys": [generate_key()]},
+        "meetings": {"default_backend": "teams", "allowed_backends": ["teams"]},
+        "backends.teams": {"tenant_id": TENANT_ID, "client_id": CLIENT_ID, "certificate_file": str(missing)},
+    }
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)}
+
+    def check() -> subprocess.CompletedProcess[str]:
+        path = write_toml(tmp_path / "bridge.toml", tables)
+        command = [sys.executable, "-m", "bridge.cli", "-c", str(path), "check"]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+
+    refused = check()
+    assert refused.returncode == 1, refused.stdout
+    assert f"[backends.teams] certificate_file: cannot read '{missing}'" in refused.stderr
+    write_certificate(missing)
+    accepted = check()
+    assert accepted.returncode == 0, accepted.stderr
+    assert "teams" in accepted.stdout
