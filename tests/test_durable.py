@@ -1,10 +1,12 @@
-"""Exactly once, nothing orphaned: real ``serve`` processes against the Zoom and Whereby plugins' fake servers.
+"""Exactly once, nothing orphaned: real ``serve`` processes against the plugins' fake vendors.
 
 - Two replicas on one PostgreSQL database, Zoom answering after seconds: the same
   postMeeting sent to both, in every order and overlap, makes one meeting and
   answers one ``meeting_id``, join URL and invitation.
-- ``kill -9`` of the server under a load of postMeetings, moves and deletes (Zoom and
-  Whereby), several cycles, on SQLite and PostgreSQL: after the restart and the
+- ``kill -9`` of the server under a load of postMeetings, moves and deletes (Zoom,
+  Whereby, Microsoft Teams and Google Meet: rooms found again by listing, by a
+  tagged name, by an external id and by an event id derived from the key),
+  several cycles, on SQLite and PostgreSQL: after the restart and the
   worker's reconciliation, each vendor's own ledger of rooms is exactly the bridge's
   live meetings (no orphan, none lost), and ``reconcile --dry-run`` finds nothing.
 - Whereby down (503s, then connection refused) during a stream of deletes: every
@@ -30,6 +32,8 @@ import anyio
 import anyio.to_thread
 import httpx
 import pytest
+from pipedrive_video_bridge_google_meet.fake_google import FakeGoogleState, running_fake_google
+from pipedrive_video_bridge_teams.fake_teams import FakeTeamsState, running_fake_teams
 from pipedrive_video_bridge_whereby.fake_whereby import FakeWhereby, running_fake_whereby
 from pipedrive_video_bridge_zoom.fake_zoom import FakeZoomState, running_fake_zoom
 from starlette.types import ASGIApp
@@ -53,19 +57,28 @@ USER_EMAIL = "ada@example.com"  # a user the fake Zoom knows
 # --- the vendors, the config, the processes ----------------------------------------------------
 
 
+BACKENDS = ("zoom", "whereby", "teams", "google_meet")
+TEAMS_TENANT, TEAMS_CLIENT = "72f988bf-86f1-41af-91ab-2d7cd011db47", "11111111-2222-4333-8444-555555555555"
+
+
 @dataclass
 class Vendors:
     zoom: FakeZoomState
     whereby: FakeWhereby
+    teams: FakeTeamsState
+    google: FakeGoogleState
+    google_key: Path  # the service account's key file
 
 
 @pytest.fixture
-def vendors() -> Iterator[Vendors]:
+def vendors(tmp_path: Path) -> Iterator[Vendors]:
     with (
         running_fake_zoom(FakeZoomState("zoom-client", "zoom-secret-value")) as zoom,
         running_fake_whereby() as whereby,
+        running_fake_teams(FakeTeamsState(TEAMS_TENANT, TEAMS_CLIENT, "teams-secret-value")) as teams,
+        running_fake_google(FakeGoogleState()) as google,
     ):
-        yield Vendors(zoom, whereby)
+        yield Vendors(zoom, whereby, teams, google, google.new_service_account(tmp_path))
 
 
 def sections(vendors: Vendors, public_url: str, timeout: float, **meetings: Any) -> dict[str, dict[str, Any]]:
@@ -74,7 +87,7 @@ def sections(vendors: Vendors, public_url: str, timeout: float, **meetings: Any)
         "logging": {"level": "WARNING"},
         "meetings": {
             "default_backend": "zoom",
-            "allowed_backends": ["zoom", "whereby"],
+            "allowed_backends": list(BACKENDS),
             "operation_lease_seconds": LEASE,
             "job_poll_seconds": 0.2,
             "job_retry_seconds": 0.2,
@@ -84,6 +97,8 @@ def sections(vendors: Vendors, public_url: str, timeout: float, **meetings: Any)
         },
         "backends.zoom": vendors.zoom.backend_config(),
         "backends.whereby": vendors.whereby.backend_config(),
+        "backends.teams": vendors.teams.backend_config(),
+        "backends.google_meet": vendors.google.backend_config(service_account_file=str(vendors.google_key)),
     }
 
 
@@ -110,7 +125,7 @@ async def make_setup(
     )
     links = {}
     async with prepared_store(config) as store:
-        for n, backend in enumerate(("zoom", "whereby")):
+        for n, backend in enumerate(BACKENDS):
             link = await store.create_link(
                 pipedrive_user_id=300 + n, company_id=77, user_name="Ada Lovelace", user_email=USER_EMAIL
             )
@@ -127,7 +142,7 @@ def body(topic: str, day: int = 1, duration: int = 30) -> dict[str, Any]:
 async def live_meetings(config: Config) -> dict[str, set[str]]:
     """The bridge's live meetings: vendor ids by backend."""
     async with prepared_store(config) as store:
-        found: dict[str, set[str]] = {"zoom": set(), "whereby": set()}
+        found: dict[str, set[str]] = {backend: set() for backend in BACKENDS}
         for backend in found:
             live, _issued = await store.known_keys(backend)
             found[backend] = {meeting.vendor_meeting_id for meeting in live.values()}
@@ -135,7 +150,15 @@ async def live_meetings(config: Config) -> dict[str, set[str]]:
 
 
 def ledgers(vendors: Vendors) -> dict[str, set[str]]:
-    return {"zoom": set(vendors.zoom.live_meetings()), "whereby": set(vendors.whereby.live_rooms())}
+    """Each vendor's own record of the rooms that exist, as the bridge's vendor meeting ids."""
+    with vendors.teams.lock:
+        teams = {f"{m['organizer']}:{meeting_id}" for meeting_id, m in vendors.teams.meetings.items()}
+    return {
+        "zoom": set(vendors.zoom.live_meetings()),
+        "whereby": set(vendors.whereby.live_rooms()),
+        "teams": teams,
+        "google_meet": {f"{USER_EMAIL}/{event_id}" for event_id in vendors.google.events(USER_EMAIL)},
+    }
 
 
 async def settled(store: Store) -> bool:
@@ -205,7 +228,7 @@ async def load_then_kill(setup: Setup, bridge: BridgeProcess, cycle: int, rng: r
 
     async def client(worker: int, http: httpx.AsyncClient) -> None:
         for n in itertools.count(worker, 8):  # until the server is killed
-            backend = "zoom" if n % 2 else "whereby"
+            backend = BACKENDS[n % len(BACKENDS)]
             base = f"{bridge.url}/api/v1/links/{setup.links[backend]}/meetings"
             try:
                 made = await http.post(base, json=body(f"cycle {cycle} meeting {n}"))
@@ -217,7 +240,7 @@ async def load_then_kill(setup: Setup, bridge: BridgeProcess, cycle: int, rng: r
                     await http.patch(
                         f"{base}/{meeting_id}", json=body(f"cycle {cycle} meeting {n}", day=20, duration=90)
                     )
-                if n % 4 == 0:
+                if n % 5 == 0:
                     del load.answered[meeting_id]  # from here on it may be deleted (the kill may cut the answer)
                     deleted = await http.delete(f"{base}/{meeting_id}")
                     if deleted.status_code == 204:
@@ -242,7 +265,9 @@ async def test_kill_9_under_load_leaves_no_orphan_and_loses_nothing(
 ) -> None:
     url = request.getfixturevalue("postgres_url") if database == "postgresql" else None
     setup = await make_setup(tmp_path, url or f"sqlite:///{tmp_path / 'bridge.sqlite3'}", vendors)
-    vendors.zoom.delay = 0.1  # so that several creates are in flight at every moment
+    # so that several creates are in flight at every moment (Teams and Google make the room, then answer late)
+    vendors.zoom.delay = 0.1
+    vendors.teams.create_delay = vendors.google.insert_delay = 0.1
     rng = random.Random(11)
     port = free_port()
     loads = []
