@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
@@ -88,6 +89,24 @@ async def test_create_move_delete_as_pipedrive_does(tmp_path: Path, teams: FakeT
         deleted = await client.delete(meetings_path(link_id, data["meeting_id"]))
         assert deleted.status_code == 204 and teams.deleted == [graph_id] and teams.meetings == {}
         assert (await client.delete(meetings_path(link_id, data["meeting_id"]))).status_code == 204
+    assert teams.token_requests == {"client_credentials": 1}
+
+
+async def test_two_replicas_fetch_the_app_token_once(tmp_path: Path, teams: FakeTeamsState) -> None:
+    config = teams_config(tmp_path, teams)
+    link_id = await create_link(config)
+    teams.token_delay = 0.3
+    answers: list[int] = []
+    async with bridge_client(config, entry_points=True) as one, bridge_client(config, entry_points=True) as two:
+
+        async def post(client: httpx.AsyncClient, n: int) -> None:
+            answer = await client.post(meetings_path(link_id), json={**MEETING, "topic": f"Call {n}"})
+            answers.append(answer.status_code)
+
+        async with anyio.create_task_group() as tasks:
+            for n in range(20):
+                tasks.start_soon(post, one if n % 2 else two, n)
+    assert answers == [201] * 20 and len(teams.meetings) == 20
     assert teams.token_requests == {"client_credentials": 1}
 
 
