@@ -16,6 +16,9 @@ fixture (and, where the backend talks to a vendor, a ``context`` fixture whose
 ``httpx.AsyncClient``, with exactly the plugins a test passes; ``make_context``
 and ``InMemoryCredentials`` hand a backend what the core would.
 
+For the install and connect flows in a browser's place: ``round_trip`` (a redirect to another
+site and back), ``sign_in`` (install, then sign in to the settings page) and ``pipedrive_table``.
+
 For tests that run the bridge in subprocesses (from ``bridge.devtools.processes``):
 ``write_config_toml`` (a ``Config``'s shared parts as a TOML file) and ``write_toml``;
 ``BridgeProcess`` (a server on a free port, ``wait_ready``, ``stop``, ``kill``) with
@@ -46,6 +49,7 @@ from bridge.devtools.processes import (
 from bridge.storage.schema import MEETING_ACTIVE
 from bridge.storage.store import Store, StoreError
 from bridge.storage.vault import generate_key
+from bridge.testing.browsing import pipedrive_table, round_trip, sign_in
 from bridge.testing.kit import (
     InMemoryCredentials,
     bridge_client,
@@ -85,7 +89,9 @@ __all__ = [
     "make_config",
     "make_context",
     "parse_config",
+    "pipedrive_table",
     "prepared_store",
+    "round_trip",
     "run_ready_go_workers",
     "running",
     "running_fake_pipedrive",
@@ -94,6 +100,7 @@ __all__ = [
     "sample_user",
     "serve_args",
     "serve_on_loopback",
+    "sign_in",
     "toml_text",
     "toml_value",
     "wait_for_empty_outbox",

@@ -7,7 +7,6 @@ with the core's fake Pipedrive.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,11 @@ from bridge.testing import (
     create_app,
     load_plugins,
     make_config,
+    pipedrive_table,
     prepared_store,
+    round_trip,
     running_fake_pipedrive,
+    sign_in,
     wait_until,
 )
 
@@ -163,12 +165,7 @@ async def app(tmp_path: Path, google: FakeGoogleState, pipedrive: FakePipedriveS
         tmp_path,
         google.backend_config("user"),
         server={"public_url": PUBLIC_URL},
-        pipedrive={
-            "client_id": pipedrive.client_id,
-            "client_secret": pipedrive.client_secret,
-            "oauth_base": pipedrive.api_domain,
-            "api_base": pipedrive.api_domain,
-        },
+        pipedrive=pipedrive_table(pipedrive),
     )
     async with LifespanManager(create_app(config, load_plugins(entry_points=True))) as manager:
         yield manager.app
@@ -190,31 +187,10 @@ async def pipedrive_api(app: Any, pipedrive: FakePipedriveState) -> AsyncIterato
         yield client
 
 
-async def elsewhere(browser: httpx.AsyncClient, start: str, status: int = 302) -> httpx.Response:
-    """Follow the bridge's redirect to another site (Pipedrive, Google), which redirects back; land there."""
-    started = await browser.get(start)
-    assert started.status_code in (302, 303), started.text
-    async with httpx.AsyncClient() as internet:
-        approved = await internet.get(started.headers["location"])
-    assert approved.status_code == status, approved.text
-    return await browser.get(approved.headers["location"])
-
-
-async def signed_in(browser: httpx.AsyncClient, app: Any) -> str:
-    """The fake Pipedrive's user installs the app, then signs in to the settings page; returns their link id."""
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PUBLIC_URL) as installer:
-        assert (await elsewhere(installer, "/oauth/install")).status_code == 302
-    landed = await elsewhere(browser, "/oauth/login")
-    assert landed.status_code == 303 and landed.headers["location"] == "/settings"
-    found = re.search(r'<code id="link-id">([^<]+)</code>', (await browser.get("/settings")).text)
-    assert found
-    return found.group(1)
-
-
 async def test_connecting_google_on_the_settings_page_then_meeting_with_it(
     app: Any, browser: httpx.AsyncClient, pipedrive_api: httpx.AsyncClient, google: FakeGoogleState
 ) -> None:
-    link_id = await signed_in(browser, app)
+    link_id = await sign_in(browser, app)
     page = (await browser.get("/settings")).text
     assert "Connect your Google Meet account" in page and 'id="connect-warning"' in page
 
@@ -225,7 +201,7 @@ async def test_connecting_google_on_the_settings_page_then_meeting_with_it(
     location = started.headers["location"]
     assert location.startswith(f"{google.base_url}/o/oauth2/v2/auth?client_id=")
     assert "redirect_uri=http%3A%2F%2Fbridge.test%2Fsettings%2Fconnect%2Fgoogle_meet%2Fcallback" in location
-    finished = await elsewhere(browser, "/settings/connect/google_meet")
+    finished = await round_trip(browser, "/settings/connect/google_meet")
     assert finished.status_code == 303 and finished.headers["location"] == "/settings?connected=google_meet"
     assert google.token_requests == {"authorization_code": 1}
 
@@ -240,8 +216,8 @@ async def test_connecting_google_on_the_settings_page_then_meeting_with_it(
 async def test_a_refused_refresh_asks_to_reconnect_on_the_settings_page(
     app: Any, browser: httpx.AsyncClient, pipedrive_api: httpx.AsyncClient, google: FakeGoogleState
 ) -> None:
-    link_id = await signed_in(browser, app)
-    await elsewhere(browser, "/settings/connect/google_meet")
+    link_id = await sign_in(browser, app)
+    await round_trip(browser, "/settings/connect/google_meet")
     google.expire_access_tokens()
     with google.lock:
         google.refresh_tokens.clear()  # the user removed the bridge's access in their Google account
@@ -251,5 +227,5 @@ async def test_a_refused_refresh_asks_to_reconnect_on_the_settings_page(
         "Google no longer accepts your connection (it was revoked or has expired): "
         f"reconnect Google Meet on {PUBLIC_URL}/settings"
     )
-    await elsewhere(browser, "/settings/connect/google_meet")
+    await round_trip(browser, "/settings/connect/google_meet")
     assert (await pipedrive_api.post(meetings_path(link_id), json=MEETING)).status_code == 201

@@ -7,7 +7,6 @@ core's fake Pipedrive.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,11 @@ from bridge.testing import (
     create_app,
     load_plugins,
     make_config,
+    pipedrive_table,
     prepared_store,
+    round_trip,
     running_fake_pipedrive,
+    sign_in,
     wait_until,
 )
 
@@ -162,12 +164,7 @@ async def app(tmp_path: Path, teams: FakeTeamsState, pipedrive: FakePipedriveSta
         teams,
         "user",
         server={"public_url": PUBLIC_URL},
-        pipedrive={
-            "client_id": pipedrive.client_id,
-            "client_secret": pipedrive.client_secret,
-            "oauth_base": pipedrive.api_domain,
-            "api_base": pipedrive.api_domain,
-        },
+        pipedrive=pipedrive_table(pipedrive),
     )
     async with LifespanManager(create_app(config, load_plugins(entry_points=True))) as manager:
         yield manager.app
@@ -189,31 +186,10 @@ async def pipedrive_api(app: Any, pipedrive: FakePipedriveState) -> AsyncIterato
         yield client
 
 
-async def elsewhere(browser: httpx.AsyncClient, start: str, status: int = 302) -> httpx.Response:
-    """Follow the bridge's redirect to another site (Pipedrive, Microsoft), which redirects back; land there."""
-    started = await browser.get(start)
-    assert started.status_code in (302, 303), started.text
-    async with httpx.AsyncClient() as internet:
-        approved = await internet.get(started.headers["location"])
-    assert approved.status_code == status, approved.text
-    return await browser.get(approved.headers["location"])
-
-
-async def signed_in(browser: httpx.AsyncClient, app: Any) -> str:
-    """The fake Pipedrive's user installs the app, then signs in to the settings page; returns their link id."""
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PUBLIC_URL) as installer:
-        assert (await elsewhere(installer, "/oauth/install")).status_code == 302
-    signed_in = await elsewhere(browser, "/oauth/login")
-    assert signed_in.status_code == 303 and signed_in.headers["location"] == "/settings"
-    found = re.search(r'<code id="link-id">([^<]+)</code>', (await browser.get("/settings")).text)
-    assert found
-    return found.group(1)
-
-
 async def test_connecting_teams_on_the_settings_page_then_meeting_with_it(
     app: Any, browser: httpx.AsyncClient, pipedrive_api: httpx.AsyncClient, teams: FakeTeamsState
 ) -> None:
-    link_id = await signed_in(browser, app)
+    link_id = await sign_in(browser, app)
     page = (await browser.get("/settings")).text
     assert "Connect your Microsoft Teams account" in page and 'id="connect-warning"' in page
 
@@ -225,7 +201,7 @@ async def test_connecting_teams_on_the_settings_page_then_meeting_with_it(
     assert (
         "redirect_uri=http%3A%2F%2Fbridge.test%2Fsettings%2Fconnect%2Fteams%2Fcallback" in started.headers["location"]
     )
-    finished = await elsewhere(browser, "/settings/connect/teams")
+    finished = await round_trip(browser, "/settings/connect/teams")
     assert finished.status_code == 303 and finished.headers["location"] == "/settings?connected=teams"
     assert "Your Microsoft Teams account is connected." in (await browser.get(finished.headers["location"])).text
     assert teams.token_requests == {"authorization_code": 1}
@@ -243,5 +219,5 @@ async def test_connecting_teams_on_the_settings_page_then_meeting_with_it(
     assert revoked.status_code == 502
     assert f"reconnect Microsoft Teams on {PUBLIC_URL}/settings" in revoked.json()["error"]
     assert "Connect your Microsoft Teams account" in (await browser.get("/settings")).text
-    await elsewhere(browser, "/settings/connect/teams")
+    await round_trip(browser, "/settings/connect/teams")
     assert (await pipedrive_api.post(meetings_path(link_id), json={**MEETING, "topic": "Again"})).status_code == 201
