@@ -30,6 +30,7 @@ from bridge.vendors.interface import (
     VendorRoom,
 )
 from bridge.vendors.invitation import render_invitation
+from bridge.vendors.settings import base_url, optional_bool, optional_text, required_text
 from bridge.vendors.tokens import Token, TokenAuth, TokenKeeper, TokenRefused, TokenStore
 
 __all__ = [
@@ -54,8 +55,12 @@ __all__ = [
     "TokenStore",
     "UserIdentity",
     "VendorRoom",
+    "base_url",
     "basic_auth",
     "hookimpl",
+    "optional_bool",
+    "optional_text",
     "raise_for_vendor",
     "render_invitation",
+    "required_text",
 ]

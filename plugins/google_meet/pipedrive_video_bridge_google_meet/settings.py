@@ -7,10 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from bridge.plugin import base_url, optional_text, required_text
 
 AUTH_MODES = ("company", "user")
 KNOWN_SETTINGS = {
@@ -64,13 +65,15 @@ def parse_settings(config: Mapping[str, Any]) -> GoogleMeetSettings:
             raise ValueError(f"{key}: only used with auth = '{other}'")
     return GoogleMeetSettings(
         auth=auth,
-        service_account=load_service_account(_required(config, "service_account_file")) if auth == "company" else None,
-        client_id=_required(config, "client_id") if auth == "user" else "",
-        client_secret=_required(config, "client_secret") if auth == "user" else "",
-        calendar_id=_optional_text(config, "calendar_id") or GoogleMeetSettings.calendar_id,
-        api_base=_base_url(config, "api_base", GoogleMeetSettings.api_base),
-        token_uri=_base_url(config, "token_uri", GoogleMeetSettings.token_uri),
-        auth_base=_base_url(config, "auth_base", GoogleMeetSettings.auth_base),
+        service_account=load_service_account(required_text(config, "service_account_file"))
+        if auth == "company"
+        else None,
+        client_id=required_text(config, "client_id") if auth == "user" else "",
+        client_secret=required_text(config, "client_secret") if auth == "user" else "",
+        calendar_id=optional_text(config, "calendar_id") or GoogleMeetSettings.calendar_id,
+        api_base=base_url(config, "api_base", GoogleMeetSettings.api_base),
+        token_uri=base_url(config, "token_uri", GoogleMeetSettings.token_uri),
+        auth_base=base_url(config, "auth_base", GoogleMeetSettings.auth_base),
     )
 
 
@@ -111,27 +114,3 @@ def load_service_account(path: str) -> ServiceAccountKey:
         private_key_id=record["private_key_id"].strip(),
         private_key=private_key,
     )
-
-
-def _required(config: Mapping[str, Any], key: str) -> str:
-    value = _optional_text(config, key)
-    if value is None:
-        raise ValueError(f"{key}: required")
-    return value
-
-
-def _optional_text(config: Mapping[str, Any], key: str) -> str | None:
-    value = config.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{key}: must be a non-empty string")
-    return value.strip()
-
-
-def _base_url(config: Mapping[str, Any], key: str, default: str) -> str:
-    value = _optional_text(config, key) or default
-    parts = urlsplit(value)
-    if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
-        raise ValueError(f"{key}: must be an http(s) URL such as {default}, got {value!r}")
-    return value.rstrip("/")

@@ -9,11 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from bridge.plugin import base_url, optional_text, required_text
 
 AUTH_MODES = ("company", "user")
 KNOWN_SETTINGS = {
@@ -68,22 +69,22 @@ def parse_settings(config: Mapping[str, Any]) -> TeamsSettings:
             if key in config:
                 raise ValueError(f"{key}: only used with auth = 'company'")
     default_tenant = "organizations" if auth == "user" else None
-    tenant = _optional_text(config, "tenant_id") or default_tenant
+    tenant = optional_text(config, "tenant_id") or default_tenant
     if tenant is None:
         raise ValueError("tenant_id: required (the Directory (tenant) ID of your Entra app)")
     if tenant != "organizations" and not _TENANT.fullmatch(tenant):
         raise ValueError(f"tenant_id: a GUID or a domain such as contoso.onmicrosoft.com, got {tenant!r}")
-    client_id = _required(config, "client_id")
+    client_id = required_text(config, "client_id")
     if not _GUID.fullmatch(client_id):
         raise ValueError(f"client_id: the Application (client) ID, a GUID, got {client_id!r}")
-    secret = _optional_text(config, "client_secret")
-    certificate_file = _optional_text(config, "certificate_file")
+    secret = optional_text(config, "client_secret")
+    certificate_file = optional_text(config, "certificate_file")
     if secret is not None and certificate_file is not None:
         raise ValueError("client_secret: set either client_secret or certificate_file, not both")
     if secret is None and certificate_file is None:
         needed = "client_secret" if auth == "user" else "client_secret or certificate_file"
         raise ValueError(f"{needed}: required (the app's credential from Certificates & secrets)")
-    fallback = _optional_text(config, "fallback_organizer") or ""
+    fallback = optional_text(config, "fallback_organizer") or ""
     if fallback and "@" not in fallback:
         raise ValueError(f"fallback_organizer: a user principal name such as frontdesk@contoso.com, got {fallback!r}")
     return TeamsSettings(
@@ -93,8 +94,8 @@ def parse_settings(config: Mapping[str, Any]) -> TeamsSettings:
         client_secret=secret,
         certificate=read_certificate(certificate_file) if certificate_file else None,
         fallback_organizer=fallback,
-        graph_base=_base_url(config, "graph_base", TeamsSettings.graph_base),
-        login_base=_base_url(config, "login_base", TeamsSettings.login_base),
+        graph_base=base_url(config, "graph_base", TeamsSettings.graph_base),
+        login_base=base_url(config, "login_base", TeamsSettings.login_base),
     )
 
 
@@ -124,27 +125,3 @@ def read_certificate(path: str) -> Certificate:
 
 def _b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _required(config: Mapping[str, Any], key: str) -> str:
-    value = _optional_text(config, key)
-    if value is None:
-        raise ValueError(f"{key}: required")
-    return value
-
-
-def _optional_text(config: Mapping[str, Any], key: str) -> str | None:
-    value = config.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{key}: must be a non-empty string")
-    return value.strip()
-
-
-def _base_url(config: Mapping[str, Any], key: str, default: str) -> str:
-    value = _optional_text(config, key) or default
-    parts = urlsplit(value)
-    if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
-        raise ValueError(f"{key}: must be an http(s) URL such as {default}, got {value!r}")
-    return value.rstrip("/")

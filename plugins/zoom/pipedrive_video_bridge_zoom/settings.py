@@ -6,7 +6,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+
+from bridge.plugin import base_url, optional_bool, optional_text, required_text
 
 AUTH_MODES = ("account", "user")
 MEETING_SWITCHES = ("waiting_room", "join_before_host", "mute_upon_entry")
@@ -55,52 +56,21 @@ def parse_settings(config: Mapping[str, Any]) -> ZoomSettings:
         for key in _ACCOUNT_ONLY:
             if key in config:
                 raise ValueError(f"{key}: only used with auth = 'account'")
-    passcode = _optional_text(config, "passcode")
+    passcode = optional_text(config, "passcode")
     if passcode is not None and not _PASSCODE.fullmatch(passcode):
         raise ValueError("passcode: at most 10 characters a-z, A-Z, 0-9, @, -, _ or *")
-    default_password = _optional_bool(config, "default_password")
+    default_password = optional_bool(config, "default_password")
     if passcode is not None and default_password:
         raise ValueError("passcode: cannot be combined with default_password = true")
     return ZoomSettings(
         auth=auth,
-        client_id=_required(config, "client_id"),
-        client_secret=_required(config, "client_secret"),
-        account_id=_required(config, "account_id") if auth == "account" else "",
-        fallback_host=_optional_text(config, "fallback_host") or "",
-        api_base=_base_url(config, "api_base", ZoomSettings.api_base),
-        oauth_base=_base_url(config, "oauth_base", ZoomSettings.oauth_base),
-        switches={key: value for key in MEETING_SWITCHES if (value := _optional_bool(config, key)) is not None},
+        client_id=required_text(config, "client_id"),
+        client_secret=required_text(config, "client_secret"),
+        account_id=required_text(config, "account_id") if auth == "account" else "",
+        fallback_host=optional_text(config, "fallback_host") or "",
+        api_base=base_url(config, "api_base", ZoomSettings.api_base),
+        oauth_base=base_url(config, "oauth_base", ZoomSettings.oauth_base),
+        switches={key: value for key in MEETING_SWITCHES if (value := optional_bool(config, key)) is not None},
         default_password=default_password,
         passcode=passcode,
     )
-
-
-def _required(config: Mapping[str, Any], key: str) -> str:
-    value = _optional_text(config, key)
-    if value is None:
-        raise ValueError(f"{key}: required")
-    return value
-
-
-def _optional_text(config: Mapping[str, Any], key: str) -> str | None:
-    value = config.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{key}: must be a non-empty string")
-    return value.strip()
-
-
-def _optional_bool(config: Mapping[str, Any], key: str) -> bool | None:
-    value = config.get(key)
-    if value is not None and not isinstance(value, bool):
-        raise ValueError(f"{key}: must be true or false")
-    return value
-
-
-def _base_url(config: Mapping[str, Any], key: str, default: str) -> str:
-    value = _optional_text(config, key) or default
-    parts = urlsplit(value)
-    if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
-        raise ValueError(f"{key}: must be an http(s) URL such as {default}, got {value!r}")
-    return value.rstrip("/")
