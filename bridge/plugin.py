@@ -31,7 +31,16 @@ from bridge.vendors.interface import (
 )
 from bridge.vendors.invitation import render_invitation
 from bridge.vendors.settings import base_url, optional_bool, optional_text, required_text
-from bridge.vendors.tokens import Token, TokenAuth, TokenKeeper, TokenRefused, TokenStore
+from bridge.vendors.tokens import (
+    GrantRefused,
+    Token,
+    TokenAnswer,
+    TokenAuth,
+    TokenKeeper,
+    TokenRefused,
+    TokenStore,
+    token_answer,
+)
 
 __all__ = [
     "GUEST",
@@ -45,10 +54,12 @@ __all__ = [
     "BackendUnavailable",
     "BridgeError",
     "CredentialStore",
+    "GrantRefused",
     "Joining",
     "MeetingRequest",
     "Room",
     "Token",
+    "TokenAnswer",
     "TokenAuth",
     "TokenKeeper",
     "TokenRefused",
@@ -63,4 +74,5 @@ __all__ = [
     "raise_for_vendor",
     "render_invitation",
     "required_text",
+    "token_answer",
 ]

@@ -26,6 +26,8 @@ from bridge.plugin import (
     Backend,
     BackendContext,
     BackendError,
+    BackendUnavailable,
+    GrantRefused,
     MeetingRequest,
     Room,
     Token,
@@ -33,6 +35,7 @@ from bridge.plugin import (
     TokenRefused,
     hookimpl,
     render_invitation,
+    token_answer,
 )
 from bridge.storage.credentials import ScopedCredentials
 from bridge.storage.store import Store
@@ -398,3 +401,60 @@ async def test_one_keeper_serves_many_users_without_mixing_their_tokens(store: S
             tasks.start_soon(call, scope)
     assert all(token.access_token.startswith(scope) for scope, token in tokens.items())
     assert sorted(int(token.access_token.rsplit("-", 1)[1]) for token in tokens.values()) == [1, 2, 3, 4]
+
+
+# --- reading a token endpoint's answer (bridge.plugin.token_answer) ----------------------------
+
+
+def token_response(status: int, body: Any = None, text: str | None = None) -> httpx.Response:
+    request = httpx.Request("POST", "https://login.example/token")
+    if text is not None:
+        return httpx.Response(status, text=text, request=request)
+    return httpx.Response(status, json=body, request=request)
+
+
+def test_a_token_answer_gives_the_token_its_expiry_and_the_refresh_token() -> None:
+    before = time.time()
+    answer = token_answer(token_response(200, {"access_token": "at", "expires_in": 3600, "refresh_token": "rt"}), "X")
+    assert (answer.access_token, answer.refresh_token) == ("at", "rt")
+    assert before + 3600 <= answer.expires_at <= time.time() + 3600
+    digits = token_answer(token_response(200, {"access_token": "at", "expires_in": "3599"}), "X")
+    assert digits.refresh_token is None and digits.expires_at > before + 3500
+
+
+@pytest.mark.parametrize(
+    ("body", "description"),
+    [
+        ({"error": "invalid_grant", "error_description": "Token has been expired or revoked."}, "Token has been"),
+        ({"error": "invalid_client", "reason": "Invalid client_id or client_secret"}, "Invalid client_id"),
+        ({"error": "invalid_request"}, ""),
+    ],
+)
+def test_an_oauth_error_answer_is_grant_refused_with_what_the_issuer_said(
+    body: dict[str, Any], description: str
+) -> None:
+    with pytest.raises(GrantRefused) as raised:
+        token_answer(token_response(400, body), "X")
+    assert raised.value.error == body["error"] and raised.value.description.startswith(description)
+    assert raised.value.body == body
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        token_response(200, {"access_token": "", "expires_in": 3600}),
+        token_response(200, {"access_token": "at", "expires_in": True}),
+        token_response(200, {"access_token": "at"}),
+        token_response(200, ["not", "an", "object"]),
+        token_response(200, text="<html>sign-in page</html>"),
+        token_response(401, {"message": "no OAuth error field"}),
+    ],
+)
+def test_an_answer_without_a_usable_token_is_a_clear_backend_error(response: httpx.Response) -> None:
+    with pytest.raises(BackendError, match=r"^Acme's token endpoint gave no usable answer \(HTTP \d+\)$"):
+        token_answer(response, "Acme")
+
+
+def test_throttling_and_server_errors_are_the_cores() -> None:
+    with pytest.raises(BackendUnavailable):
+        token_answer(token_response(503, {"error": "temporarily_unavailable"}), "Acme")

@@ -32,6 +32,8 @@ from typing import Any, Protocol
 
 import httpx
 
+from bridge.errors import BackendError
+from bridge.vendors.http import raise_for_vendor
 from bridge.vendors.singleflight import SingleFlight
 
 LEASE_SECONDS = 60.0
@@ -250,3 +252,64 @@ class TokenAuth(httpx.Auth):
             token = await self.keeper.token(self.store, self.refresh, stale=token.access_token, key=self.key)
             request.headers["Authorization"] = f"Bearer {token.access_token}"
             yield request
+
+
+# --- an OAuth token endpoint's answer ----------------------------------------------------------
+
+
+class GrantRefused(Exception):
+    """The token endpoint refused the grant: an OAuth error answer (``invalid_grant``, ``invalid_client``...).
+
+    ``description`` is the issuer's ``error_description`` (Zoom's ``reason``), cut to 200 characters;
+    ``body`` the whole answer, for issuers with more to read (Microsoft's ``error_codes``)."""
+
+    def __init__(self, error: str, description: str, body: Mapping[str, Any]) -> None:
+        super().__init__(f"{error}: {description}" if description else error)
+        self.error = error
+        self.description = description
+        self.body = body
+
+
+@dataclass(frozen=True)
+class TokenAnswer:
+    """A token endpoint's success: the access token, when it expires (epoch seconds), the refresh token if any."""
+
+    access_token: str
+    expires_at: float
+    refresh_token: str | None = None
+
+
+def token_answer(response: httpx.Response, issuer: str) -> TokenAnswer:
+    """Read an OAuth token endpoint's answer (RFC 6749 5.1 and 5.2).
+
+    Throttling and server errors are the core's (``raise_for_vendor``); a 4xx with an ``error``
+    raises :class:`GrantRefused`; an answer without a usable token is a ``BackendError`` naming ``issuer``.
+    ``expires_in`` may be a number or digits in a string (Microsoft's v1 endpoints send it so)."""
+    raise_for_vendor(response, issuer)
+    try:
+        parsed = response.json()
+    except ValueError:
+        parsed = None
+    body: dict[str, Any] = parsed if isinstance(parsed, dict) else {}
+    error = body.get("error")
+    if 400 <= response.status_code < 500 and isinstance(error, str) and error:
+        description = body.get("error_description") or body.get("reason")
+        text = description.strip()[:200] if isinstance(description, str) else ""
+        raise GrantRefused(error, text, body)
+    access_token, expires_in = body.get("access_token"), body.get("expires_in")
+    if isinstance(expires_in, str) and expires_in.isdigit():
+        expires_in = int(expires_in)
+    if (
+        response.status_code != 200
+        or not isinstance(access_token, str)
+        or not access_token
+        or isinstance(expires_in, bool)
+        or not isinstance(expires_in, int | float)
+    ):
+        raise BackendError(f"{issuer}'s token endpoint gave no usable answer (HTTP {response.status_code})")
+    refresh_token = body.get("refresh_token")
+    return TokenAnswer(
+        access_token,
+        time.time() + float(expires_in),
+        refresh_token if isinstance(refresh_token, str) and refresh_token else None,
+    )

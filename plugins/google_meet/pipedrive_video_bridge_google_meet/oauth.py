@@ -22,16 +22,23 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlencode
 
 import httpx
 import jwt
 
-from bridge.plugin import BackendContext, BackendError, Token, TokenKeeper, TokenRefused, raise_for_vendor
+from bridge.plugin import (
+    BackendContext,
+    BackendError,
+    GrantRefused,
+    Token,
+    TokenAnswer,
+    TokenKeeper,
+    TokenRefused,
+    token_answer,
+)
 
-from .errors import json_object
 from .settings import ServiceAccountKey
 
 log = logging.getLogger(__name__)
@@ -47,22 +54,6 @@ SETTINGS_PAGE = "the bridge's settings page"
 TITLE = "Google"
 
 
-class GrantRefused(Exception):
-    """Google's token endpoint refused the grant (an OAuth ``error`` such as ``invalid_grant``)."""
-
-    def __init__(self, error: str, description: str) -> None:
-        super().__init__(f"{error}: {description}")
-        self.error = error
-        self.description = description
-
-
-@dataclass(frozen=True)
-class TokenAnswer:
-    access_token: str
-    expires_at: float
-    refresh_token: str | None = None
-
-
 class TokenEndpoint:
     """Google's token endpoint (``token_uri``)."""
 
@@ -72,26 +63,7 @@ class TokenEndpoint:
     async def token(self, http: httpx.AsyncClient, form: dict[str, str]) -> TokenAnswer:
         """POST the grant; raise GrantRefused for a refused one, BackendError for an answer without a token."""
         response = await http.post(self.uri, data=form)
-        raise_for_vendor(response, TITLE)
-        body = json_object(response)
-        if 400 <= response.status_code < 500 and isinstance(body.get("error"), str):
-            description = body.get("error_description")
-            raise GrantRefused(body["error"], description.strip()[:200] if isinstance(description, str) else "")
-        access_token, expires_in = body.get("access_token"), body.get("expires_in")
-        if (
-            response.status_code != 200
-            or not isinstance(access_token, str)
-            or not access_token
-            or isinstance(expires_in, bool)
-            or not isinstance(expires_in, int | float)
-        ):
-            raise BackendError(f"Google's token endpoint gave no usable answer (HTTP {response.status_code})")
-        refresh_token = body.get("refresh_token")
-        return TokenAnswer(
-            access_token,
-            time.time() + float(expires_in),
-            refresh_token if isinstance(refresh_token, str) and refresh_token else None,
-        )
+        return token_answer(response, TITLE)
 
 
 class TokenSource(Protocol):

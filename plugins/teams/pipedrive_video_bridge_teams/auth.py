@@ -14,16 +14,24 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import quote, urlencode
 
 import httpx
 import jwt
 
-from bridge.plugin import BackendContext, BackendError, Token, TokenKeeper, TokenRefused, raise_for_vendor
+from bridge.plugin import (
+    BackendContext,
+    BackendError,
+    GrantRefused,
+    Token,
+    TokenAnswer,
+    TokenKeeper,
+    TokenRefused,
+    token_answer,
+)
 
-from .errors import SignInError, app_credentials_message, is_invalid_token, json_object, sign_in_error
+from .errors import app_credentials_message, is_invalid_token, sign_in_error
 from .settings import TeamsSettings
 
 log = logging.getLogger(__name__)
@@ -37,23 +45,6 @@ ASSERTION_SECONDS = 600
 APP_TOKEN = "app_token"
 USER_TOKENS = "oauth_tokens"
 SETTINGS_PAGE = "the bridge's settings page"
-
-
-class GrantRefused(Exception):
-    """The token endpoint refused the grant (an OAuth ``error`` such as ``invalid_grant``)."""
-
-    def __init__(self, error: str, codes: tuple[int, ...], description: str) -> None:
-        super().__init__(error)
-        self.error = error
-        self.codes = codes
-        self.description = description
-
-
-@dataclass(frozen=True)
-class TokenAnswer:
-    access_token: str
-    expires_at: float
-    refresh_token: str | None = None
 
 
 class MicrosoftLogin:
@@ -102,27 +93,7 @@ class MicrosoftLogin:
         """POST the grant to the token endpoint; raise GrantRefused for a refused grant."""
         form = {"client_id": self.client_id, **grant, **self._credential()}
         response = await http.post(self.token_url, data=form)
-        raise_for_vendor(response, "Microsoft's sign-in service")
-        body = json_object(response)
-        if response.status_code in (400, 401):
-            refused = sign_in_error(response)
-            raise GrantRefused(refused.error, refused.codes, refused.first_line)
-        access_token, expires_in = body.get("access_token"), body.get("expires_in")
-        if isinstance(expires_in, str) and expires_in.isdigit():
-            expires_in = int(expires_in)
-        if (
-            response.status_code != 200
-            or not isinstance(access_token, str)
-            or not access_token
-            or not isinstance(expires_in, int | float)
-        ):
-            raise BackendError(f"Microsoft's token endpoint gave no usable answer (HTTP {response.status_code})")
-        refresh_token = body.get("refresh_token")
-        return TokenAnswer(
-            access_token,
-            time.time() + float(expires_in),
-            refresh_token if isinstance(refresh_token, str) and refresh_token else None,
-        )
+        return token_answer(response, "Microsoft")
 
 
 class TokenSource(Protocol):
@@ -165,8 +136,13 @@ class AppTokens:
         return BackendError("Microsoft refused the bridge's app token; please try again")
 
 
+def _said(exc: GrantRefused) -> str:
+    """What Microsoft said, without the trace and correlation ids it adds on further lines."""
+    return sign_in_error(exc.body).first_line or exc.error
+
+
 def app_credentials_message_of(exc: GrantRefused) -> str:
-    return app_credentials_message(SignInError(exc.error, exc.codes, exc.description))
+    return app_credentials_message(sign_in_error(exc.body))
 
 
 # --- authorization code: each user's own Microsoft account -------------------------------
@@ -198,7 +174,7 @@ class UserTokens:
             )
         except GrantRefused as exc:
             raise BackendError(
-                f"Microsoft did not accept the sign-in ({exc.description or exc.error}); please connect Teams again"
+                f"Microsoft did not accept the sign-in ({_said(exc)}); please connect Teams again"
             ) from None
         if answer.refresh_token is None:
             raise BackendError(
@@ -233,7 +209,7 @@ class UserTokens:
         except GrantRefused as exc:
             if exc.error != "invalid_grant":
                 raise BackendError(
-                    f"Microsoft refused to renew your Teams connection ({exc.description or exc.error}); "
+                    f"Microsoft refused to renew your Teams connection ({_said(exc)}); "
                     "please try again"
                 ) from None
             log.warning("microsoft refused a refresh token: the user has to reconnect Teams")

@@ -17,6 +17,7 @@ platform's token endpoint answers ``{"error": ..., "error_description": "AADSTS<
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,8 +128,8 @@ class SignInError:
         return self.description.split("\r\n")[0].split("\n")[0][:240]
 
 
-def sign_in_error(response: httpx.Response) -> SignInError:
-    body = json_object(response)
+def sign_in_error(body: Mapping[str, Any]) -> SignInError:
+    """The refusal in a token endpoint's error answer."""
     codes = body.get("error_codes")
     return SignInError(
         str(body.get("error") or "refused"),

@@ -18,16 +18,24 @@ through ``TokenKeeper.auth``, which replaces a token Zoom calls invalid once.
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlencode
 
 import httpx
 
-from bridge.plugin import BackendContext, BackendError, Token, TokenKeeper, TokenRefused, basic_auth, raise_for_vendor
+from bridge.plugin import (
+    BackendContext,
+    BackendError,
+    GrantRefused,
+    Token,
+    TokenAnswer,
+    TokenKeeper,
+    TokenRefused,
+    basic_auth,
+    token_answer,
+)
 
-from .errors import TITLE, is_invalid_token, json_object
+from .errors import TITLE, is_invalid_token
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +45,6 @@ REFRESH_MARGIN_SECONDS = 300
 ACCOUNT_TOKEN = "account_token"
 USER_TOKENS = "oauth_tokens"
 SETTINGS_PAGE = "the bridge's settings page"
-
-
-class GrantRefused(Exception):
-    """Zoom's token endpoint refused the grant (an OAuth ``error`` such as ``invalid_grant``)."""
-
-    def __init__(self, error: str, reason: str) -> None:
-        super().__init__(f"{error}: {reason}")
-        self.error = error
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class TokenAnswer:
-    access_token: str
-    expires_at: float
-    refresh_token: str | None = None
 
 
 class ZoomOAuth:
@@ -74,24 +66,7 @@ class ZoomOAuth:
         response = await http.post(
             f"{self.base}/oauth/token", data=grant, headers=basic_auth(self.client_id, self._client_secret)
         )
-        raise_for_vendor(response, TITLE)
-        body = json_object(response)
-        if response.status_code in (400, 401):
-            raise GrantRefused(str(body.get("error") or "refused"), str(body.get("reason") or "")[:200])
-        access_token, expires_in = body.get("access_token"), body.get("expires_in")
-        if (
-            response.status_code != 200
-            or not isinstance(access_token, str)
-            or not access_token
-            or not isinstance(expires_in, int | float)
-        ):
-            raise BackendError(f"Zoom's token endpoint gave no usable answer (HTTP {response.status_code})")
-        refresh_token = body.get("refresh_token")
-        return TokenAnswer(
-            access_token,
-            time.time() + float(expires_in),
-            refresh_token if isinstance(refresh_token, str) and refresh_token else None,
-        )
+        return token_answer(response, TITLE)
 
 
 class TokenSource(Protocol):
@@ -137,7 +112,7 @@ class AccountTokens:
         except GrantRefused as exc:
             raise BackendError(
                 f"Zoom refused the bridge's Server-to-Server OAuth credentials "
-                f"({exc.reason or exc.error}); check client_id, client_secret and account_id in "
+                f"({exc.description or exc.error}); check client_id, client_secret and account_id in "
                 "[backends.zoom] and that the app is activated in the Zoom App Marketplace"
             ) from None
         log.info("zoom account token fetched")
@@ -170,7 +145,7 @@ class UserTokens:
             )
         except GrantRefused as exc:
             raise BackendError(
-                f"Zoom did not accept the sign-in ({exc.reason or exc.error}); please connect Zoom again"
+                f"Zoom did not accept the sign-in ({exc.description or exc.error}); please connect Zoom again"
             ) from None
         if answer.refresh_token is None:
             raise BackendError("Zoom's sign-in gave no refresh token; please connect Zoom again")
@@ -211,7 +186,7 @@ class UserTokens:
         except GrantRefused as exc:
             if exc.error != "invalid_grant":
                 raise BackendError(
-                    f"Zoom refused to renew your Zoom connection ({exc.reason or exc.error}); please try again"
+                    f"Zoom refused to renew your Zoom connection ({exc.description or exc.error}); please try again"
                 ) from None
             log.warning("zoom refused a refresh token: the user has to reconnect Zoom")
             raise TokenRefused("Zoom refused the refresh token") from None
