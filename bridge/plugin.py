@@ -16,7 +16,7 @@ without notice. A plugin's tests may use ``bridge.testing`` as well.
 from bridge.api.auth import basic_auth
 from bridge.errors import BackendError, BackendTimeout, BackendUnavailable, BridgeError
 from bridge.vendors.hookspecs import hookimpl
-from bridge.vendors.http import IDEMPOTENT_EXTENSION, RETRY_EXTENSION, raise_for_vendor
+from bridge.vendors.http import IDEMPOTENT_EXTENSION, RETRY_EXTENSION, THROTTLED_EXTENSION, raise_for_vendor
 from bridge.vendors.interface import (
     GUEST,
     HOST,
@@ -47,6 +47,7 @@ __all__ = [
     "HOST",
     "IDEMPOTENT_EXTENSION",
     "RETRY_EXTENSION",
+    "THROTTLED_EXTENSION",
     "Backend",
     "BackendContext",
     "BackendError",

@@ -30,6 +30,7 @@ from bridge.vendors.hookspecs import hookimpl
 from bridge.vendors.http import (
     IDEMPOTENT_EXTENSION,
     RETRY_EXTENSION,
+    THROTTLED_EXTENSION,
     RetryPolicy,
     RetryTransport,
     raise_for_vendor,
@@ -131,6 +132,21 @@ async def test_a_post_the_vendor_makes_idempotent_is_retried_as_a_put_is(first: 
     vendor = ScriptedVendor([first, answer(201)])
     response = await call(vendor, "POST", extensions={IDEMPOTENT_EXTENSION: True})
     assert response.status_code == 201 and vendor.calls == 2
+
+
+async def test_an_answer_the_vendor_calls_a_throttle_is_retried_as_a_429_is() -> None:
+    def throttled(response: httpx.Response) -> bool:
+        return response.status_code == 403 and response.json().get("reason") == "rateLimitExceeded"
+
+    vendor = ScriptedVendor([answer(403, {"Retry-After": "0"}, reason="rateLimitExceeded"), answer(201)])
+    response = await call(vendor, "POST", extensions={THROTTLED_EXTENSION: throttled})
+    assert response.status_code == 201 and vendor.calls == 2
+    refused = ScriptedVendor([answer(403, reason="forbidden"), answer(201)])
+    response = await call(refused, "POST", extensions={THROTTLED_EXTENSION: throttled})
+    assert response.status_code == 403 and refused.calls == 1, "any other 403 is the vendor's answer"
+    lasting = ScriptedVendor([answer(403, reason="rateLimitExceeded")])
+    response = await call(lasting, "GET", extensions={THROTTLED_EXTENSION: throttled})
+    assert response.status_code == 403 and lasting.calls == POLICY.attempts, "bounded like any retry"
 
 
 async def test_a_body_cut_off_is_retried_for_get_but_not_for_post() -> None:

@@ -16,6 +16,9 @@ only resets at midnight) passes ``extensions={RETRY_EXTENSION: predicate}`` on
 the request; the predicate gets the answer and returns False to stop retrying.
 A POST the vendor makes idempotent (an idempotency key, an external id it answers
 again) passes ``extensions={IDEMPOTENT_EXTENSION: True}`` and is retried as a PUT is.
+A vendor that spells a short throttle otherwise (Google's 403 ``rateLimitExceeded``)
+passes ``extensions={THROTTLED_EXTENSION: predicate}``: an answer the predicate calls a
+throttle is retried as a 429 is.
 
 ``raise_for_vendor`` turns a final 429/5xx answer into the bridge's error with a
 status for Pipedrive; backends call it after handling the statuses they know.
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 RETRY_EXTENSION = "pipedrive_video_bridge.retry"
 IDEMPOTENT_EXTENSION = "pipedrive_video_bridge.idempotent"
+THROTTLED_EXTENSION = "pipedrive_video_bridge.throttled"
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _ALWAYS_RETRY = frozenset({429, 503})
 _RETRY_IF_IDEMPOTENT = frozenset({500, 502, 504})
@@ -102,6 +106,9 @@ class RetryTransport(httpx.AsyncBaseTransport):
             else:
                 status = response.status_code
                 retryable = status in _ALWAYS_RETRY or (idempotent and status in _RETRY_IF_IDEMPOTENT)
+                throttled = request.extensions.get(THROTTLED_EXTENSION)
+                if not retryable and throttled is not None and not response.is_success:
+                    retryable = throttled(response) is True
                 predicate = request.extensions.get(RETRY_EXTENSION)
                 if retryable and predicate is not None:
                     retryable = predicate(response) is not False

@@ -35,6 +35,7 @@ import httpx
 from bridge.plugin import (
     IDEMPOTENT_EXTENSION,
     RETRY_EXTENSION,
+    THROTTLED_EXTENSION,
     Backend,
     BackendContext,
     BackendError,
@@ -47,7 +48,7 @@ from bridge.plugin import (
     render_invitation,
 )
 
-from .errors import is_duplicate, is_gone, json_object, raise_for_google, worth_retrying
+from .errors import is_duplicate, is_gone, is_rate_limited, json_object, raise_for_google, worth_retrying
 from .oauth import ServiceAccountTokens, TokenEndpoint, TokenSource, UserTokens, settings_url_of
 from .settings import GoogleMeetSettings, parse_settings
 
@@ -292,7 +293,11 @@ class GoogleMeetBackend(Backend):
                 params=params,
                 json=json,
                 auth=self.tokens.auth(ctx, owner),
-                extensions={RETRY_EXTENSION: worth_retrying, IDEMPOTENT_EXTENSION: idempotent},
+                extensions={
+                    RETRY_EXTENSION: worth_retrying,
+                    THROTTLED_EXTENSION: is_rate_limited,
+                    IDEMPOTENT_EXTENSION: idempotent,
+                },
             )
         except TokenRefused:
             raise await self.tokens.refused(ctx) from None

@@ -80,6 +80,11 @@ def is_duplicate(response: httpx.Response) -> bool:
     return response.status_code == 409
 
 
+def is_rate_limited(response: httpx.Response) -> bool:
+    """Google's short-lived limits answered as 403 (``THROTTLED_EXTENSION``): the core retries them as 429s."""
+    return response.status_code == 403 and bool(google_error(response).reasons & RATE_LIMITS)
+
+
 def worth_retrying(response: httpx.Response) -> bool:
     """The core's retry predicate (``RETRY_EXTENSION``): a daily or usage limit lasts for hours, so don't."""
     return not google_error(response).reasons & {DAILY_LIMIT, USAGE_LIMIT}

@@ -193,12 +193,17 @@ async def test_429s_that_outlast_the_retries_are_a_503(
 
 
 @pytest.mark.parametrize("reason", ["rateLimitExceeded", "userRateLimitExceeded"])
-async def test_a_403_rate_limit_is_a_503_to_try_again(
+async def test_a_403_rate_limit_is_retried_by_the_core_and_a_lasting_one_is_a_503(
     google: FakeGoogleState, company_backend: GoogleMeetBackend, company_context: BackendContext, reason: str
 ) -> None:
-    google.limits_next = [Limit(reason)]
+    await company_backend.create(company_context, sample_meeting())  # the token is fetched
+    google.limits_next = [Limit(reason, 403, "0")]
+    room = await company_backend.create(company_context, sample_meeting())
+    assert room.vendor_meeting_id.split("/")[1] in google.events() and google.count("POST") == 3
+    google.limits_next = [Limit(reason, 403, "0")] * 3
     with pytest.raises(BackendUnavailable, match="limiting requests"):
         await company_backend.create(company_context, sample_meeting())
+    assert google.count("POST") == 6
 
 
 @pytest.mark.parametrize(("reason", "says"), [("dailyLimitExceeded", "daily"), ("quotaExceeded", "usage limits")])

@@ -209,8 +209,7 @@ class UserTokens:
         except GrantRefused as exc:
             if exc.error != "invalid_grant":
                 raise BackendError(
-                    f"Microsoft refused to renew your Teams connection ({_said(exc)}); "
-                    "please try again"
+                    f"Microsoft refused to renew your Teams connection ({_said(exc)}); please try again"
                 ) from None
             log.warning("microsoft refused a refresh token: the user has to reconnect Teams")
             raise TokenRefused("Microsoft refused the refresh token") from None
