@@ -186,8 +186,13 @@ async def pipedrive_api(app: Any, pipedrive: FakePipedriveState) -> AsyncIterato
         yield client
 
 
+def database_bytes(tmp_path: Path) -> bytes:
+    """The SQLite database and its write-ahead log, as a dump of the disk would show them."""
+    return b"".join(path.read_bytes() for path in sorted(tmp_path.glob("bridge.sqlite3*")))
+
+
 async def test_connecting_teams_on_the_settings_page_then_meeting_with_it(
-    app: Any, browser: httpx.AsyncClient, pipedrive_api: httpx.AsyncClient, teams: FakeTeamsState
+    app: Any, browser: httpx.AsyncClient, pipedrive_api: httpx.AsyncClient, teams: FakeTeamsState, tmp_path: Path
 ) -> None:
     link_id = await sign_in(browser, app)
     page = (await browser.get("/settings")).text
@@ -211,6 +216,11 @@ async def test_connecting_teams_on_the_settings_page_then_meeting_with_it(
     [made] = teams.meetings.values()
     assert made["participants"]["organizer"]["upn"] == "ada@example.com"
     assert teams.count("POST", "/v1.0/me/onlineMeetings/createOrGet") == 1
+    stored = database_bytes(tmp_path)
+    assert link_id.encode() in stored, "this is the bridge's database"
+    assert teams.issued_secrets and teams.client_secret
+    for secret in [teams.client_secret, *teams.issued_secrets]:
+        assert secret.encode() not in stored, "the user's Microsoft tokens are kept encrypted"
 
     teams.expire_access_tokens()
     with teams.lock:
