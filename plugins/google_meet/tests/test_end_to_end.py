@@ -188,7 +188,7 @@ async def pipedrive_api(app: Any, pipedrive: FakePipedriveState) -> AsyncIterato
 
 
 async def test_connecting_google_on_the_settings_page_then_meeting_with_it(
-    app: Any, browser: httpx.AsyncClient, pipedrive_api: httpx.AsyncClient, google: FakeGoogleState
+    app: Any, browser: httpx.AsyncClient, pipedrive_api: httpx.AsyncClient, google: FakeGoogleState, tmp_path: Path
 ) -> None:
     link_id = await sign_in(browser, app)
     page = (await browser.get("/settings")).text
@@ -211,6 +211,12 @@ async def test_connecting_google_on_the_settings_page_then_meeting_with_it(
     # the organiser opens the join link: Meet has one link for everyone
     host = await browser.get(created.json()["data"]["join_url"], follow_redirects=False)
     assert host.status_code == 303 and host.headers["location"] == made["hangoutLink"]
+    # the SQLite database and its write-ahead log hold the user's Google tokens only encrypted
+    stored = b"".join(path.read_bytes() for path in sorted(tmp_path.glob("bridge.sqlite3*")))
+    assert link_id.encode() in stored, "this is the bridge's database"
+    assert google.issued_secrets
+    for secret in [google.client_secret, *google.issued_secrets]:
+        assert secret.encode() not in stored
 
 
 async def test_a_refused_refresh_asks_to_reconnect_on_the_settings_page(
