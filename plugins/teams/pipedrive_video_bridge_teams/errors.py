@@ -142,7 +142,10 @@ def app_credentials_message(error: SignInError) -> str:
     """What to tell the admin when the token endpoint refuses the app's own credentials."""
     codes = set(error.codes)
     if codes & {7000215, 7000222}:
-        hint = "the client_secret is wrong or has expired: create a new one under Certificates & secrets"
+        hint = (
+            "the client_secret is wrong or has expired: create a new one under Certificates & secrets "
+            "and use its Value, not its Secret ID"
+        )
     elif codes & {700027, 700024}:
         hint = "Entra does not accept the certificate's signature: upload the certificate to the app registration"
     elif 700016 in codes:
