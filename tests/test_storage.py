@@ -19,7 +19,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Column, Engine, Integer, MetaData, inspect, text
+from sqlalchemy import Column, Engine, Integer, MetaData, event, inspect, text
 from sqlmodel import SQLModel
 
 from bridge.config import Config, VaultConfig
@@ -39,8 +39,9 @@ from bridge.storage import migrations
 from bridge.storage.links import PIPEDRIVE_TOKENS, Link
 from bridge.storage.meetings import Meeting, StoredRoom, new_meeting, new_meeting_id
 from bridge.storage.schema import LINK_ACTIVE, MEETING_ACTIVE, MEETING_DELETED
-from bridge.storage.secrets import backend_scope, link_scope, meeting_scope, shared_scope
+from bridge.storage.secrets import backend_scope, link_scope, meeting_scope, shared_scope, write_secret
 from bridge.storage.store import Store, StoreError, make_engine
+from bridge.storage.transactions import writes
 from bridge.storage.vault import Vault, VaultError, generate_key, key_id, load_or_create_key_file
 
 pytestmark = pytest.mark.anyio
@@ -751,6 +752,86 @@ async def test_concurrent_meeting_writes_all_land(store: Store, link: Link) -> N
             tg.start_soon(one, meeting_id)
     rooms = [await store.get_room(meeting_id) for meeting_id in ids]
     assert [room.join_url if room else None for room in rooms] == [f"https://rooms.example/{i}" for i in ids]
+
+
+class _FailingWrites(Store):
+    """A store with two writes that fail: one after it changed a row, one before changing anything."""
+
+    @writes
+    def put_then_fail(self, scope: str, name: str) -> None:
+        with self._transaction(write=True) as conn:
+            write_secret(conn, self._require_vault(), scope, name, "half")
+            raise RuntimeError("failed after its write")
+
+    @writes
+    def fail_first(self) -> None:
+        with self._transaction(write=True):
+            raise ValueError("failed before writing")
+
+
+@pytest.fixture
+def sqlite_stores(tmp_path: Path) -> Iterator[tuple[_FailingWrites, Store]]:
+    """A migrated SQLite store that groups its writes, and a second handle (another process's view)."""
+    url = f"sqlite:///{tmp_path / 'grouped.sqlite3'}"
+    key = generate_key()
+    migrations.migrate(make_engine(url))
+    writer = _FailingWrites(make_engine(url), Vault([key]))
+    other = new_store(url, [key])
+    try:
+        yield writer, other
+    finally:
+        writer.close()
+        other.close()
+
+
+async def test_sqlite_writes_arriving_together_share_a_commit_and_each_answer_follows_it(
+    sqlite_stores: tuple[_FailingWrites, Store],
+) -> None:
+    store, other = sqlite_stores
+    commits = 0
+
+    def count(_conn: Any) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(store.engine, "commit", count)
+
+    async def one(i: int) -> None:
+        await store.put_secret("link:grouped", f"n{i}", f"v{i}")
+        # answered only once committed: another connection already reads it
+        assert await other.get_secret("link:grouped", f"n{i}") == f"v{i}"
+
+    async with anyio.create_task_group() as tg:
+        for i in range(60):
+            tg.start_soon(one, i)
+    assert 1 <= commits < 60  # several writes per transaction
+
+
+async def test_a_write_failing_in_a_group_loses_nothing_of_the_others_and_leaves_nothing_of_its_own(
+    sqlite_stores: tuple[_FailingWrites, Store],
+) -> None:
+    store, other = sqlite_stores
+    errors: list[BaseException] = []
+
+    async def put(i: int) -> None:
+        await store.put_secret("link:grouped", f"n{i}", f"v{i}")
+
+    async def failing(call: Any) -> None:
+        with pytest.raises((RuntimeError, ValueError)) as caught:
+            await call()
+        errors.append(caught.value)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(40):
+            tg.start_soon(put, i)
+            if i % 10 == 5:
+                tg.start_soon(failing, lambda i=i: store.put_then_fail("link:grouped", f"half{i}"))
+            if i % 10 == 7:
+                tg.start_soon(failing, store.fail_first)
+    assert sorted(str(e) for e in errors) == ["failed after its write"] * 4 + ["failed before writing"] * 4
+    for i in range(40):
+        assert await other.get_secret("link:grouped", f"n{i}") == f"v{i}"
+        assert await other.get_secret("link:grouped", f"half{i}") is None
 
 
 async def test_connections_killed_by_the_server_are_replaced_without_an_error(postgres_url: str) -> None:

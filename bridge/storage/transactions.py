@@ -1,22 +1,32 @@
-"""The engine and its transactions: the worker-thread hand-off, SQLite's writer queue, the dead-connection retry.
+"""The engine and its transactions: the worker-thread hand-off, SQLite's writer, the dead-connection retry.
 
 Every public coroutine of the store is one blocking method wrapped by ``in_thread``
 (a read) or ``writes`` (a write): it runs in a worker thread (``anyio.to_thread``),
 so the event loop never waits on the database, and it opens exactly one short
-transaction (``Database.transaction``). A call that finds its pooled connection dead
+transaction (``Database._transaction``). A call that finds its pooled connection dead
 before anything was committed runs once more on a new one.
+
+On SQLite every write goes to one writer thread per process (``_Writer``), which
+commits the writes waiting for it together (group commit): each caller is answered
+only after the commit that holds its write, and a write that fails leaves the others
+of its group as if they had run alone.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 from sqlalchemy import Connection, Engine, event, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
@@ -110,11 +120,12 @@ def in_thread(method: Callable[Concatenate[D, P], T]) -> Callable[Concatenate[D,
 
 
 def writes(method: Callable[Concatenate[D, P], T]) -> Callable[Concatenate[D, P], Awaitable[T]]:
-    """``in_thread`` for a method that writes: on SQLite, one such transaction at a time per process.
+    """``in_thread`` for a method that writes: on SQLite, run by the store's one writer thread.
 
     SQLite has one writer per database; writers that meet its lock sleep in its
     busy handler (1 ms, 2 ms, ... 100 ms), which is what latency under load would
-    show. Queued here instead, they wait without polling and without holding a thread.
+    show. Queued for one thread instead, they wait without polling, and the writes
+    that arrive together share one transaction.
     """
     threaded = in_thread(method)
 
@@ -122,10 +133,142 @@ def writes(method: Callable[Concatenate[D, P], T]) -> Callable[Concatenate[D, P]
     async def wrapper(store: D, /, *args: P.args, **kwargs: P.kwargs) -> T:
         if not store.is_sqlite:
             return await threaded(store, *args, **kwargs)
-        async with store._sqlite_writer:
-            return await threaded(store, *args, **kwargs)
+        return await store._writer.run(functools.partial(method, store, *args, **kwargs))
 
     return wrapper
+
+
+class _Spoilt(BaseException):
+    """A write of a group failed after it had changed something: the group is rolled back and run one by one.
+
+    A BaseException, so no ``except Exception`` in a store method can swallow it."""
+
+
+class _Group:
+    """The transaction the writer thread runs a group of writes in."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.thread = threading.get_ident()
+        self.raw: Any = conn.connection.dbapi_connection
+
+    def changes(self) -> int:
+        return int(self.raw.total_changes)
+
+
+_Call = tuple[Callable[[], Any], asyncio.AbstractEventLoop, asyncio.Future[Any]]
+
+
+class _Writer:
+    """SQLite's writer: one thread that runs queued writes, those waiting together in one transaction.
+
+    A group commits once; every caller of it is answered after that commit. A write
+    that raises without having changed a row is answered with its error and the group
+    goes on; one that raises after a change (or a commit that fails) rolls the group
+    back, and each of its writes runs again alone, in its own transaction, exactly
+    as it would have without grouping.
+    """
+
+    GROUP = 64  # the most writes one transaction takes
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    async def run(self, call: Callable[[], T]) -> T:
+        """Queue ``call`` and wait for its outcome; like a worker thread's, a write started is waited for."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._ensure_started()
+        self._queue.put((call, loop, future))
+        with anyio.CancelScope(shield=True):
+            result = await future
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        return result
+
+    def _ensure_started(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            with self._start_lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._serve, name="sqlite-writer", daemon=True)
+                    self._thread.start()
+
+    def stop(self) -> None:
+        """Run what is queued, then end the thread."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._queue.put(None)
+            thread.join(timeout=60)
+        self._thread = None
+
+    def _serve(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            calls = [first]
+            stopping = False
+            while len(calls) < self.GROUP:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                calls.append(more)
+            _answer(calls, self._run(calls))
+            if stopping:
+                return
+
+    def _run(self, calls: list[_Call]) -> list[tuple[bool, Any]]:
+        if len(calls) > 1:
+            with contextlib.suppress(_Spoilt, Exception):  # spoilt, or the commit failed: each runs alone
+                return self._run_together(calls)
+        return [_outcome(call) for call, _, _ in calls]
+
+    def _run_together(self, calls: list[_Call]) -> list[tuple[bool, Any]]:
+        db = self._db
+        outcomes: list[tuple[bool, Any]] = []
+        with db.engine.connect() as conn:
+            conn.info["immediate"] = True
+            with conn.begin():
+                db._group = _Group(conn)
+                try:
+                    for call, _, _ in calls:
+                        outcomes.append(_outcome(call))
+                finally:
+                    db._group = None
+        return outcomes
+
+
+def _outcome(call: Callable[[], Any]) -> tuple[bool, Any]:
+    try:
+        return True, call()
+    except Exception as exc:
+        return False, exc
+
+
+def _answer(calls: list[_Call], outcomes: list[tuple[bool, Any]]) -> None:
+    """Hand each caller its outcome, on its own event loop (one wake-up per loop)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    for (_, loop, future), (ok, value) in zip(calls, outcomes, strict=True):
+        by_loop.setdefault(loop, []).append((future, ok, value))
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle, settled)
+
+
+def _settle(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in settled:
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 class Database:
@@ -135,15 +278,25 @@ class Database:
         self.engine = engine
         self.vault = vault
         self._limiter = anyio.CapacityLimiter(threads)
-        self._sqlite_writer = anyio.Lock()
         self.is_sqlite = engine.dialect.name == "sqlite"
+        self._writer = _Writer(self)
+        self._group: _Group | None = None  # set by the writer thread while it runs a group
 
     def close(self) -> None:
+        self._writer.stop()
         self.engine.dispose()
 
     @contextmanager
     def _transaction(self, *, write: bool = False) -> Iterator[Connection]:
-        """One transaction; ``write`` takes SQLite's write lock up front (PostgreSQL locks rows instead)."""
+        """One transaction; ``write`` takes SQLite's write lock up front (PostgreSQL locks rows instead).
+
+        In the writer thread, inside a group, it is the group's transaction instead.
+        """
+        group = self._group
+        if group is not None and group.thread == threading.get_ident():
+            with self._in_group(group) as conn:
+                yield conn
+            return
         try:
             with self.engine.connect() as conn:
                 if write and self.is_sqlite:
@@ -161,6 +314,19 @@ class Database:
             raise StoreError(f"database unavailable: {exc.orig.__class__.__name__}") from exc
         except SQLAlchemyError as exc:
             raise StoreError(f"database error: {exc.__class__.__name__}") from exc
+
+    @contextmanager
+    def _in_group(self, group: _Group) -> Iterator[Connection]:
+        """A write's part of a group: one that fails after changing a row spoils the group."""
+        before = group.changes()
+        try:
+            yield group.conn
+        except SQLAlchemyError as exc:
+            raise _Spoilt from exc
+        except BaseException:
+            if group.changes() != before:
+                raise _Spoilt from None
+            raise
 
     def _require_vault(self) -> Vault:
         if self.vault is None:
