@@ -232,22 +232,23 @@ class _Writer:
     def _run_together(self, calls: list[_Call]) -> list[tuple[bool, Any]]:
         db = self._db
         outcomes: list[tuple[bool, Any]] = []
-        with db.engine.connect() as conn:
-            conn.info["immediate"] = True
-            with conn.begin():
-                db._group = _Group(conn)
-                try:
-                    for call, _, _ in calls:
-                        outcomes.append(_outcome(call))
-                finally:
-                    db._group = None
+        with db._transaction(write=True) as conn:
+            db._group = _Group(conn)
+            try:
+                for call, _, _ in calls:
+                    outcomes.append(_outcome(call))
+            finally:
+                db._group = None
         return outcomes
 
 
 def _outcome(call: Callable[[], Any]) -> tuple[bool, Any]:
+    """What a write gave or raised; anything but a spoilt group goes to its caller, so no caller waits forever."""
     try:
         return True, call()
-    except Exception as exc:
+    except _Spoilt:
+        raise
+    except BaseException as exc:
         return False, exc
 
 
