@@ -19,16 +19,29 @@ from typing import Any
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
+_JSON = json.JSONEncoder(default=str, ensure_ascii=False)  # one encoder for every line
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
-_PATTERNS = [  # (pattern, replacement): the credential goes, what names it stays
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 ***"),
-    (re.compile(r"(?i)([?&](?:jwt|token|access_token|code|state)=)[^&\s\"']+"), r"\1***"),
+
+
+def _words(*words: str) -> re.Pattern[str]:
+    """Finds any of ``words`` (lower case, as they are) in lower-cased text."""
+    return re.compile("|".join(map(re.escape, words)))
+
+
+_PATTERNS = [  # (pattern, replacement, words one of which any match holds): the credential goes, its name stays
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 ***", _words("bearer", "basic")),
+    (
+        re.compile(r"(?i)([?&](?:jwt|token|access_token|code|state)=)[^&\s\"']+"),
+        r"\1***",
+        _words("jwt=", "token=", "code=", "state="),
+    ),
     (
         re.compile(
             r"(?i)(\"?(?:access_token|refresh_token|client_secret|password|app_secret|api_key)\"?\s*[:=]\s*\"?)"
             r"[^\"',\s}]+"
         ),
         r"\1***",
+        _words("access_token", "refresh_token", "client_secret", "password", "app_secret", "api_key"),
     ),
 ]
 
@@ -37,18 +50,26 @@ class Redactor:
     """Replaces known secret values and credential-shaped text with ``***``."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets: set[str] = set()
+        self._secrets: tuple[str, ...] = ()
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
-        self._secrets.update(s for s in secrets if s and len(s) >= 6)
+        known = set(self._secrets) | {s for s in secrets if s and len(s) >= 6}
+        self._secrets = tuple(sorted(known, key=len, reverse=True))  # longest first: no part of one is left
 
     def __call__(self, text: str) -> str:
-        for secret in sorted(self._secrets, key=len, reverse=True):
+        for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, "***")
-        for pattern, replacement in _PATTERNS:
-            text = pattern.sub(replacement, text)
+        if not text.isascii():  # case-insensitive matching reaches beyond ASCII: every pattern runs
+            for pattern, replacement, _words in _PATTERNS:
+                text = pattern.sub(replacement, text)
+            return text
+        # in ASCII text a pattern can only match where one of its words is, in any case; most lines hold none
+        lowered = text.lower()
+        for pattern, replacement, words in _PATTERNS:
+            if words.search(lowered):
+                text = pattern.sub(replacement, text)
         return text
 
 
@@ -74,7 +95,7 @@ class _Formatter(logging.Formatter):
         if record.exc_info:
             fields["exc"] = self.formatException(record.exc_info)
         if self.as_json:
-            line = json.dumps(fields, default=str, ensure_ascii=False)
+            line = _JSON.encode(fields)
         else:
             extras = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("ts", "level", "logger", "msg"))
             line = f"{fields['ts']} {record.levelname:<7} {record.name}: {fields['msg']} {extras}".rstrip()
