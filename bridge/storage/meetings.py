@@ -192,6 +192,17 @@ class JoinTarget:
 _MEETING_BY_ID = select(MEETINGS).where(MEETINGS.c.id == bindparam("id"))
 _MEETING_BY_JOIN_KEY = select(MEETINGS).where(MEETINGS.c.join_key == bindparam("key"))
 _INSERT_MEETING = insert(MEETINGS)
+_CLAIM = select(CLAIMS).where(CLAIMS.c.fingerprint == bindparam("fingerprint"))
+_CLAIM_LOCKED = _CLAIM.with_for_update()  # PostgreSQL: identical requests on other replicas wait here
+_INSERT_CLAIM = insert(CLAIMS)
+# an update's SET columns come from the parameters, so these names must not be columns'
+_RECLAIM = update(CLAIMS).where(CLAIMS.c.fingerprint == bindparam("claimed"))
+_STILL_OURS = update(CLAIMS).where(
+    CLAIMS.c.fingerprint == bindparam("claimed"),
+    CLAIMS.c.meeting_id == bindparam("claimed_meeting"),
+    CLAIMS.c.holder == bindparam("claimed_by"),
+    CLAIMS.c.state == CLAIM_CREATING,
+)
 
 
 def _meeting_of(conn: Connection, link_id: str, meeting_id: str) -> Meeting | None:
@@ -259,8 +270,7 @@ class Meetings(Database):
             link = link_from_row(conn.execute(LINK_BY_ID, {"id": link_id}).first())
             backend, sweep = choose(link)
             now = time.time()
-            query = select(CLAIMS).where(CLAIMS.c.fingerprint == fingerprint)
-            row = conn.execute(query if self.is_sqlite else query.with_for_update()).first()
+            row = conn.execute(_CLAIM if self.is_sqlite else _CLAIM_LOCKED, {"fingerprint": fingerprint}).first()
             if row is not None:
                 if row.state == CLAIM_CREATING and row.lease_until > now:
                     return Claimed(link, backend)
@@ -281,9 +291,9 @@ class Meetings(Database):
                 "created_at": utcnow(),
             }
             if row is None:
-                conn.execute(insert(CLAIMS), {"fingerprint": fingerprint, **values})
+                conn.execute(_INSERT_CLAIM, {"fingerprint": fingerprint, **values})
             else:
-                conn.execute(update(CLAIMS).where(CLAIMS.c.fingerprint == fingerprint).values(**values))
+                conn.execute(_RECLAIM, {"claimed": fingerprint, **values})
             sweep_job_id = None
             if sweep:
                 job = sweep_job(backend, link_id, meeting_id, reason="create", delay=lease_seconds)
@@ -303,7 +313,7 @@ class Meetings(Database):
     def fail_claim(self, ticket: Ticket) -> None:
         """The vendor call failed: the claim no longer holds up identical requests (its sweep job stays)."""
         with self._transaction(write=True) as conn:
-            conn.execute(_still_ours(ticket).values(state=CLAIM_FAILED, lease_until=0.0))
+            _settle_claim(conn, ticket, CLAIM_FAILED)
 
     @in_thread
     def stale_claims(self, now: float) -> list[Row[Any]]:
@@ -379,7 +389,7 @@ class Meetings(Database):
         vault = self._require_vault()
         with self._transaction(write=True) as conn:
             if ticket is not None:
-                if conn.execute(_still_ours(ticket).values(state=CLAIM_DONE, lease_until=0.0)).rowcount != 1:
+                if not _settle_claim(conn, ticket, CLAIM_DONE):
                     raise LostClaim("the claim was taken over")
                 if ticket.sweep_job_id and not take_unclaimed(conn, ticket.sweep_job_id):
                     raise LostClaim("the claim's sweep job has started")
@@ -447,10 +457,8 @@ def sweep_job(backend: str, link_id: str, meeting_id: str, *, reason: str, delay
     )
 
 
-def _still_ours(ticket: Ticket) -> Any:
-    return update(CLAIMS).where(
-        CLAIMS.c.fingerprint == ticket.fingerprint,
-        CLAIMS.c.meeting_id == ticket.meeting_id,
-        CLAIMS.c.holder == ticket.holder,
-        CLAIMS.c.state == CLAIM_CREATING,
-    )
+def _settle_claim(conn: Connection, ticket: Ticket, state: str) -> bool:
+    """Move the ticket's claim out of ``creating`` (its lease ended); False if it is no longer this ticket's."""
+    values = {"state": state, "lease_until": 0.0}
+    mine = {"claimed": ticket.fingerprint, "claimed_meeting": ticket.meeting_id, "claimed_by": ticket.holder}
+    return bool(conn.execute(_STILL_OURS, {**mine, **values}).rowcount == 1)

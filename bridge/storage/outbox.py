@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, or_, select, update
 
 from bridge.storage.schema import JOB_FAILED, JOB_PENDING, JOB_SWEEP, JOBS, MEETING_ACTIVE, MEETINGS
 from bridge.storage.transactions import Database, in_thread, writes
@@ -76,9 +76,14 @@ def job_from_row(row: Row[Any]) -> Job:
     return Job(**row._mapping)
 
 
+# built once, so SQLAlchemy's compiled cache always hits (both are on every postMeeting's path)
+_INSERT_JOB = insert(JOBS)
+_TAKE_UNCLAIMED = delete(JOBS).where(JOBS.c.id == bindparam("id"), JOBS.c.holder.is_(None))
+
+
 def insert_job(conn: Connection, job: Job) -> None:
     """Add the job inside the caller's transaction (the state change that needs it)."""
-    conn.execute(insert(JOBS), asdict(job))
+    conn.execute(_INSERT_JOB, asdict(job))
 
 
 def take_unclaimed(conn: Connection, job_id: str) -> bool:
@@ -86,7 +91,7 @@ def take_unclaimed(conn: Connection, job_id: str) -> bool:
 
     False when a worker holds it or it is gone: the operation lost the race and must
     not count on the job's absence."""
-    result = conn.execute(delete(JOBS).where(JOBS.c.id == job_id, JOBS.c.holder.is_(None)))
+    result = conn.execute(_TAKE_UNCLAIMED, {"id": job_id})
     return result.rowcount == 1
 
 
