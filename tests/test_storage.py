@@ -39,9 +39,9 @@ from bridge.storage import migrations
 from bridge.storage.links import PIPEDRIVE_TOKENS, Link
 from bridge.storage.meetings import Meeting, StoredRoom, new_meeting, new_meeting_id
 from bridge.storage.schema import LINK_ACTIVE, MEETING_ACTIVE, MEETING_DELETED
-from bridge.storage.secrets import backend_scope, link_scope, meeting_scope, shared_scope, write_secret
+from bridge.storage.secrets import backend_scope, link_scope, meeting_scope, read_secret, shared_scope, write_secret
 from bridge.storage.store import Store, StoreError, make_engine
-from bridge.storage.transactions import writes
+from bridge.storage.transactions import in_thread, writes
 from bridge.storage.vault import Vault, VaultError, generate_key, key_id, load_or_create_key_file
 
 pytestmark = pytest.mark.anyio
@@ -1003,3 +1003,46 @@ async def test_writes_go_on_while_a_refresh_holds_its_lease(store: Store) -> Non
     assert failed == [] and sorted(landed) == list(range(40))
     assert await store.get_secret("link:held", "tokens") == "after"
     assert await store.get_secret("link:other", "secret-39") == "value"
+
+
+class _HeldCalls(Store):
+    """A store whose read and write hold their transaction until the test lets them go."""
+
+    release = threading.Event()
+
+    @in_thread
+    def held_read(self, scope: str) -> str | None:
+        with self._transaction() as conn:
+            self.release.wait(10)
+            return read_secret(conn, self._require_vault(), scope, "x")
+
+    @writes
+    def held_put(self, scope: str) -> None:
+        with self._transaction(write=True) as conn:
+            write_secret(conn, self._require_vault(), scope, "x", "kept")
+            self.release.wait(10)
+
+
+@pytest.mark.parametrize("call", ["held_read", "held_put"])
+async def test_a_cancelled_caller_is_answered_only_once_its_transaction_has_ended(database_url: str, call: str) -> None:
+    """A request timing out mid-transaction must not leave a commit running behind its back."""
+    key = generate_key()
+    migrations.migrate(make_engine(database_url))
+    store = _HeldCalls(make_engine(database_url), Vault([key]))
+    other = new_store(database_url, [key])
+    scope = f"held-{uuid.uuid4().hex}"
+    _HeldCalls.release.clear()
+    try:
+        threading.Timer(0.5, _HeldCalls.release.set).start()
+        started = time.monotonic()
+        with anyio.move_on_after(0.05) as scope_:
+            await getattr(store, call)(scope)
+        assert scope_.cancelled_caught  # the cancellation still reaches the caller ...
+        assert time.monotonic() - started >= 0.45  # ... after the transaction, not at the deadline
+        assert _HeldCalls.release.is_set()
+        expected = "kept" if call == "held_put" else None
+        assert await other.get_secret(scope, "x") == expected  # a write the caller left is committed
+    finally:
+        _HeldCalls.release.set()
+        store.close()
+        other.close()

@@ -1,7 +1,7 @@
 """The engine and its transactions: the worker-thread hand-off, SQLite's writer, the dead-connection retry.
 
 Every public coroutine of the store is one blocking method wrapped by ``in_thread``
-(a read) or ``writes`` (a write): it runs in a worker thread (``anyio.to_thread``),
+(a read) or ``writes`` (a write): it runs in one of the store's worker threads,
 so the event loop never waits on the database, and it opens exactly one short
 transaction (``Database._transaction``). A call that finds its pooled connection dead
 before anything was committed runs once more on a new one.
@@ -22,12 +22,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 import anyio.lowlevel
-import anyio.to_thread
 from sqlalchemy import Connection, Engine, event, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
@@ -114,7 +114,7 @@ def in_thread(method: Callable[Concatenate[D, P], T]) -> Callable[Concatenate[D,
     @functools.wraps(method)
     async def wrapper(store: D, /, *args: P.args, **kwargs: P.kwargs) -> T:
         call = functools.partial(once_more, functools.partial(method, store, *args, **kwargs))
-        return await anyio.to_thread.run_sync(call, limiter=store._limiter)
+        return await _outcome_of(asyncio.get_running_loop().run_in_executor(store._threads, call))
 
     return wrapper
 
@@ -136,6 +136,18 @@ def writes(method: Callable[Concatenate[D, P], T]) -> Callable[Concatenate[D, P]
         return await store._writer.run(functools.partial(method, store, *args, **kwargs))
 
     return wrapper
+
+
+async def _outcome_of(future: asyncio.Future[T]) -> T:
+    """Wait for a call handed to another thread; a caller cancelled meanwhile still waits for it to end.
+
+    A transaction started is seen through, so a cancelled request never leaves the
+    store's answer behind (a commit it did not wait for); the cancellation is raised after.
+    """
+    with anyio.CancelScope(shield=True):
+        result = await future
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    return result
 
 
 class _Spoilt(BaseException):
@@ -183,10 +195,7 @@ class _Writer:
         future: asyncio.Future[T] = loop.create_future()
         self._ensure_started()
         self._queue.put((call, loop, future))
-        with anyio.CancelScope(shield=True):
-            result = await future
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        return result
+        return await _outcome_of(future)
 
     def _ensure_started(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -278,13 +287,14 @@ class Database:
     def __init__(self, engine: Engine, vault: Vault | None, *, threads: int = STORE_THREADS) -> None:
         self.engine = engine
         self.vault = vault
-        self._limiter = anyio.CapacityLimiter(threads)
+        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store")
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._writer = _Writer(self)
         self._group: _Group | None = None  # set by the writer thread while it runs a group
 
     def close(self) -> None:
         self._writer.stop()
+        self._threads.shutdown(wait=True)
         self.engine.dispose()
 
     @contextmanager
