@@ -768,6 +768,15 @@ class _FailingWrites(Store):
         with self._transaction(write=True):
             raise ValueError("failed before writing")
 
+    database_errors = 0
+
+    @writes
+    def put_then_database_error(self, scope: str, name: str) -> None:
+        with self._transaction(write=True) as conn:
+            write_secret(conn, self._require_vault(), scope, name, "half")
+            type(self).database_errors += 1
+            conn.execute(text("SELECT * FROM no_such_table"))
+
 
 @pytest.fixture
 def sqlite_stores(tmp_path: Path) -> Iterator[tuple[_FailingWrites, Store]]:
@@ -817,10 +826,11 @@ async def test_a_write_failing_in_a_group_loses_nothing_of_the_others_and_leaves
         await store.put_secret("link:grouped", f"n{i}", f"v{i}")
 
     async def failing(call: Any) -> None:
-        with pytest.raises((RuntimeError, ValueError)) as caught:
+        with pytest.raises((RuntimeError, ValueError, StoreError)) as caught:
             await call()
         errors.append(caught.value)
 
+    _FailingWrites.database_errors = 0
     async with anyio.create_task_group() as tg:
         for i in range(40):
             tg.start_soon(put, i)
@@ -828,10 +838,18 @@ async def test_a_write_failing_in_a_group_loses_nothing_of_the_others_and_leaves
                 tg.start_soon(failing, lambda i=i: store.put_then_fail("link:grouped", f"half{i}"))
             if i % 10 == 7:
                 tg.start_soon(failing, store.fail_first)
-    assert sorted(str(e) for e in errors) == ["failed after its write"] * 4 + ["failed before writing"] * 4
+            if i % 10 == 9:
+                tg.start_soon(failing, lambda i=i: store.put_then_database_error("link:grouped", f"bad{i}"))
+    assert sorted(str(e) for e in errors) == (
+        ["database unavailable: OperationalError"] * 4 + ["failed after its write"] * 4 + ["failed before writing"] * 4
+    )
+    # a database error in a group is rolled back to its savepoint, and the write runs again alone:
+    # its caller gets the answer it would have had without grouping
+    assert 4 < _FailingWrites.database_errors <= 8
     for i in range(40):
         assert await other.get_secret("link:grouped", f"n{i}") == f"v{i}"
         assert await other.get_secret("link:grouped", f"half{i}") is None
+        assert await other.get_secret("link:grouped", f"bad{i}") is None
 
 
 async def test_connections_killed_by_the_server_are_replaced_without_an_error(postgres_url: str) -> None:
