@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench [--quick] [--only NAME] [--postgres-url URL] [--json FILE] [--client raw|httpx]
 
-NAME is one of: overhead, slow_vendor, scale, tokens, join (repeat --only for several).
+NAME is one of: overhead, slow_vendor, scale, tokens, join, transports, workers (repeat --only for several).
 
 1. overhead     postMeeting through the Jitsi backend vs. the plain same-work app (``bench.plain``: the
                 same steps written plainly, on its own database of the same engine) and a bare Starlette
@@ -17,7 +17,14 @@ NAME is one of: overhead, slow_vendor, scale, tokens, join (repeat --only for se
                 the same for the Zoom plugin's Server-to-Server token when it is installed.
 5. join         a join link's 303 (token looked up, room decrypted, Jitsi public and token modes) vs. a
                 bare Starlette redirect: p50/p99 and throughput at 16 connections, SQLite and PostgreSQL.
-6. peak RSS of every process started (VmHWM).
+6. transports   the bridge's vendor client (httpx.AsyncClient over RetryTransport) on each candidate
+                inner transport (httpx's pool, PooledTransport, aiohttp, httpx2's pool), each in a fresh
+                process, against a vendor answering after 100 ms: calls/s vs. ideal, p50/p99, client CPU
+                per call, new vendor connections, at 16 and 64 concurrent calls (the optional packages:
+                .venv/bin/pip install -e '.[bench]'; missing ones are reported as not installed).
+7. workers      postMeeting on PostgreSQL: two bridge processes on one database (the load's connections
+                dealt out over both) vs. one, at 16 and 64 connections.
+8. peak RSS of every process started (VmHWM).
 
 The load generator runs in this process: N asyncio workers, each on its own keep-alive
 connection, a fixed request count and a time cap per run, after an unmeasured warm-up. By
@@ -42,7 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from bench import join, overhead, scale, slow_vendor, tokens
+from bench import join, overhead, scale, slow_vendor, tokens, transports, workers
 from bench.harness import Run, postgres_or_none
 from bench.load import CLIENTS
 from bench.report import Report, heading, machine
@@ -54,6 +61,8 @@ BENCHMARKS: dict[str, Callable[[Run], None]] = {
     "scale": scale.run,
     "tokens": tokens.run,
     "join": join.run,
+    "transports": transports.run,
+    "workers": workers.run,
 }
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,9 +143,14 @@ async def _load(
     expect: int,
     client: str,
     measure_starts: Callable[[], None] | None,
+    spread: Sequence[str],
 ) -> Load:
-    """``concurrency`` workers, each on its own keep-alive connection, share one request counter."""
-    parts = urlsplit(base_url)
+    """``concurrency`` workers, each on its own keep-alive connection, share one request counter.
+
+    With ``spread`` (more servers' URLs, raw client only), the connections are dealt out
+    over ``base_url`` and those in turn, as a load balancer in front of replicas would.
+    """
+    urls = [urlsplit(url) for url in (base_url, *spread)]
     stack = contextlib.AsyncExitStack()
     async with stack:
         posts: list[Post]
@@ -160,9 +165,14 @@ async def _load(
                     return (await shared.get(path)).status_code
                 return (await shared.post(path, content=body)).status_code
 
+            if spread:
+                raise ValueError("only the raw client spreads its connections over several servers")
             posts = [httpx_post] * concurrency
         else:
-            connections = [RawConnection(parts.hostname or HOST, parts.port or 80, HEADERS) for _ in range(concurrency)]
+            connections = [
+                RawConnection(urls[i % len(urls)].hostname or HOST, urls[i % len(urls)].port or 80, HEADERS)
+                for i in range(concurrency)
+            ]
             for connection in connections:
                 stack.push_async_callback(connection.close)
             posts = [connection.post for connection in connections]
@@ -215,10 +225,13 @@ def load(
     warmup: int | None = None,
     expect: int = 201,
     measure_starts: Callable[[], None] | None = None,
+    spread: Sequence[str] = (),
 ) -> Load:
     """One bounded run: a warm-up (not measured), then ``total`` requests or ``time_cap`` seconds."""
     warm = warmup if warmup is not None else max(4 * concurrency, 50)
-    return asyncio.run(_load(base_url, request, concurrency, total, time_cap, warm, expect, client, measure_starts))
+    return asyncio.run(
+        _load(base_url, request, concurrency, total, time_cap, warm, expect, client, measure_starts, spread)
+    )
 
 
 def meeting_requests(links: list[str], tag: str) -> Request:
