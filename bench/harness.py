@@ -146,6 +146,12 @@ class Run:
             raise
         return server
 
+    def start_vendor(self, bench: str, delay: float) -> Server:
+        """The fake video vendor (``python -m bench.servers vendor``), answering every call after ``delay`` s."""
+        port = free_port()
+        args = ["-m", "bench.servers", "vendor", "--port", str(port), "--delay", str(delay)]
+        return self.start(bench, "fake vendor", args, port)
+
     def stop(self, server: Server) -> None:
         """Stop ``server`` (once) and record its peak RSS."""
         if server in self.servers:

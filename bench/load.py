@@ -74,6 +74,11 @@ def merge(loads: list[Load]) -> Load:
     )
 
 
+def cells(load: Load) -> list[Any]:
+    """A run's common table cells: requests sent, statuses, req/s, p50 and p99 (ms)."""
+    return [load.sent, statuses(load) or "ok", f"{load.rps:.0f}", ms(load.pct(0.5)), ms(load.pct(0.99))]
+
+
 def statuses(load: Load, expect: int = 201) -> str:
     """The answers other than ``expect``, as ``statusxcount`` (empty if none)."""
     other = {k: v for k, v in load.statuses.items() if k != str(expect)}

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from bench.harness import Run, Server
-from bench.load import load, measured_load, meeting_requests, statuses
+from bench.load import cells, load, measured_load, meeting_requests, statuses
 from bench.report import heading, ms, table
 from bench.rows import create_links
 from bridge.config import TRIAL_CLIENT_ID, TRIAL_CLIENT_SECRET
@@ -163,11 +163,7 @@ def run(r: Run) -> None:
                     [
                         f"bridge {db}",
                         c,
-                        one.sent,
-                        statuses(one) or "ok",
-                        f"{one.rps:.0f}",
-                        ms(one.pct(0.5)),
-                        ms(one.pct(0.99)),
+                        *cells(one),
                         f"{ratio:.2f}",
                         f"{m.cpu_ms:.2f}",
                         "" if vs_plain is None else f"{vs_plain:.2f}",

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Run, Server
-from bench.load import Load, Measured, measured_load, meeting_requests, merge, statuses
-from bench.report import heading, ms, table
+from bench.load import Load, Measured, cells, measured_load, meeting_requests, merge
+from bench.report import heading, table
 from bench.rows import Seeder, migrate, seed
 
 
@@ -79,11 +79,7 @@ def run(r: Run) -> None:
                             f"bridge {db}",
                             f"{size:,}",
                             c,
-                            one.sent,
-                            statuses(one) or "ok",
-                            f"{one.rps:.0f}",
-                            ms(one.pct(0.5)),
-                            ms(one.pct(0.99)),
+                            *cells(one),
                             f"{cpu:.2f}",
                             "=" if counted == one.ok else f"!= {counted}",
                         ]

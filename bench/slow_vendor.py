@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from bench.harness import Run
-from bench.load import load, measured_load, meeting_requests, statuses
+from bench.load import cells, load, measured_load, meeting_requests, statuses
 from bench.report import heading, ms, table
 from bench.rows import create_links
 from bridge.devtools.processes import free_port
@@ -27,13 +27,7 @@ def run(r: Run) -> None:
     levels = [16, 64]
     counts = {16: r.n(800, 320), 64: r.n(3200, 1280)}
     cap = 30.0
-    vport = free_port()
-    vendor = r.start(
-        "slow_vendor",
-        "fake vendor",
-        ["-m", "bench.servers", "vendor", "--port", str(vport), "--delay", str(delay)],
-        vport,
-    )
+    vendor = r.start_vendor("slow_vendor", delay)
     rows: list[list[Any]] = []
     raw: list[dict[str, Any]] = []
     try:
@@ -119,9 +113,7 @@ def run(r: Run) -> None:
                         [
                             f"bridge {db}",
                             c,
-                            one.sent,
-                            statuses(one) or "ok",
-                            f"{one.rps:.0f}",
+                            *cells(one)[:3],
                             f"{ideal:.0f}",
                             f"{ratio:.2f}",
                             ms(one.pct(0.5)),

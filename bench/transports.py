@@ -231,19 +231,12 @@ def one(candidate: str, vendor: Server, concurrency: int, count: int, cap: float
 
 
 def run(r: Run) -> None:
-    from bridge.devtools.processes import free_port  # here, not at the top: it imports httpx
 
     heading("6. the vendor client's inner transport, against a vendor that answers after 100 ms")
     levels = [16, 64]
     counts = {16: r.n(800, 160), 64: r.n(3200, 640)}
     cap = float(r.n(30, 10))
-    vport = free_port()
-    vendor = r.start(
-        "transports",
-        "fake vendor",
-        ["-m", "bench.servers", "vendor", "--port", str(vport), "--delay", str(DELAY)],
-        vport,
-    )
+    vendor = r.start_vendor("transports", DELAY)
     rows: list[list[Any]] = []
     raw: list[dict[str, Any]] = []
     first_load = os.getloadavg()[0]

@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 from bench.harness import Run, Server
-from bench.load import Load, cpu_seconds, load, meeting_requests, merge, statuses
-from bench.report import heading, ms, table
+from bench.load import Load, cells, cpu_seconds, load, meeting_requests, merge
+from bench.report import heading, table
 from bench.rows import create_links
 from bridge.devtools.processes import free_port, serve_args
 
@@ -75,11 +75,7 @@ def run(r: Run) -> None:
                     [
                         f"{processes} process{'es' if processes > 1 else ''}",
                         c,
-                        one.sent,
-                        statuses(one) or "ok",
-                        f"{one.rps:.0f}",
-                        ms(one.pct(0.5)),
-                        ms(one.pct(0.99)),
+                        *cells(one),
                         f"{cpu:.2f}",
                         f"{one.rps / merged[1].rps:.2f}" if merged[1].rps else "",
                     ]
