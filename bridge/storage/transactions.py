@@ -275,12 +275,13 @@ class _Writer:
         db = self._db
         outcomes: list[tuple[bool, Any]] = []
         with db._transaction(write=True) as conn:
-            db._group = _Group(conn)
+            group = db._group = _Group(conn)
             try:
                 for call, _, _ in calls:
                     outcomes.append(_outcome(call))
             finally:
                 db._group = None
+                group.cursor.close()
         return outcomes
 
 
