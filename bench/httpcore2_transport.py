@@ -4,10 +4,11 @@
 ``httpx.AsyncBaseTransport``, it asserts that the request's body is an *httpx2* stream,
 returns an ``httpx2.Response`` and raises httpx2's exceptions, which are not httpx's (so
 ``RetryTransport`` would not see a connection error as one). The pool underneath only
-speaks ``httpcore2.Request``/``Response``, so it can: ``Httpcore2Transport`` is
-``httpx.AsyncHTTPTransport.handle_async_request`` with ``httpcore2`` in place of ``httpcore``,
-httpcore2's errors mapped to httpx's exactly as httpx maps httpcore's (the most specific
-match wins). Plain HTTP and HTTPS with httpx's default SSL context; no proxies.
+speaks ``httpcore2.Request``/``Response``, so ``Httpcore2Transport`` turns an httpx request
+into one of those and the answer back into an ``httpx.Response``, and raises for each of
+httpcore2's errors the httpx error of the same name (the most specific one that matches),
+so ``RetryTransport`` sees connection errors as it does on httpx's own pool. Plain HTTP and
+HTTPS with httpx's default SSL context; no proxies.
 
 Needs the ``httpx2`` package (``.venv/bin/pip install -e '.[bench]'``).
 """

@@ -61,14 +61,11 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, "***")
-        if not text.isascii():  # case-insensitive matching reaches beyond ASCII: every pattern runs
-            for pattern, replacement, _words in _PATTERNS:
-                text = pattern.sub(replacement, text)
-            return text
-        # in ASCII text a pattern can only match where one of its words is, in any case; most lines hold none
-        lowered = text.lower()
+        # in ASCII text a pattern can only match where one of its words is, in any case, and most lines hold
+        # none; beyond ASCII, case-insensitive matching reaches letters such as "ſ": every pattern runs
+        lowered = text.lower() if text.isascii() else None
         for pattern, replacement, words in _PATTERNS:
-            if words.search(lowered):
+            if lowered is None or words.search(lowered):
                 text = pattern.sub(replacement, text)
         return text
 
