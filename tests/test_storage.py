@@ -15,6 +15,8 @@ import base64
 import dataclasses
 import json
 import re
+import shutil
+import sqlite3
 import stat
 import threading
 import time
@@ -854,6 +856,40 @@ async def test_a_write_failing_in_a_group_loses_nothing_of_the_others_and_leaves
         assert await other.get_secret("link:grouped", f"n{i}") == f"v{i}"
         assert await other.get_secret("link:grouped", f"half{i}") is None
         assert await other.get_secret("link:grouped", f"bad{i}") is None
+
+
+def _rows_in_the_database_file(path: Path, tmp_path: Path) -> int:
+    """The secrets the database file itself holds, without its WAL: what checkpoints have copied into it."""
+    copy = tmp_path / "file-only.sqlite3"
+    shutil.copyfile(path, copy)
+    conn = sqlite3.connect(copy)
+    try:
+        return int(conn.execute("SELECT count(*) FROM secret").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def test_the_wal_is_checkpointed_by_its_own_thread_soon_after_the_writes(tmp_path: Path) -> None:
+    """No commit waits for a checkpoint (SQLite's automatic one is off), yet the WAL reaches the file."""
+    path = tmp_path / "checkpointed.sqlite3"
+    url = f"sqlite:///{path}"
+    engine = make_engine(url)
+    migrations.migrate(engine)
+    engine.dispose()  # the last connection to close checkpoints: the file holds the schema
+    store = new_store(url, [generate_key()])
+    try:
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        for i in range(30):  # far fewer pages than SQLite's own checkpoint waits for (1,000)
+            await store.put_secret("link:checkpointed", f"n{i}", f"v{i}")
+        deadline = time.monotonic() + 5
+        while _rows_in_the_database_file(path, tmp_path) < 30 and time.monotonic() < deadline:
+            await anyio.sleep(0.05)
+        assert _rows_in_the_database_file(path, tmp_path) == 30
+        assert "store-checkpointer" in {thread.name for thread in threading.enumerate()}
+    finally:
+        store.close()
+    assert "store-checkpointer" not in {thread.name for thread in threading.enumerate()}
 
 
 async def test_connections_killed_by_the_server_are_replaced_without_an_error(postgres_url: str) -> None:
