@@ -22,7 +22,7 @@ from bridge.devtools.simulator import Simulator
 from bridge.errors import ConfigError
 from bridge.logs import configure_logging
 from bridge.runtime import StartupError, build_backends, open_bridge, open_store, prepare_database
-from bridge.serving import connection_cap, raise_open_files_limit, uvicorn_settings
+from bridge.serving import connection_cap, freeze_startup_heap, raise_open_files_limit, uvicorn_settings
 from bridge.storage import migrations
 from bridge.storage.vault import generate_key
 from bridge.vendors.registry import load_plugins
@@ -55,7 +55,9 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
         )
     open_files = raise_open_files_limit()
     settings = uvicorn_settings(config.server, max_connections=connection_cap(config.server, open_files))
-    uvicorn.run(create_app(config), host=host, port=port, **settings)
+    app = create_app(config)
+    freeze_startup_heap()
+    uvicorn.run(app, host=host, port=port, **settings)
     return 0
 
 

@@ -19,6 +19,7 @@ bytes arrive:
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import resource
@@ -226,6 +227,20 @@ def connection_cap(server: ServerConfig, open_files: int) -> int:
         open_files,
     )
     return room
+
+
+def freeze_startup_heap() -> int:
+    """Move every object alive now out of the cycle collector's reach; returns how many.
+
+    What ``serve`` built before its first request (modules, the app, the plugins, the
+    store's statements) lives as long as the process. Left to the collector, every full
+    collection walked it all again: measured under load, a pause of 50–65 ms every
+    second or two, which every request in flight waited for. Frozen, a collection walks
+    only what requests have made since.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def uvicorn_settings(server: ServerConfig, *, max_connections: int | None = None) -> dict[str, Any]:
