@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from bridge.storage.links import LINK_BY_ID, Link, link_from_row
@@ -194,7 +196,11 @@ _MEETING_BY_JOIN_KEY = select(MEETINGS).where(MEETINGS.c.join_key == bindparam("
 _INSERT_MEETING = insert(MEETINGS)
 _CLAIM = select(CLAIMS).where(CLAIMS.c.fingerprint == bindparam("fingerprint"))
 _CLAIM_LOCKED = _CLAIM.with_for_update()  # PostgreSQL: identical requests on other replicas wait here
-_INSERT_CLAIM = insert(CLAIMS)
+# a new claim, unless the fingerprint has one (RETURNING says which)
+_NEW_CLAIM = {
+    name: dialect_insert(CLAIMS).on_conflict_do_nothing(index_elements=["fingerprint"]).returning(CLAIMS.c.fingerprint)
+    for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
+}
 # an update's SET columns come from the parameters, so these names must not be columns'
 _RECLAIM = update(CLAIMS).where(CLAIMS.c.fingerprint == bindparam("claimed"))
 _STILL_OURS = update(CLAIMS).where(
@@ -266,20 +272,10 @@ class Meetings(Database):
         """
         vault = self._require_vault()
 
-        def claim(conn: Connection) -> Claimed:
+        def claim(conn: Connection) -> Claimed | None:
             link = link_from_row(conn.execute(LINK_BY_ID, {"id": link_id}).first())
             backend, sweep = choose(link)
             now = time.time()
-            row = conn.execute(_CLAIM if self.is_sqlite else _CLAIM_LOCKED, {"fingerprint": fingerprint}).first()
-            if row is not None:
-                if row.state == CLAIM_CREATING and row.lease_until > now:
-                    return Claimed(link, backend)
-                made = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
-                if row.state == CLAIM_DONE and row.backend == backend and since is not None and made >= since:
-                    meeting = _meeting_of(conn, link_id, row.meeting_id)
-                    room = None if meeting is None else _room_of(conn, vault, meeting.id)
-                    if meeting is not None and meeting.state == MEETING_ACTIVE and room is not None:
-                        return Claimed(link, backend, repeated=Repeated(meeting, room))
             meeting_id = new_meeting_id()
             values = {
                 "link_id": link_id,
@@ -290,9 +286,20 @@ class Meetings(Database):
                 "lease_until": now + lease_seconds,
                 "created_at": utcnow(),
             }
-            if row is None:
-                conn.execute(_INSERT_CLAIM, {"fingerprint": fingerprint, **values})
-            else:
+            # the usual case, a request not seen before, is this one statement
+            new = conn.execute(_NEW_CLAIM[conn.dialect.name], {"fingerprint": fingerprint, **values}).first()
+            if new is None:
+                row = conn.execute(_CLAIM if self.is_sqlite else _CLAIM_LOCKED, {"fingerprint": fingerprint}).first()
+                if row is None:
+                    return None  # removed since: look again
+                if row.state == CLAIM_CREATING and row.lease_until > now:
+                    return Claimed(link, backend)
+                made = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+                if row.state == CLAIM_DONE and row.backend == backend and since is not None and made >= since:
+                    meeting = _meeting_of(conn, link_id, row.meeting_id)
+                    room = None if meeting is None else _room_of(conn, vault, meeting.id)
+                    if meeting is not None and meeting.state == MEETING_ACTIVE and room is not None:
+                        return Claimed(link, backend, repeated=Repeated(meeting, room))
                 conn.execute(_RECLAIM, {"claimed": fingerprint, **values})
             sweep_job_id = None
             if sweep:
@@ -304,9 +311,11 @@ class Meetings(Database):
         for _ in range(3):
             try:
                 with self._transaction(write=True) as conn:
-                    return claim(conn)
+                    claimed = claim(conn)
+                if claimed is not None:
+                    return claimed
             except IntegrityError:
-                continue  # another replica inserted the same claim first: read it
+                continue  # a constraint met a concurrent write: read again
         return Claimed()  # it keeps changing hands: the caller looks again, as for a busy claim
 
     @writes
