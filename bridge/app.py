@@ -4,10 +4,10 @@ Errors are rendered here and nowhere else: a BridgeError becomes
 ``{"success": false, "error": message}`` with its status; routing's 404/405 the
 same; anything unexpected a logged 500 in the same shape, never a traceback.
 
-Headers are set here and nowhere else (``SecurityHeaders``), and nothing the app
+Headers are set here and nowhere else (``Edge``), and nothing the app
 answers is built from the request's ``Host``: the slash redirect is absolute on
 ``public_url``, the other redirects are path-only or point at Pipedrive or the
-vendor, and a request naming another host is refused (``host_rule``).
+vendor, and a request naming another host is refused (also ``Edge``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import anyio
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Match, Route, Router
@@ -68,32 +67,65 @@ _BROWSER_PATHS = ("/settings", "/oauth/", "/j")
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
-    """Routing's 404 and 405: a page on the browser's paths, Pipedrive's JSON shape everywhere else."""
+    """Routing's 404 and 405."""
     assert isinstance(exc, HTTPException)
     messages = {404: "not found", 405: "method not allowed"}
     message = messages.get(exc.status_code, str(exc.detail))
-    browser = request.url.path.startswith(_BROWSER_PATHS) and request.method in ("GET", "HEAD", "POST")
-    if browser and request.url.path != "/oauth/callback":  # the callback's DELETE is Pipedrive's uninstall
-        response = page(
-            request,
-            "This page does not exist",
-            f"The bridge has no such page ({message}).",
-            hint="Open the settings from the start.",
-            status=exc.status_code,
-        )
-    else:
-        response = error_response(exc.status_code, message)
+    response = error_for(
+        request,
+        exc.status_code,
+        message,
+        title="This page does not exist",
+        text=f"The bridge has no such page ({message}).",
+        hint="Open the settings from the start.",
+    )
     if exc.headers:
         response.headers.update(exc.headers)
     return response
 
 
-class RequestMiddleware:
-    """Request id, access log, body-size limit, and the last catch for unexpected errors."""
+def error_for(request: Request, status: int, message: str, *, title: str, text: str, hint: str) -> Response:
+    """A refusal made outside any route: a page on the browser's paths, Pipedrive's JSON shape everywhere else."""
+    browser = request.url.path.startswith(_BROWSER_PATHS) and request.method in ("GET", "HEAD", "POST")
+    if browser and request.url.path != "/oauth/callback":  # the callback's DELETE is Pipedrive's uninstall
+        return page(request, title, text, hint=hint, status=status)
+    return error_response(status, message)
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+
+# Probes and scrapes name whatever address they reach the process at; these answer no page and build no URL.
+_ANY_HOST_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._~-]+)(?::[0-9]{1,5})?")
+
+
+def host_of(header: bytes) -> str | None:
+    """The host a ``Host`` header names, lower-cased and without its port; None if it is not one."""
+    match = _HOST.fullmatch(header.decode("latin-1").lower())
+    return match[1] if match else None
+
+
+class Edge:
+    """Every HTTP request's way in and out, in one middleware.
+
+    In: a request id (the client's ``X-Request-ID`` if it is a sane one), a body-size
+    limit (``Content-Length`` and the bytes actually sent), and the ``Host`` rule: a
+    request naming neither ``public_url``'s host nor loopback (a proxy on the same
+    machine that does not pass the Host on) is refused with 400, except health checks
+    and metrics. Out: the request id, and the one place headers for browsers are set:
+    ``nosniff`` and no referrer on every answer; the pages' CSP, no framing and no
+    caching on every HTML answer and every redirect (the install and settings flows),
+    whichever route or error handler made it. Then the access log line, and the last
+    catch for unexpected errors (a 500 in the API's shape, never a traceback).
+    """
+
+    def __init__(self, app: ASGIApp, *, public_url: str, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.hosts = frozenset([urlsplit(public_url).hostname or "", *_LOOPBACK_HOSTS])
+        self.every = [(name.lower().encode(), value.encode()) for name, value in EVERY_RESPONSE_HEADERS.items()]
+        self.page = self.every + [(name.lower().encode(), value.encode()) for name, value in PAGE_HEADERS.items()]
+        self.every_names = frozenset(name for name, _ in self.every)
+        self.page_names = frozenset(name for name, _ in self.page)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,12 +139,22 @@ class RequestMiddleware:
         status = 500
         response_started = False
 
-        async def send_with_id(message: Message) -> None:
+        async def send_out(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                given = message.get("headers", [])
+                content_type = next((value for name, value in given if name.lower() == b"content-type"), b"")
+                if content_type.startswith(b"text/html") or 300 <= status < 400:
+                    added, names = self.page, self.page_names
+                else:
+                    added, names = self.every, self.every_names
+                message["headers"] = [
+                    *((n, v) for n, v in given if n.lower() not in names),
+                    *added,
+                    (b"x-request-id", request_id.encode()),
+                ]
             await send(message)
 
         try:
@@ -123,18 +165,26 @@ class RequestMiddleware:
                     if length.isdigit()
                     else error_response(400, "invalid Content-Length")
                 )
-                await response(scope, receive, send_with_id)
+                await response(scope, receive, send_out)
+            elif scope["path"] not in _ANY_HOST_PATHS and host_of(headers.get(b"host", b"")) not in self.hosts:
+                refused = error_for(
+                    Request(scope),
+                    400,
+                    "this bridge does not answer for that host name",
+                    title="Wrong address",
+                    text="The bridge does not answer for that host name.",
+                    hint="Open the bridge at its own address.",
+                )
+                await refused(scope, receive, send_out)
             else:
-                await self.app(scope, self._limited(receive), send_with_id)
+                await self.app(scope, self._limited(receive), send_out)
         except ClientDisconnect:
             status = 499  # the client hung up before its body arrived (or was cut off): nothing to answer
             log.info("client went away before its request was read")
         except Exception:
             log.exception("unhandled error")
             if not response_started:
-                await error_response(500, "internal error; the request id is in X-Request-ID")(
-                    scope, receive, send_with_id
-                )
+                await error_response(500, "internal error; the request id is in X-Request-ID")(scope, receive, send_out)
         finally:
             log.info(
                 "request",
@@ -170,55 +220,6 @@ def logged_path(path: str) -> str:
 
 def _too_large(limit: int) -> Response:
     return error_response(413, f"the body is larger than {limit} bytes")
-
-
-class SecurityHeaders:
-    """The one place response headers for browsers are set: ``nosniff`` and no referrer on every answer;
-    the pages' CSP, no framing and no caching on every HTML answer and every redirect (the install and
-    settings flows), whichever route or error handler made it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.every = [(name.lower().encode(), value.encode()) for name, value in EVERY_RESPONSE_HEADERS.items()]
-        self.page = [(name.lower().encode(), value.encode()) for name, value in PAGE_HEADERS.items()]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                added = self.every
-                content_type = next((value for name, value in headers if name.lower() == b"content-type"), b"")
-                if content_type.startswith(b"text/html") or 300 <= message["status"] < 400:
-                    added = added + self.page
-                names = {name for name, _ in added}
-                message["headers"] = [(n, v) for n, v in headers if n.lower() not in names] + added
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-# Probes and scrapes name whatever address they reach the process at; these answer no page and build no URL.
-_ANY_HOST_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
-
-
-def host_rule(app: ASGIApp, public_url: str) -> ASGIApp:
-    """Refuse (400) a request whose ``Host`` is neither ``public_url``'s host nor loopback (a proxy on the
-    same machine that does not pass the Host on), except health checks and metrics."""
-    public_host = urlsplit(public_url).hostname or ""
-    checked = TrustedHostMiddleware(app, allowed_hosts=[public_host, *_LOOPBACK_HOSTS], www_redirect=False)
-
-    async def rule(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in _ANY_HOST_PATHS:
-            await app(scope, receive, send)
-        else:
-            await checked(scope, receive, send)
-
-    return rule
 
 
 def redirect_slashes_to(router: Router, public_url: str) -> None:
@@ -316,7 +317,5 @@ def create_app(
         exception_handlers={BridgeError: _bridge_error, HTTPException: _http_error},
     )
     redirect_slashes_to(app.router, config.server.public_url)
-    app.add_middleware(host_rule, public_url=config.server.public_url)
-    app.add_middleware(RequestMiddleware, max_body_bytes=config.server.max_body_bytes)
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(Edge, public_url=config.server.public_url, max_body_bytes=config.server.max_body_bytes)
     return app

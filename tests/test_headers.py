@@ -192,8 +192,16 @@ async def test_a_request_for_another_host_is_refused_except_health_checks(tmp_pa
                 assert response.status_code == 400, (path, host, response.status_code)
                 assert "location" not in response.headers and EVIL not in response.text
                 assert_answer_headers(response)
+                if path.startswith(("/settings", "/oauth/install")):  # a person's browser: a page
+                    assert response.headers["content-type"].startswith("text/html"), (path, response.text)
+                    assert_page_headers(response)
+                else:
+                    assert response.json() == {
+                        "success": False,
+                        "error": "this bridge does not answer for that host name",
+                    }
         refused = await client.post("/api/v1/links/abc/meetings", json={}, headers={"host": EVIL})
-        assert refused.status_code == 400
+        assert refused.status_code == 400 and refused.json()["success"] is False
         for path in ("/healthz", "/readyz", "/metrics"):
             for host in (EVIL, "10.0.3.7:8000"):
                 assert (await client.get(path, headers={"host": host})).status_code == 200, (path, host)

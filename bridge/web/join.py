@@ -11,7 +11,7 @@ link it holds is the bridge's own and is resolved at each click:
 - or to a page: the meeting was cancelled, it has ended, the link is unknown.
 
 Nothing here redirects anywhere but the vendor's URL; every answer is ``no-store``
-with no referrer (``SecurityHeaders``); a client trying unknown tokens is held off
+with no referrer (``bridge.app.Edge``); a client trying unknown tokens is held off
 by ``MissLimiter``. HEAD answers what GET would.
 """
 
