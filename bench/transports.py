@@ -231,7 +231,6 @@ def one(candidate: str, vendor: Server, concurrency: int, count: int, cap: float
 
 
 def run(r: Run) -> None:
-
     heading("6. the vendor client's inner transport, against a vendor that answers after 100 ms")
     levels = [16, 64]
     counts = {16: r.n(800, 160), 64: r.n(3200, 640)}

@@ -21,8 +21,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from bridge.storage.links import LINK_BY_ID, Link, link_from_row
@@ -37,6 +35,7 @@ from bridge.storage.schema import (
     MEETING_ACTIVE,
     MEETING_DELETED,
     MEETINGS,
+    per_dialect,
     utcnow,
 )
 from bridge.storage.secrets import erase_scope, meeting_scope, read_secret, write_secret
@@ -197,10 +196,11 @@ _INSERT_MEETING = insert(MEETINGS)
 _CLAIM = select(CLAIMS).where(CLAIMS.c.fingerprint == bindparam("fingerprint"))
 _CLAIM_LOCKED = _CLAIM.with_for_update()  # PostgreSQL: identical requests on other replicas wait here
 # a new claim, unless the fingerprint has one (RETURNING says which)
-_NEW_CLAIM = {
-    name: dialect_insert(CLAIMS).on_conflict_do_nothing(index_elements=["fingerprint"]).returning(CLAIMS.c.fingerprint)
-    for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
-}
+_NEW_CLAIM = per_dialect(
+    lambda dialect_insert: (
+        dialect_insert(CLAIMS).on_conflict_do_nothing(index_elements=["fingerprint"]).returning(CLAIMS.c.fingerprint)
+    )
+)
 # an update's SET columns come from the parameters, so these names must not be columns'
 _RECLAIM = update(CLAIMS).where(CLAIMS.c.fingerprint == bindparam("claimed"))
 _STILL_OURS = update(CLAIMS).where(

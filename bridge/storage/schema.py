@@ -7,9 +7,13 @@ record (``bridge.storage.links.Link``, ``bridge.storage.meetings.Meeting``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import BigInteger, Column, Index, Table, Text, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Field, SQLModel
 
 LINK_ACTIVE = "active"
@@ -29,6 +33,12 @@ JOB_SWEEP = "sweep"  # remove the rooms tagged with a key that no live meeting h
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def per_dialect(build: Callable[[Callable[[Table], Any]], Any]) -> dict[str, Any]:
+    """A statement that needs an engine's own INSERT (``ON CONFLICT``), built once for each engine the
+    store runs on; the store picks it by ``conn.dialect.name``."""
+    return {"sqlite": build(sqlite_insert), "postgresql": build(postgresql_insert)}
 
 
 class LinkTable(SQLModel, table=True):

@@ -17,11 +17,9 @@ from typing import Any
 
 import anyio
 from sqlalchemy import Connection, Table, bindparam, delete, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from bridge.errors import ServiceUnavailable
-from bridge.storage.schema import LEASES, SECRETS, utcnow
+from bridge.storage.schema import LEASES, SECRETS, per_dialect, utcnow
 from bridge.storage.transactions import Database, in_thread, writes
 from bridge.storage.vault import Vault
 
@@ -80,18 +78,15 @@ def _lease_take(dialect_insert: Callable[[Table], Any]) -> Any:
 
 # built once, so SQLAlchemy's compiled cache always hits
 _SECRET = select(SECRETS.c.ciphertext).where(SECRETS.c.scope == bindparam("scope"), SECRETS.c.name == bindparam("name"))
-_UPSERT_SECRET = {"sqlite": _secret_upsert(sqlite_insert), "postgresql": _secret_upsert(postgresql_insert)}
+_UPSERT_SECRET = per_dialect(_secret_upsert)
 _DELETE_SECRET = delete(SECRETS).where(SECRETS.c.scope == bindparam("scope"), SECRETS.c.name == bindparam("name"))
 # a first write that loses to a concurrent first write changes nothing (compare-and-swap from "absent")
-_CREATE_SECRET = {
-    "sqlite": sqlite_insert(SECRETS)
-    .on_conflict_do_nothing(index_elements=["scope", "name"])
-    .returning(SECRETS.c.scope),
-    "postgresql": postgresql_insert(SECRETS)
-    .on_conflict_do_nothing(index_elements=["scope", "name"])
-    .returning(SECRETS.c.scope),
-}
-_TAKE_LEASE = {"sqlite": _lease_take(sqlite_insert), "postgresql": _lease_take(postgresql_insert)}
+_CREATE_SECRET = per_dialect(
+    lambda dialect_insert: (
+        dialect_insert(SECRETS).on_conflict_do_nothing(index_elements=["scope", "name"]).returning(SECRETS.c.scope)
+    )
+)
+_TAKE_LEASE = per_dialect(_lease_take)
 _LEASE_HOLDER = select(LEASES.c.holder).where(LEASES.c.name == bindparam("name"))
 _RELEASE_LEASE = delete(LEASES).where(LEASES.c.name == bindparam("name"), LEASES.c.holder == bindparam("holder"))
 
