@@ -32,7 +32,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 import anyio.lowlevel
-from sqlalchemy import Connection, Engine, event, select
+from sqlalchemy import URL, Connection, Engine, event, make_url, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from sqlmodel import create_engine
@@ -73,6 +73,11 @@ def _use_wal(cursor: Any) -> None:
             time.sleep(0.01)
 
 
+def in_memory(url: str | URL) -> bool:
+    """An SQLite database in memory: no file, so no WAL (and no pool of connections onto it)."""
+    return (make_url(url).database or "").endswith(":memory:")
+
+
 def make_engine(url: str) -> Engine:
     """An engine for the URL; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` on request.
 
@@ -80,7 +85,7 @@ def make_engine(url: str) -> Engine:
     transaction): a connection found dead is retried once instead (``in_thread``).
     """
     if url.startswith("sqlite"):
-        memory = url.endswith(":memory:")
+        memory = in_memory(url)
         # one pooled connection per store thread, so none is opened and closed per transaction
         engine = create_engine(
             url,
@@ -225,7 +230,7 @@ class _Writer:
         self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        on_file = db.is_sqlite and db.engine.url.database not in (None, "", ":memory:")
+        on_file = db.is_sqlite and not in_memory(db.engine.url)
         self._checkpointer = _Checkpointer(db.engine) if on_file else None
 
     async def run(self, call: Callable[[], T]) -> T:
