@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, bindparam, insert, select, update
 
-from bridge.storage.schema import LINK_ACTIVE, LINK_UNINSTALLED, LINKS, utcnow
+from bridge.storage.schema import LINK_ACTIVE, LINK_UNINSTALLED, LINKS, row_values, utcnow
 from bridge.storage.secrets import erase_scope, link_scope, write_secret
 from bridge.storage.transactions import Database, in_thread, writes
 
@@ -94,7 +94,7 @@ class Links(Database):
             backend=backend,
         )
         with self._transaction(write=True) as conn:
-            conn.execute(_INSERT_LINK, asdict(link))
+            conn.execute(_INSERT_LINK, row_values(link))
         return link
 
     @in_thread
@@ -157,7 +157,7 @@ class Links(Database):
             stored = link_from_row(conn.execute(LINK_BY_ID, {"id": link.id}).first())
             if stored is None:
                 saved = replace(link, status=LINK_ACTIVE, tokens_refreshed_at=now, updated_at=now)
-                conn.execute(_INSERT_LINK, asdict(saved))
+                conn.execute(_INSERT_LINK, row_values(saved))
             else:
                 saved = replace(
                     stored,

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import secrets as _secrets
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, or_, select, update
 
-from bridge.storage.schema import JOB_FAILED, JOB_PENDING, JOB_SWEEP, JOBS, MEETING_ACTIVE, MEETINGS
+from bridge.storage.schema import JOB_FAILED, JOB_PENDING, JOB_SWEEP, JOBS, MEETING_ACTIVE, MEETINGS, row_values
 from bridge.storage.transactions import Database, in_thread, writes
 
 
@@ -83,7 +83,7 @@ _TAKE_UNCLAIMED = delete(JOBS).where(JOBS.c.id == bindparam("id"), JOBS.c.holder
 
 def insert_job(conn: Connection, job: Job) -> None:
     """Add the job inside the caller's transaction (the state change that needs it)."""
-    conn.execute(_INSERT_JOB, asdict(job))
+    conn.execute(_INSERT_JOB, row_values(job))
 
 
 def take_unclaimed(conn: Connection, job_id: str) -> bool:

@@ -7,6 +7,7 @@ record (``bridge.storage.links.Link``, ``bridge.storage.meetings.Meeting``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +34,17 @@ JOB_SWEEP = "sweep"  # remove the rooms tagged with a key that no live meeting h
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def row_values(record: Any) -> dict[str, Any]:
+    """A record's fields as the values of its row: ``dataclasses.asdict`` without its deep copy of every value."""
+    names = _FIELD_NAMES.get(type(record))
+    if names is None:
+        names = _FIELD_NAMES[type(record)] = tuple(field.name for field in dataclasses.fields(record))
+    return {name: getattr(record, name) for name in names}
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def per_dialect(build: Callable[[Callable[[Table], Any]], Any]) -> dict[str, Any]:
