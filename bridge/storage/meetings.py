@@ -36,6 +36,7 @@ from bridge.storage.schema import (
     MEETING_DELETED,
     MEETINGS,
     per_dialect,
+    row_values,
     utcnow,
 )
 from bridge.storage.secrets import erase_scope, meeting_scope, read_secret, write_secret
@@ -402,7 +403,7 @@ class Meetings(Database):
                     raise LostClaim("the claim was taken over")
                 if ticket.sweep_job_id and not take_unclaimed(conn, ticket.sweep_job_id):
                     raise LostClaim("the claim's sweep job has started")
-            conn.execute(_INSERT_MEETING, asdict(meeting))
+            conn.execute(_INSERT_MEETING, row_values(meeting))
             write_secret(conn, vault, meeting_scope(meeting.id), "room", room_text(room))
 
     @writes

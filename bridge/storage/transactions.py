@@ -6,10 +6,12 @@ so the event loop never waits on the database, and it opens exactly one short
 transaction (``Database._transaction``). A call that finds its pooled connection dead
 before anything was committed runs once more on a new one.
 
-Every write goes to one writer thread per store (``_Writer``), which commits the
-writes waiting for it together (group commit): each caller is answered only after
-the commit that holds its write, and a write that fails leaves the others of its
-group as if they had run alone.
+Every write goes to the store's writer (``_Writer``), which commits the writes
+waiting for it together (group commit): each caller is answered only after the
+commit that holds its write, and a write that fails leaves the others of its group
+as if they had run alone. On PostgreSQL the writer is a thread of its own; on
+SQLite a group runs on the event loop itself, and only what must wait (a lock
+another process holds, a write to run again alone) goes to that thread.
 
 On SQLite, the WAL is copied back into the database file by a thread of its own
 (``_Checkpointer``), not by the commit that happens to fill it.
@@ -185,7 +187,6 @@ class _Group:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.thread = threading.get_ident()
         self.cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         self.savepoints = 0
 
@@ -210,10 +211,11 @@ class _Group:
 
 
 _Call = tuple[Callable[[], Any], asyncio.AbstractEventLoop, asyncio.Future[Any]]
+_ALONE = "alone"  # queued to the writer thread to run in a transaction of its own, not in a group
 
 
 class _Writer:
-    """The writer: one thread that runs queued writes, those waiting together in one transaction.
+    """The writer: queued writes, those waiting together run in one transaction.
 
     A group commits once; every caller of it is answered after that commit. Each write
     of a group runs in its own savepoint: one that raises is rolled back to it, and the
@@ -221,25 +223,85 @@ class _Writer:
     connection) runs again alone after the group, in its own transaction, so its answer
     is the one it would have had without grouping; if the commit fails, every write of
     the group runs again alone.
+
+    On PostgreSQL, whose every statement is a round trip, the writes run on the writer
+    thread. On SQLite a write is a few tens of microseconds of CPU (WAL, no fsync at
+    commit) but each statement lets go of the GIL, and a thread waits up to the switch
+    interval (5 ms) to get it back from a busy event loop: there, the writes queued
+    during one pass of the event loop run as one group on the loop, at the end of that
+    pass (``_run_on_loop``), on a connection of their own that does not wait for a lock.
+    A group that finds the database locked by another process, and a write to run again
+    alone, go to the writer thread, which waits for the lock as before.
     """
 
     GROUP = 64  # the most writes one transaction takes
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[_Call, str] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         on_file = db.is_sqlite and not in_memory(db.engine.url)
         self._checkpointer = _Checkpointer(db.engine) if on_file else None
+        self._on_loop = db.is_sqlite
+        self._home: asyncio.AbstractEventLoop | None = None  # the loop writes run on (SQLite)
+        self._pending: list[_Call] = []  # queued on it during this pass
+        self._conn: Connection | None = None  # the loop's connection, with no busy timeout
 
     async def run(self, call: Callable[[], T]) -> T:
         """Queue ``call`` and wait for its outcome; like a worker thread's, a write started is waited for."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._ensure_started()
-        self._queue.put((call, loop, future))
+        if self._on_loop and self._at_home(loop):
+            if not self._pending:
+                loop.call_soon(self._run_on_loop)
+            self._pending.append((call, loop, future))
+        else:
+            self._to_thread([(call, loop, future)])
         return await _outcome_of(future)
+
+    def _at_home(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Writes run on one event loop (the first to write, or the next once it has closed); others use the thread."""
+        if self._home is None or (self._home is not loop and self._home.is_closed()):
+            self._home = loop
+            self._pending = []
+        return self._home is loop
+
+    def _to_thread(self, calls: list[_Call], how: str = "") -> None:
+        self._ensure_started()
+        for call in calls:
+            self._queue.put((call, how))
+
+    def _run_on_loop(self) -> None:
+        """Run the writes queued during the last pass of the loop as groups, and answer them at once."""
+        calls, self._pending = self._pending, []
+        for start in range(0, len(calls), self.GROUP):
+            self._run_group_on_loop(calls[start : start + self.GROUP])
+
+    def _run_group_on_loop(self, calls: list[_Call]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        committed = False
+        with contextlib.suppress(_Broken, Exception):  # see below
+            self._run_together(calls, outcomes, self._loop_connection())
+            committed = True
+        if not committed:
+            # the lock is another process's (nothing ran), or the group broke: the thread runs them
+            self._to_thread(calls, _ALONE if outcomes else "")
+            return
+        settled = [(call, outcome) for call, outcome in zip(calls, outcomes, strict=True)]
+        _settle([(future, ok, value) for (_, _, future), (ok, value) in settled if value is not _AGAIN])
+        self._to_thread([call for call, (_, value) in settled if value is _AGAIN], _ALONE)
+        if self._checkpointer is not None:
+            self._checkpointer.wrote()
+
+    def _loop_connection(self) -> Connection:
+        """The loop's own connection: a locked database makes its ``BEGIN IMMEDIATE`` fail at once, not wait."""
+        if self._conn is None or self._conn.closed:
+            conn = self._db.engine.connect()
+            conn.exec_driver_sql("PRAGMA busy_timeout=0")
+            conn.commit()
+            self._conn = conn
+        return self._conn
 
     def _ensure_started(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -250,6 +312,12 @@ class _Writer:
 
     def stop(self) -> None:
         """Run what is queued, then end the thread (and the checkpointer's)."""
+        if self._pending:
+            self._run_on_loop()
+        if self._conn is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                self._conn.close()
+            self._conn = None
         thread = self._thread
         if thread is not None and thread.is_alive():
             self._queue.put(None)
@@ -263,9 +331,9 @@ class _Writer:
             first = self._queue.get()
             if first is None:
                 return
-            calls = [first]
+            queued = [first]
             stopping = False
-            while len(calls) < self.GROUP:
+            while len(queued) < self.GROUP:
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
@@ -273,8 +341,11 @@ class _Writer:
                 if more is None:
                     stopping = True
                     break
-                calls.append(more)
+                queued.append(more)
+            calls = [call for call, how in queued if how != _ALONE]
+            alone = [call for call, how in queued if how == _ALONE]
             _answer(calls, self._run(calls))
+            _answer(alone, [_outcome(functools.partial(_once_more, call)) for call, _, _ in alone])
             if self._checkpointer is not None:
                 self._checkpointer.wrote()
             if stopping:
@@ -283,8 +354,10 @@ class _Writer:
     def _run(self, calls: list[_Call]) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] | None = None
         if len(calls) > 1:
+            together: list[tuple[bool, Any]] = []
             with contextlib.suppress(_Broken, Exception):  # rolled back, or the commit failed: each runs alone
-                outcomes = self._run_together(calls)
+                self._run_together(calls, together)
+                outcomes = together
         if outcomes is None:
             outcomes = [(False, _AGAIN)] * len(calls)
         return [
@@ -292,18 +365,19 @@ class _Writer:
             for (call, _, _), (ok, value) in zip(calls, outcomes, strict=True)
         ]
 
-    def _run_together(self, calls: list[_Call]) -> list[tuple[bool, Any]]:
+    def _run_together(
+        self, calls: list[_Call], outcomes: list[tuple[bool, Any]], conn: Connection | None = None
+    ) -> None:
+        """Run ``calls`` in one transaction (on ``conn``, if given), their outcomes appended to ``outcomes``."""
         db = self._db
-        outcomes: list[tuple[bool, Any]] = []
-        with db._transaction(write=True) as conn:
-            group = db._group = _Group(conn)
+        with db._transaction(write=True, conn=conn) as conn:
+            group = db._local.group = _Group(conn)
             try:
                 for call, _, _ in calls:
                     outcomes.append(_outcome(call))
             finally:
-                db._group = None
+                db._local.group = None
                 group.cursor.close()
-        return outcomes
 
 
 class _Checkpointer:
@@ -406,7 +480,7 @@ class Database:
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store")
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._writer = _Writer(self)
-        self._group: _Group | None = None  # set by the writer thread while it runs a group
+        self._local = threading.local()  # .group: the group the writer runs in this thread, if any
 
     def close(self) -> None:
         self._writer.stop()
@@ -414,18 +488,19 @@ class Database:
         self.engine.dispose()
 
     @contextmanager
-    def _transaction(self, *, write: bool = False) -> Iterator[Connection]:
-        """One transaction; ``write`` takes SQLite's write lock up front (PostgreSQL locks rows instead).
+    def _transaction(self, *, write: bool = False, conn: Connection | None = None) -> Iterator[Connection]:
+        """One transaction (on ``conn``, if given, left open after); ``write`` takes SQLite's write lock up front
+        (PostgreSQL locks rows instead).
 
-        In the writer thread, inside a group, it is the group's transaction instead.
+        In the writer, inside a group, it is the group's transaction instead.
         """
-        group = self._group
-        if group is not None and group.thread == threading.get_ident():
+        group: _Group | None = getattr(self._local, "group", None)
+        if group is not None:
             with self._in_group(group) as conn:
                 yield conn
             return
         try:
-            with self.engine.connect() as conn:
+            with contextlib.nullcontext(conn) if conn is not None else self.engine.connect() as conn:
                 if write and self.is_sqlite:
                     conn.info["immediate"] = True
                 with conn.begin():
