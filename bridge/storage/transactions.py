@@ -281,7 +281,7 @@ class _Writer:
     def _run_group_on_loop(self, calls: list[_Call]) -> None:
         outcomes: list[tuple[bool, Any]] = []
         committed = False
-        with contextlib.suppress(_Broken, Exception):  # see below
+        with contextlib.suppress(_Broken, Exception):  # locked elsewhere, a broken group, a failed commit
             self._run_together(calls, outcomes, self._loop_connection())
             committed = True
         if not committed:
@@ -296,7 +296,10 @@ class _Writer:
 
     def _loop_connection(self) -> Connection:
         """The loop's own connection: a locked database makes its ``BEGIN IMMEDIATE`` fail at once, not wait."""
-        if self._conn is None or self._conn.closed:
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            if self._conn is not None:  # invalidated: reconnecting would bring back the busy timeout
+                with contextlib.suppress(SQLAlchemyError):
+                    self._conn.close()
             conn = self._db.engine.connect()
             conn.exec_driver_sql("PRAGMA busy_timeout=0")
             conn.commit()
