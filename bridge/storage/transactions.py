@@ -402,13 +402,16 @@ class _Checkpointer:
         self._pending = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
 
     def wrote(self) -> None:
-        """A write has committed (called by the writer thread, which also starts this one)."""
+        """A write has committed (said by the event loop or the writer thread; the first starts this one)."""
         if self._thread is None:
-            self._stopping.clear()
-            self._thread = threading.Thread(target=self._serve, name="store-checkpointer", daemon=True)
-            self._thread.start()
+            with self._start_lock:  # both may say so at once: one thread only
+                if self._thread is None:
+                    self._stopping.clear()
+                    self._thread = threading.Thread(target=self._serve, name="store-checkpointer", daemon=True)
+                    self._thread.start()
         self._pending.set()
 
     def stop(self) -> None:
