@@ -211,7 +211,6 @@ class _Group:
 
 
 _Call = tuple[Callable[[], Any], asyncio.AbstractEventLoop, asyncio.Future[Any]]
-_ALONE = "alone"  # queued to the writer thread to run in a transaction of its own, not in a group
 
 
 class _Writer:
@@ -238,7 +237,7 @@ class _Writer:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._queue: queue.SimpleQueue[tuple[_Call, str] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[_Call, bool] | None] = queue.SimpleQueue()  # (call, to run alone)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         on_file = db.is_sqlite and not in_memory(db.engine.url)
@@ -267,10 +266,11 @@ class _Writer:
             self._pending = []
         return self._home is loop
 
-    def _to_thread(self, calls: list[_Call], how: str = "") -> None:
+    def _to_thread(self, calls: list[_Call], *, alone: bool = False) -> None:
+        """Queue ``calls`` for the writer thread; ``alone``: each in a transaction of its own, not in a group."""
         self._ensure_started()
         for call in calls:
-            self._queue.put((call, how))
+            self._queue.put((call, alone))
 
     def _run_on_loop(self) -> None:
         """Run the writes queued during the last pass of the loop as groups, and answer them at once."""
@@ -286,25 +286,29 @@ class _Writer:
             committed = True
         if not committed:
             # the lock is another process's (nothing ran), or the group broke: the thread runs them
-            self._to_thread(calls, _ALONE if outcomes else "")
+            self._to_thread(calls, alone=bool(outcomes))
             return
-        settled = [(call, outcome) for call, outcome in zip(calls, outcomes, strict=True)]
+        settled = list(zip(calls, outcomes, strict=True))
         _settle([(future, ok, value) for (_, _, future), (ok, value) in settled if value is not _AGAIN])
-        self._to_thread([call for call, (_, value) in settled if value is _AGAIN], _ALONE)
+        self._to_thread([call for call, (_, value) in settled if value is _AGAIN], alone=True)
         if self._checkpointer is not None:
             self._checkpointer.wrote()
 
     def _loop_connection(self) -> Connection:
         """The loop's own connection: a locked database makes its ``BEGIN IMMEDIATE`` fail at once, not wait."""
         if self._conn is None or self._conn.closed or self._conn.invalidated:
-            if self._conn is not None:  # invalidated: reconnecting would bring back the busy timeout
-                with contextlib.suppress(SQLAlchemyError):
-                    self._conn.close()
+            self._close_loop_connection()  # invalidated: reconnecting would bring back the busy timeout
             conn = self._db.engine.connect()
             conn.exec_driver_sql("PRAGMA busy_timeout=0")
             conn.commit()
             self._conn = conn
         return self._conn
+
+    def _close_loop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                self._conn.close()
+            self._conn = None
 
     def _ensure_started(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -317,10 +321,7 @@ class _Writer:
         """Run what is queued, then end the thread (and the checkpointer's)."""
         if self._pending:
             self._run_on_loop()
-        if self._conn is not None:
-            with contextlib.suppress(SQLAlchemyError):
-                self._conn.close()
-            self._conn = None
+        self._close_loop_connection()
         thread = self._thread
         if thread is not None and thread.is_alive():
             self._queue.put(None)
@@ -345,8 +346,8 @@ class _Writer:
                     stopping = True
                     break
                 queued.append(more)
-            calls = [call for call, how in queued if how != _ALONE]
-            alone = [call for call, how in queued if how == _ALONE]
+            calls = [call for call, by_itself in queued if not by_itself]
+            alone = [call for call, by_itself in queued if by_itself]
             _answer(calls, self._run(calls))
             _answer(alone, [_outcome(functools.partial(_once_more, call)) for call, _, _ in alone])
             if self._checkpointer is not None:
