@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 
 from bridge.storage.schema import LINK_ACTIVE, LINK_UNINSTALLED, LINKS, row_values, utcnow
 from bridge.storage.secrets import erase_scope, link_scope, write_secret
+from bridge.storage.statements import Prepared
 from bridge.storage.transactions import Database, in_thread, writes
 
 PIPEDRIVE_TOKENS = "pipedrive_tokens"  # the secret, in the link's scope, that holds its Pipedrive tokens
@@ -61,13 +63,13 @@ def new_link(
     )
 
 
-def link_from_row(row: Row[Any] | None) -> Link | None:
-    """The record of a row of ``link`` (None for no row)."""
-    return None if row is None else Link(**row._mapping)
+def link_from_row(row: Mapping[Any, Any] | None) -> Link | None:
+    """The record of a row of ``link`` by column name (None for no row)."""
+    return None if row is None else Link(**row)
 
 
-# the statements of the reverse API's path, built once so SQLAlchemy's compiled cache always hits
-LINK_BY_ID = select(LINKS).where(LINKS.c.id == bindparam("id"))
+# the reverse API's path: run on the driver's cursor (see bridge.storage.statements)
+LINK_BY_ID = Prepared(select(LINKS).where(LINKS.c.id == bindparam("id")))
 _INSERT_LINK = insert(LINKS)
 
 
@@ -100,7 +102,7 @@ class Links(Database):
     @in_thread
     def get_link(self, link_id: str) -> Link | None:
         with self._transaction() as conn:
-            return link_from_row(conn.execute(LINK_BY_ID, {"id": link_id}).first())
+            return link_from_row(LINK_BY_ID.run(conn, {"id": link_id}).first())
 
     @in_thread
     def list_links(self) -> list[Link]:
@@ -127,7 +129,9 @@ class Links(Database):
                         LINKS.c.status == LINK_ACTIVE,
                     )
                     .limit(1)
-                ).first()
+                )
+                .mappings()
+                .first()
             )
 
     @in_thread
@@ -140,7 +144,9 @@ class Links(Database):
                     .where(LINKS.c.company_id == company_id, LINKS.c.pipedrive_user_id == pipedrive_user_id)
                     .order_by(LINKS.c.created_at.desc())
                     .limit(1)
-                ).first()
+                )
+                .mappings()
+                .first()
             )
 
     @writes
@@ -154,7 +160,7 @@ class Links(Database):
         vault = self._require_vault()
         with self._transaction(write=True) as conn:
             now = utcnow()
-            stored = link_from_row(conn.execute(LINK_BY_ID, {"id": link.id}).first())
+            stored = link_from_row(LINK_BY_ID.run(conn, {"id": link.id}).first())
             if stored is None:
                 saved = replace(link, status=LINK_ACTIVE, tokens_refreshed_at=now, updated_at=now)
                 conn.execute(_INSERT_LINK, row_values(saved))

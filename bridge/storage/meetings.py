@@ -15,7 +15,7 @@ import hashlib
 import json
 import secrets as _secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -35,11 +35,13 @@ from bridge.storage.schema import (
     MEETING_ACTIVE,
     MEETING_DELETED,
     MEETINGS,
+    field_names,
     per_dialect,
     row_values,
     utcnow,
 )
 from bridge.storage.secrets import erase_scope, meeting_scope, read_secret, write_secret
+from bridge.storage.statements import Prepared
 from bridge.storage.transactions import Database, in_thread, writes
 from bridge.storage.vault import Vault
 
@@ -147,9 +149,9 @@ def new_meeting(
     )
 
 
-def meeting_from_row(row: Row[Any] | None) -> Meeting | None:
-    """The record of a row of ``meeting`` (None for no row)."""
-    return None if row is None else Meeting(**row._mapping)
+def meeting_from_row(row: Mapping[Any, Any] | None) -> Meeting | None:
+    """The record of a row of ``meeting`` by column name (None for no row)."""
+    return None if row is None else Meeting(**row)
 
 
 def room_text(room: StoredRoom) -> str:
@@ -190,30 +192,42 @@ class JoinTarget:
     room: StoredRoom | None
 
 
-# the statements of the reverse API's path, built once so SQLAlchemy's compiled cache always hits
-_MEETING_BY_ID = select(MEETINGS).where(MEETINGS.c.id == bindparam("id"))
-_MEETING_BY_JOIN_KEY = select(MEETINGS).where(MEETINGS.c.join_key == bindparam("key"))
-_INSERT_MEETING = insert(MEETINGS)
+# the reverse API's path: run on the driver's cursor (see bridge.storage.statements)
+_MEETING_BY_ID = Prepared(select(MEETINGS).where(MEETINGS.c.id == bindparam("id")))
+_MEETING_BY_JOIN_KEY = Prepared(select(MEETINGS).where(MEETINGS.c.join_key == bindparam("key")))
+_INSERT_MEETING = Prepared(insert(MEETINGS), keys=field_names(Meeting))
 _CLAIM = select(CLAIMS).where(CLAIMS.c.fingerprint == bindparam("fingerprint"))
-_CLAIM_LOCKED = _CLAIM.with_for_update()  # PostgreSQL: identical requests on other replicas wait here
+_CLAIM_ROW = {
+    "sqlite": Prepared(_CLAIM),
+    "postgresql": Prepared(_CLAIM.with_for_update()),  # identical requests on other replicas wait here
+}
+_CLAIM_VALUES = ["link_id", "backend", "meeting_id", "state", "holder", "lease_until", "created_at"]
 # a new claim, unless the fingerprint has one (RETURNING says which)
-_NEW_CLAIM = per_dialect(
-    lambda dialect_insert: (
-        dialect_insert(CLAIMS).on_conflict_do_nothing(index_elements=["fingerprint"]).returning(CLAIMS.c.fingerprint)
-    )
+_NEW_CLAIM = Prepared(
+    per_dialect(
+        lambda dialect_insert: (
+            dialect_insert(CLAIMS)
+            .on_conflict_do_nothing(index_elements=["fingerprint"])
+            .returning(CLAIMS.c.fingerprint)
+        )
+    ),
+    keys=["fingerprint", *_CLAIM_VALUES],
 )
-# an update's SET columns come from the parameters, so these names must not be columns'
-_RECLAIM = update(CLAIMS).where(CLAIMS.c.fingerprint == bindparam("claimed"))
-_STILL_OURS = update(CLAIMS).where(
-    CLAIMS.c.fingerprint == bindparam("claimed"),
-    CLAIMS.c.meeting_id == bindparam("claimed_meeting"),
-    CLAIMS.c.holder == bindparam("claimed_by"),
-    CLAIMS.c.state == CLAIM_CREATING,
+# an update's SET columns are its keys, so these parameters' names must not be columns'
+_RECLAIM = Prepared(update(CLAIMS).where(CLAIMS.c.fingerprint == bindparam("claimed")), keys=_CLAIM_VALUES)
+_STILL_OURS = Prepared(
+    update(CLAIMS).where(
+        CLAIMS.c.fingerprint == bindparam("claimed"),
+        CLAIMS.c.meeting_id == bindparam("claimed_meeting"),
+        CLAIMS.c.holder == bindparam("claimed_by"),
+        CLAIMS.c.state == CLAIM_CREATING,
+    ),
+    keys=["state", "lease_until"],
 )
 
 
 def _meeting_of(conn: Connection, link_id: str, meeting_id: str) -> Meeting | None:
-    meeting = meeting_from_row(conn.execute(_MEETING_BY_ID, {"id": meeting_id}).first())
+    meeting = meeting_from_row(_MEETING_BY_ID.run(conn, {"id": meeting_id}).first())
     return meeting if meeting is not None and meeting.link_id == link_id else None
 
 
@@ -236,17 +250,17 @@ class Meetings(Database):
         """The meeting a join link's token names, with its link and room, in one transaction; None: unknown."""
         vault = self._require_vault()
         with self._transaction() as conn:
-            meeting = meeting_from_row(conn.execute(_MEETING_BY_JOIN_KEY, {"key": join_key(token)}).first())
+            meeting = meeting_from_row(_MEETING_BY_JOIN_KEY.run(conn, {"key": join_key(token)}).first())
             if meeting is None:
                 return None
-            link = link_from_row(conn.execute(LINK_BY_ID, {"id": meeting.link_id}).first())
+            link = link_from_row(LINK_BY_ID.run(conn, {"id": meeting.link_id}).first())
             return JoinTarget(meeting, link, _room_of(conn, vault, meeting.id))
 
     @in_thread
     def get_link_and_meeting(self, link_id: str, meeting_id: str) -> tuple[Link | None, Meeting | None]:
         """The link and one meeting of it (None if unknown or another link's), in one transaction."""
         with self._transaction() as conn:
-            link = link_from_row(conn.execute(LINK_BY_ID, {"id": link_id}).first())
+            link = link_from_row(LINK_BY_ID.run(conn, {"id": link_id}).first())
             return link, None if link is None else _meeting_of(conn, link_id, meeting_id)
 
     @writes
@@ -274,7 +288,7 @@ class Meetings(Database):
         vault = self._require_vault()
 
         def claim(conn: Connection) -> Claimed | None:
-            link = link_from_row(conn.execute(LINK_BY_ID, {"id": link_id}).first())
+            link = link_from_row(LINK_BY_ID.run(conn, {"id": link_id}).first())
             backend, sweep = choose(link)
             now = time.time()
             meeting_id = new_meeting_id()
@@ -288,20 +302,20 @@ class Meetings(Database):
                 "created_at": utcnow(),
             }
             # the usual case, a request not seen before, is this one statement
-            new = conn.execute(_NEW_CLAIM[conn.dialect.name], {"fingerprint": fingerprint, **values}).first()
+            new = _NEW_CLAIM.run(conn, {"fingerprint": fingerprint, **values}).first()
             if new is None:
-                row = conn.execute(_CLAIM if self.is_sqlite else _CLAIM_LOCKED, {"fingerprint": fingerprint}).first()
+                row = _CLAIM_ROW[conn.dialect.name].run(conn, {"fingerprint": fingerprint}).first()
                 if row is None:
                     return None  # removed since: look again
-                if row.state == CLAIM_CREATING and row.lease_until > now:
+                if row["state"] == CLAIM_CREATING and row["lease_until"] > now:
                     return Claimed(link, backend)
-                made = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
-                if row.state == CLAIM_DONE and row.backend == backend and since is not None and made >= since:
-                    meeting = _meeting_of(conn, link_id, row.meeting_id)
+                made = row["created_at"] if row["created_at"].tzinfo else row["created_at"].replace(tzinfo=UTC)
+                if row["state"] == CLAIM_DONE and row["backend"] == backend and since is not None and made >= since:
+                    meeting = _meeting_of(conn, link_id, row["meeting_id"])
                     room = None if meeting is None else _room_of(conn, vault, meeting.id)
                     if meeting is not None and meeting.state == MEETING_ACTIVE and room is not None:
                         return Claimed(link, backend, repeated=Repeated(meeting, room))
-                conn.execute(_RECLAIM, {"claimed": fingerprint, **values})
+                _RECLAIM.run(conn, {"claimed": fingerprint, **values})
             sweep_job_id = None
             if sweep:
                 job = sweep_job(backend, link_id, meeting_id, reason="create", delay=lease_seconds)
@@ -388,7 +402,7 @@ class Meetings(Database):
     @in_thread
     def meeting_by_id(self, meeting_id: str) -> Meeting | None:
         with self._transaction() as conn:
-            return meeting_from_row(conn.execute(_MEETING_BY_ID, {"id": meeting_id}).first())
+            return meeting_from_row(_MEETING_BY_ID.run(conn, {"id": meeting_id}).first())
 
     @writes
     def add_meeting(self, meeting: Meeting, room: StoredRoom, ticket: Ticket | None = None) -> None:
@@ -403,7 +417,7 @@ class Meetings(Database):
                     raise LostClaim("the claim was taken over")
                 if ticket.sweep_job_id and not take_unclaimed(conn, ticket.sweep_job_id):
                     raise LostClaim("the claim's sweep job has started")
-            conn.execute(_INSERT_MEETING, row_values(meeting))
+            _INSERT_MEETING.run(conn, row_values(meeting))
             write_secret(conn, vault, meeting_scope(meeting.id), "room", room_text(room))
 
     @writes
@@ -471,4 +485,4 @@ def _settle_claim(conn: Connection, ticket: Ticket, state: str) -> bool:
     """Move the ticket's claim out of ``creating`` (its lease ended); False if it is no longer this ticket's."""
     values = {"state": state, "lease_until": 0.0}
     mine = {"claimed": ticket.fingerprint, "claimed_meeting": ticket.meeting_id, "claimed_by": ticket.holder}
-    return bool(conn.execute(_STILL_OURS, {**mine, **values}).rowcount == 1)
+    return _STILL_OURS.run(conn, {**mine, **values}).rowcount == 1

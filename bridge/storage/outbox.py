@@ -16,7 +16,17 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, and_, bindparam, delete, func, insert, or_, select, update
 
-from bridge.storage.schema import JOB_FAILED, JOB_PENDING, JOB_SWEEP, JOBS, MEETING_ACTIVE, MEETINGS, row_values
+from bridge.storage.schema import (
+    JOB_FAILED,
+    JOB_PENDING,
+    JOB_SWEEP,
+    JOBS,
+    MEETING_ACTIVE,
+    MEETINGS,
+    field_names,
+    row_values,
+)
+from bridge.storage.statements import Prepared
 from bridge.storage.transactions import Database, in_thread, writes
 
 
@@ -76,14 +86,14 @@ def job_from_row(row: Row[Any]) -> Job:
     return Job(**row._mapping)
 
 
-# built once, so SQLAlchemy's compiled cache always hits (both are on every postMeeting's path)
-_INSERT_JOB = insert(JOBS)
-_TAKE_UNCLAIMED = delete(JOBS).where(JOBS.c.id == bindparam("id"), JOBS.c.holder.is_(None))
+# on the path of every postMeeting that sweeps: run on the driver's cursor (see bridge.storage.statements)
+_INSERT_JOB = Prepared(insert(JOBS), keys=field_names(Job))
+_TAKE_UNCLAIMED = Prepared(delete(JOBS).where(JOBS.c.id == bindparam("id"), JOBS.c.holder.is_(None)))
 
 
 def insert_job(conn: Connection, job: Job) -> None:
     """Add the job inside the caller's transaction (the state change that needs it)."""
-    conn.execute(_INSERT_JOB, row_values(job))
+    _INSERT_JOB.run(conn, row_values(job))
 
 
 def take_unclaimed(conn: Connection, job_id: str) -> bool:
@@ -91,8 +101,7 @@ def take_unclaimed(conn: Connection, job_id: str) -> bool:
 
     False when a worker holds it or it is gone: the operation lost the race and must
     not count on the job's absence."""
-    result = conn.execute(_TAKE_UNCLAIMED, {"id": job_id})
-    return result.rowcount == 1
+    return _TAKE_UNCLAIMED.run(conn, {"id": job_id}).rowcount == 1
 
 
 def sweep_in_flight_at(now: float) -> Any:

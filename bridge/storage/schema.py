@@ -36,12 +36,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def field_names(record_type: type) -> tuple[str, ...]:
+    """The fields of a record type (a frozen dataclass whose fields are its table's columns)."""
+    names = _FIELD_NAMES.get(record_type)
+    if names is None:
+        names = _FIELD_NAMES[record_type] = tuple(field.name for field in dataclasses.fields(record_type))
+    return names
+
+
 def row_values(record: Any) -> dict[str, Any]:
     """A record's fields as the values of its row: ``dataclasses.asdict`` without its deep copy of every value."""
-    names = _FIELD_NAMES.get(type(record))
-    if names is None:
-        names = _FIELD_NAMES[type(record)] = tuple(field.name for field in dataclasses.fields(record))
-    return {name: getattr(record, name) for name in names}
+    return {name: getattr(record, name) for name in field_names(type(record))}
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}

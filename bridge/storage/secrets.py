@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, select
 
 from bridge.errors import ServiceUnavailable
 from bridge.storage.schema import LEASES, SECRETS, per_dialect, utcnow
+from bridge.storage.statements import Prepared
 from bridge.storage.transactions import Database, in_thread, writes
 from bridge.storage.vault import Vault
 
@@ -76,9 +77,12 @@ def _lease_take(dialect_insert: Callable[[Table], Any]) -> Any:
     )
 
 
-# built once, so SQLAlchemy's compiled cache always hits
+# built once, so SQLAlchemy's compiled cache always hits; those of the reverse API's path run on the driver's cursor
 _SECRET = select(SECRETS.c.ciphertext).where(SECRETS.c.scope == bindparam("scope"), SECRETS.c.name == bindparam("name"))
-_UPSERT_SECRET = per_dialect(_secret_upsert)
+_READ_SECRET = {False: Prepared(_SECRET), True: Prepared(_SECRET.with_for_update())}  # by ``for_update``
+_UPSERT_SECRET = Prepared(
+    per_dialect(_secret_upsert), keys=["scope", "name", "key_id", "ciphertext", "version", "updated_at"]
+)
 _DELETE_SECRET = delete(SECRETS).where(SECRETS.c.scope == bindparam("scope"), SECRETS.c.name == bindparam("name"))
 # a first write that loses to a concurrent first write changes nothing (compare-and-swap from "absent")
 _CREATE_SECRET = per_dialect(
@@ -93,16 +97,15 @@ _RELEASE_LEASE = delete(LEASES).where(LEASES.c.name == bindparam("name"), LEASES
 
 def read_secret(conn: Connection, vault: Vault, scope: str, name: str, *, for_update: bool = False) -> str | None:
     """The secret's plaintext, or None; ``for_update`` row-locks it on PostgreSQL until the commit."""
-    statement = _SECRET.with_for_update() if for_update else _SECRET
-    ciphertext = conn.execute(statement, {"scope": scope, "name": name}).scalar()
+    ciphertext = _READ_SECRET[for_update].run(conn, {"scope": scope, "name": name}).scalar()
     return None if ciphertext is None else vault.decrypt(ciphertext, secret_context(scope, name))
 
 
 def write_secret(conn: Connection, vault: Vault, scope: str, name: str, value: str) -> None:
     """Encrypt with the primary key and insert or overwrite the secret (its version goes up)."""
     kid, ciphertext = vault.encrypt(value, secret_context(scope, name))
-    conn.execute(
-        _UPSERT_SECRET[conn.dialect.name],
+    _UPSERT_SECRET.run(
+        conn,
         {"scope": scope, "name": name, "key_id": kid, "ciphertext": ciphertext, "version": 1, "updated_at": utcnow()},
     )
 

@@ -34,12 +34,13 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 import anyio.lowlevel
-from sqlalchemy import URL, Connection, Engine, event, make_url, select
+from sqlalchemy import URL, Connection, Engine, event, make_url, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from sqlmodel import create_engine
 
 from bridge.errors import StorageUnavailable
+from bridge.storage.statements import Prepared
 from bridge.storage.vault import Vault, VaultError
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ def in_memory(url: str | URL) -> bool:
     return (make_url(url).database or "").endswith(":memory:")
 
 
+_BEGIN = {False: Prepared(text("BEGIN")), True: Prepared(text("BEGIN IMMEDIATE"))}  # SQLite's, by "immediate"
+
+
 def make_engine(url: str) -> Engine:
     """An engine for the URL; SQLite gets WAL, a busy timeout and ``BEGIN IMMEDIATE`` on request.
 
@@ -110,7 +114,7 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.pop("immediate", False) else "BEGIN")
+            _BEGIN[conn.info.pop("immediate", False)].run(conn, {})
 
         return engine
     return create_engine(url, pool_size=STORE_THREADS, max_overflow=STORE_THREADS)
