@@ -114,4 +114,8 @@ def configure_logging(
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # the bridge writes its own access line
     logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry full URLs
+    # what no line shows is not gathered for every record: the calling frame, the thread, the process
+    # (the logging HOWTO's "Optimization"); together about a tenth of a record's cost
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     return redactor
