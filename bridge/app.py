@@ -262,8 +262,8 @@ async def metrics(request: Request) -> Response:
     except BridgeError:
         pass  # the counters still tell; /readyz says the database is down
     else:
-        bridge.metrics.outbox_jobs.labels("pending").set(stats.pending)
-        bridge.metrics.outbox_jobs.labels("failed").set(stats.failed)
+        bridge.metrics.labelled(bridge.metrics.outbox_jobs, "pending").set(stats.pending)
+        bridge.metrics.labelled(bridge.metrics.outbox_jobs, "failed").set(stats.failed)
         oldest = stats.oldest_created_at
         bridge.metrics.outbox_oldest.set(max(0.0, time.time() - oldest) if oldest else 0.0)
     return Response(bridge.metrics.render(), media_type=CONTENT_TYPE)

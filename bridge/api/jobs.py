@@ -198,6 +198,8 @@ class JobRunner:
         self._count(job, result)
 
     def _count(self, job: Job, result: JobResult) -> None:
-        self.bridge.metrics.jobs.labels(job.kind, result.outcome).inc()
+        self.bridge.metrics.labelled(self.bridge.metrics.jobs, job.kind, result.outcome).inc()
         if result.rooms_removed:
-            self.bridge.metrics.rooms_removed.labels(job.backend, job.reason).inc(len(result.rooms_removed))
+            self.bridge.metrics.labelled(self.bridge.metrics.rooms_removed, job.backend, job.reason).inc(
+                len(result.rooms_removed)
+            )

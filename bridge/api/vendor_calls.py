@@ -24,7 +24,7 @@ def backend_context(bridge: Bridge, link: Link, backend: str) -> BackendContext:
     """What a backend gets for one call on behalf of the link's user: no more, no less."""
 
     def count(outcome: str) -> None:
-        bridge.metrics.token_refreshes.labels(backend, outcome).inc()
+        bridge.metrics.labelled(bridge.metrics.token_refreshes, backend, outcome).inc()
 
     user = UserIdentity(
         link_id=link.id,
@@ -52,9 +52,11 @@ async def call_backend(bridge: Bridge, backend: Backend, action: str, call: Call
     try:
         result = await _mapped_call(bridge, backend, action, call)
     except BridgeError as exc:
-        bridge.metrics.vendor_calls.labels(backend.name, action, _OUTCOMES.get(exc.status, "error")).inc()
+        bridge.metrics.labelled(
+            bridge.metrics.vendor_calls, backend.name, action, _OUTCOMES.get(exc.status, "error")
+        ).inc()
         raise
-    bridge.metrics.vendor_calls.labels(backend.name, action, "ok").inc()
+    bridge.metrics.labelled(bridge.metrics.vendor_calls, backend.name, action, "ok").inc()
     return result
 
 

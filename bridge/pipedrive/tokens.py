@@ -70,7 +70,7 @@ class PipedriveTokens:
 
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
-            self.metrics.token_refreshes.labels("pipedrive", outcome).inc()
+            self.metrics.labelled(self.metrics.token_refreshes, "pipedrive", outcome).inc()
 
     async def tokens(self, link_id: str) -> TokenSet | None:
         return load_tokens(await self.store.get_secret(link_scope(link_id), PIPEDRIVE_TOKENS))

@@ -47,7 +47,7 @@ def _client(request: Request) -> str:
 
 
 def _count(bridge: Bridge, outcome: str, backend: str = "-", role: str = "-") -> None:
-    bridge.metrics.join_clicks.labels(backend, role, outcome).inc()
+    bridge.metrics.labelled(bridge.metrics.join_clicks, backend, role, outcome).inc()
 
 
 @browser_page
