@@ -100,7 +100,7 @@ class MeetingTable(SQLModel, table=True):
     )
 
     id: str = Field(primary_key=True, max_length=64)
-    link_id: str = Field(foreign_key="link.id", index=True, max_length=64)
+    link_id: str = Field(foreign_key="link.id", max_length=64)  # found through ix_meeting_link_request
     backend: str = Field(max_length=40)
     vendor_meeting_id: str = Field(max_length=255)
     start_time: datetime
@@ -153,7 +153,7 @@ class ClaimTable(SQLModel, table=True):
     fingerprint: str = Field(primary_key=True, max_length=64)
     link_id: str = Field(max_length=64)
     backend: str = Field(max_length=40)
-    meeting_id: str = Field(max_length=64, index=True)
+    meeting_id: str = Field(max_length=64)
     state: str = Field(max_length=16)
     holder: str = Field(max_length=64)
     lease_until: float
