@@ -7,8 +7,9 @@
                                                             runs it, plus the bench's slow-vendor plugin
 
 The bridge itself is usually started with ``python -m bridge.cli --config FILE serve --port N``;
-the ``bridge`` runner here only exists because a plugin object has to be handed to
-``create_app``. Every server uses the uvicorn settings of ``bridge.cli.cmd_serve``.
+the ``bridge`` runner here only exists because a plugin object has to be handed to it: it
+runs ``bridge.cli.serve``, as ``serve`` does (the same start-up check, uvicorn settings and
+heap frozen before the first request). Every other server uses the same uvicorn settings.
 """
 
 from __future__ import annotations
@@ -96,30 +97,12 @@ def vendor_app(delay: float) -> Starlette:
 
 
 def serve_bridge_with_plugin(config_path: Path, port: int) -> int:
-    """``cmd_serve`` with the bench's slow-vendor plugin registered next to the installed ones."""
+    """``pipedrive-video-bridge serve`` with the bench's slow-vendor plugin registered next to the installed ones."""
     from bench import slow_backend
-    from bridge.app import create_app
+    from bridge.cli import serve
     from bridge.config import load_config
-    from bridge.logs import configure_logging
-    from bridge.runtime import StartupError, open_bridge
-    from bridge.vendors.registry import load_plugins
 
-    config = load_config(config_path)
-    configure_logging(config.logging.level, config.logging.format, config.secret_values())
-    registry = load_plugins([slow_backend])
-
-    async def preflight() -> None:
-        async with open_bridge(config, registry):
-            pass
-
-    try:
-        asyncio.run(preflight())
-    except StartupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    settings = uvicorn_settings(config.server)
-    uvicorn.run(create_app(config, load_plugins([slow_backend])), host=HOST, port=port, **settings)
-    return 0
+    return serve(load_config(config_path), HOST, port, [slow_backend])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +36,21 @@ def _fail(message: str) -> int:
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    return serve(config, args.host or config.server.host, args.port or config.server.port)
+
+
+def serve(config: Config, host: str, port: int, plugins: Iterable[object] = ()) -> int:
+    """Check the start-up, then serve until stopped; ``plugins`` are registered beside the installed ones
+    (the benchmarks' own backend)."""
     import uvicorn
 
     from bridge.app import create_app
 
     configure_logging(config.logging.level, config.logging.format, config.secret_values())
     try:
-        asyncio.run(_preflight(config))
+        asyncio.run(_preflight(config, plugins))
     except StartupError as exc:
         return _fail(str(exc))
-    host = args.host or config.server.host
-    port = args.port or config.server.port
     if config.pipedrive.trial:
         print(
             "local trial: the reverse API accepts the built-in trial credentials (see README); "
@@ -55,14 +59,14 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
         )
     open_files = raise_open_files_limit()
     settings = uvicorn_settings(config.server, max_connections=connection_cap(config.server, open_files))
-    app = create_app(config)
+    app = create_app(config, load_plugins(plugins))
     freeze_startup_heap()
     uvicorn.run(app, host=host, port=port, **settings)
     return 0
 
 
-async def _preflight(config: Config) -> None:
-    async with open_bridge(config):
+async def _preflight(config: Config, plugins: Iterable[object] = ()) -> None:
+    async with open_bridge(config, load_plugins(plugins)):
         pass
 
 
