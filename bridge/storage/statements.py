@@ -38,8 +38,8 @@ class _Form:
     params: tuple[tuple[str, Any, _Processor], ...]  # (name, the value the statement binds itself, processor)
     names: tuple[str, ...]  # their names, in the driver's order
     positional: bool
-    columns: tuple[ColumnElement[Any], ...]  # the result's (SELECT or RETURNING)
-    names_out: tuple[str, ...]  # their names
+    result_columns: tuple[ColumnElement[Any], ...]  # the columns it returns (SELECT or RETURNING)
+    result_names: tuple[str, ...]  # their names
     results: tuple[tuple[int, Callable[[Any], Any]], ...] | None = None  # (column, processor) where a type converts
 
 
@@ -92,14 +92,14 @@ class Prepared:
             rows = list(cursor.fetchall()) if cursor.description is not None else []
             rowcount = cursor.rowcount
             if form.results is None and cursor.description is not None:
-                form.results = _result_processors(dialect, form.columns, cursor.description)
+                form.results = _result_processors(dialect, form.result_columns, cursor.description)
         except dialect.loaded_dbapi.Error as exc:
             raise _translated(conn, form.sql, args, exc, cursor) from exc
         finally:
             cursor.close()
         if form.results and rows:
             rows = [_converted(row, form.results) for row in rows]
-        return Ran(form.names_out, rows, rowcount)
+        return Ran(form.result_names, rows, rowcount)
 
     def _compile(self, dialect: Dialect) -> _Form:
         statement = self._statement[dialect.name] if isinstance(self._statement, Mapping) else self._statement
@@ -120,8 +120,8 @@ class Prepared:
             params=tuple(params),
             names=names,
             positional=dialect.positional,
-            columns=exported,
-            names_out=tuple(column.key for column in exported),
+            result_columns=exported,
+            result_names=tuple(column.key for column in exported),
         )
         self._forms[dialect] = form
         return form
