@@ -196,11 +196,8 @@ class JoinTarget:
 _MEETING_BY_ID = Prepared(select(MEETINGS).where(MEETINGS.c.id == bindparam("id")))
 _MEETING_BY_JOIN_KEY = Prepared(select(MEETINGS).where(MEETINGS.c.join_key == bindparam("key")))
 _INSERT_MEETING = Prepared(insert(MEETINGS), keys=field_names(Meeting))
-_CLAIM = select(CLAIMS).where(CLAIMS.c.fingerprint == bindparam("fingerprint"))
-_CLAIM_ROW = {
-    "sqlite": Prepared(_CLAIM),
-    "postgresql": Prepared(_CLAIM.with_for_update()),  # identical requests on other replicas wait here
-}
+# PostgreSQL: identical requests on other replicas wait here (SQLite has no FOR UPDATE: its writer is alone)
+_CLAIM = Prepared(select(CLAIMS).where(CLAIMS.c.fingerprint == bindparam("fingerprint")).with_for_update())
 _CLAIM_VALUES = ["link_id", "backend", "meeting_id", "state", "holder", "lease_until", "created_at"]
 # a new claim, unless the fingerprint has one (RETURNING says which)
 _NEW_CLAIM = Prepared(
@@ -304,7 +301,7 @@ class Meetings(Database):
             # the usual case, a request not seen before, is this one statement
             new = _NEW_CLAIM.run(conn, {"fingerprint": fingerprint, **values}).first()
             if new is None:
-                row = _CLAIM_ROW[conn.dialect.name].run(conn, {"fingerprint": fingerprint}).first()
+                row = _CLAIM.run(conn, {"fingerprint": fingerprint}).first()
                 if row is None:
                     return None  # removed since: look again
                 if row["state"] == CLAIM_CREATING and row["lease_until"] > now:
