@@ -876,6 +876,7 @@ async def test_the_wal_is_checkpointed_by_its_own_thread_soon_after_the_writes(t
     engine = make_engine(url)
     migrations.migrate(engine)
     engine.dispose()  # the last connection to close checkpoints: the file holds the schema
+    others = set(_checkpointers())  # other stores' (an earlier test's may still be ending)
     store = new_store(url, [generate_key()])
     try:
         with store.engine.connect() as conn:
@@ -886,10 +887,16 @@ async def test_the_wal_is_checkpointed_by_its_own_thread_soon_after_the_writes(t
         while _rows_in_the_database_file(path, tmp_path) < 30 and time.monotonic() < deadline:
             await anyio.sleep(0.05)
         assert _rows_in_the_database_file(path, tmp_path) == 30
-        assert "store-checkpointer" in {thread.name for thread in threading.enumerate()}
+        ours = set(_checkpointers()) - others
+        assert len(ours) == 1  # one thread, started by the first write
     finally:
         store.close()
-    assert "store-checkpointer" not in {thread.name for thread in threading.enumerate()}
+    assert not any(thread.is_alive() for thread in ours)  # it ended with its store ...
+    assert not set(_checkpointers()) - others  # ... and no other was started for it
+
+
+def _checkpointers() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "store-checkpointer"]
 
 
 async def test_an_sqlite_write_waits_for_another_process_lock_without_stalling_the_event_loop(tmp_path: Path) -> None:
