@@ -849,7 +849,7 @@ async def test_a_write_failing_in_a_group_loses_nothing_of_the_others_and_leaves
     assert sorted(str(e) for e in errors) == (
         [alone] * 4 + ["failed after its write"] * 4 + ["failed before writing"] * 4
     )
-    # a database error in a group is rolled back to its savepoint, and the write runs again alone:
+    # a database error in a group rolls the group back, and the write runs again alone:
     # its caller gets the answer it would have had without grouping
     assert 4 < _FailingWrites.database_errors <= 8
     for i in range(40):

@@ -176,48 +176,36 @@ async def _outcome_of(future: asyncio.Future[T]) -> T:
 
 
 class _Alone(BaseException):
-    """A write of a group met a database error: it was rolled back to its savepoint, and runs again alone.
+    """A write of a group met a database error: the group is rolled back, and this write runs again alone.
 
     A BaseException, so no ``except Exception`` in a store method can swallow it."""
 
 
-class _Broken(BaseException):
-    """A write's savepoint could not be rolled back: the whole group is, and each of its writes runs alone."""
+class _Spoilt(BaseException):
+    """A write of a group raised: the group's transaction holds part of it, so it is rolled back whole."""
+
+    def __init__(self, index: int, outcome: tuple[bool, Any]) -> None:
+        super().__init__(index)
+        self.index, self.outcome = index, outcome
+
+
+class _GroupFailed(Exception):
+    """A group's transaction could not begin or commit; ``ran``: some of its writes had run (all undone)."""
+
+    def __init__(self, ran: bool) -> None:
+        super().__init__("the group's transaction failed")
+        self.ran = ran
 
 
 _AGAIN = object()  # the outcome of a write that is to run again alone
 
 
 class _Group:
-    """The transaction the writer thread runs a group of writes in, and the savepoints of its writes.
-
-    Savepoints go straight to the driver's connection: SQLAlchemy's own (``begin_nested``)
-    cost about as much as the write itself, and the group's transaction is all it needs to know of.
-    """
+    """The transaction the writer runs a group of writes in, and whether one of them raised inside it."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        self.savepoints = 0
-
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        """The write's savepoint; the next write's is taken inside it, and the commit ends them all.
-
-        None is released: a release is a round trip on PostgreSQL and changes nothing a
-        rollback to a later savepoint or the commit would not.
-        """
-        self.savepoints += 1
-        name = f"pvb_write_{self.savepoints}"
-        self.cursor.execute(f"SAVEPOINT {name}")
-        try:
-            yield
-        except BaseException:
-            try:
-                self.cursor.execute(f"ROLLBACK TO SAVEPOINT {name}")
-            except BaseException as exc:
-                raise _Broken from exc
-            raise
+        self.spoilt = False
 
 
 _Call = tuple[Callable[[], Any], asyncio.AbstractEventLoop, asyncio.Future[Any]]
@@ -226,12 +214,13 @@ _Call = tuple[Callable[[], Any], asyncio.AbstractEventLoop, asyncio.Future[Any]]
 class _Writer:
     """The writer: queued writes, those waiting together run in one transaction.
 
-    A group commits once; every caller of it is answered after that commit. Each write
-    of a group runs in its own savepoint: one that raises is rolled back to it, and the
-    others go on. A write that met a database error (a conflict, a deadlock, a lost
-    connection) runs again alone after the group, in its own transaction, so its answer
-    is the one it would have had without grouping; if the commit fails, every write of
-    the group runs again alone.
+    A group commits once; every caller of it is answered after that commit. A write
+    that raises spoils its group: the group is rolled back whole, and the others run
+    again without it (``_run_grouped``), so none keeps a part of a failed write. A write
+    that met a database error (a conflict, a deadlock, a lost connection) runs again
+    alone after the group, in its own transaction, so its answer is the one it would
+    have had without grouping; if the commit fails, every write of the group runs again
+    alone.
 
     On PostgreSQL, whose every statement is a round trip, the writes run on the writer
     thread. On SQLite a write is a few tens of microseconds of CPU (WAL, no fsync at
@@ -289,14 +278,11 @@ class _Writer:
             self._run_group_on_loop(calls[start : start + self.GROUP])
 
     def _run_group_on_loop(self, calls: list[_Call]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
-        committed = False
-        with contextlib.suppress(_Broken, Exception):  # locked elsewhere, a broken group, a failed commit
-            self._run_together(calls, outcomes, self._loop_connection())
-            committed = True
-        if not committed:
-            # the lock is another process's (nothing ran), or the group broke: the thread runs them
-            self._to_thread(calls, alone=bool(outcomes))
+        try:
+            outcomes = self._run_grouped(calls, self._loop_connection())
+        except Exception as exc:  # the lock is another process's, no connection, a failed commit
+            # the thread runs them: again as a group if none had run, else each alone
+            self._to_thread(calls, alone=isinstance(exc, _GroupFailed) and exc.ran)
             return
         settled = list(zip(calls, outcomes, strict=True))
         _settle([(future, ok, value) for (_, _, future), (ok, value) in settled if value is not _AGAIN])
@@ -368,10 +354,8 @@ class _Writer:
     def _run(self, calls: list[_Call]) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]] | None = None
         if len(calls) > 1:
-            together: list[tuple[bool, Any]] = []
-            with contextlib.suppress(_Broken, Exception):  # rolled back, or the commit failed: each runs alone
-                self._run_together(calls, together)
-                outcomes = together
+            with contextlib.suppress(_GroupFailed):  # the commit failed: each runs alone
+                outcomes = self._run_grouped(calls)
         if outcomes is None:
             outcomes = [(False, _AGAIN)] * len(calls)
         return [
@@ -379,19 +363,51 @@ class _Writer:
             for (call, _, _), (ok, value) in zip(calls, outcomes, strict=True)
         ]
 
-    def _run_together(
-        self, calls: list[_Call], outcomes: list[tuple[bool, Any]], conn: Connection | None = None
-    ) -> None:
-        """Run ``calls`` in one transaction (on ``conn``, if given), their outcomes appended to ``outcomes``."""
-        db = self._db
-        with db._transaction(write=True, conn=conn) as conn:
-            group = db._local.group = _Group(conn)
+    def _run_grouped(self, calls: list[_Call], conn: Connection | None = None) -> list[tuple[bool, Any]]:
+        """The outcomes of ``calls`` run in one transaction (on ``conn``, if given), committed.
+
+        A write that raises spoils its group: the transaction is rolled back, the write's
+        outcome is what it raised (``_AGAIN`` for a database error), and the others run
+        again in a new transaction without it. No savepoint is taken: on PostgreSQL each
+        is a round trip for every write, for the rare write that fails.
+        """
+        known: dict[int, tuple[bool, Any]] = {}  # the outcomes of the writes that spoilt a group
+        left = list(range(len(calls)))
+        while True:
             try:
-                for call, _, _ in calls:
-                    outcomes.append(_outcome(call))
-            finally:
-                db._local.group = None
-                group.cursor.close()
+                outcomes = self._run_together([calls[i] for i in left], conn)
+            except _Spoilt as spoilt:
+                known[left.pop(spoilt.index)] = spoilt.outcome
+                continue
+            except _GroupFailed as failed:
+                failed.ran = failed.ran or bool(known)
+                raise
+            known.update(zip(left, outcomes, strict=True))
+            return [known[i] for i in range(len(calls))]
+
+    def _run_together(self, calls: list[_Call], conn: Connection | None) -> list[tuple[bool, Any]]:
+        """Run ``calls`` in one transaction and commit it; ``_Spoilt`` if one raised, ``_GroupFailed`` if the
+        transaction could not begin or commit (both rolled back)."""
+        outcomes: list[tuple[bool, Any]] = []
+        if not calls:
+            return outcomes
+        db = self._db
+        began = False
+        try:
+            with db._transaction(write=True, conn=conn) as conn:
+                began = True
+                group = db._local.group = _Group(conn)
+                try:
+                    for index, (call, _, _) in enumerate(calls):
+                        outcome = _outcome(call)
+                        if group.spoilt:
+                            raise _Spoilt(index, outcome)
+                        outcomes.append(outcome)
+                finally:
+                    db._local.group = None
+        except Exception as exc:
+            raise _GroupFailed(began) from exc
+        return outcomes
 
 
 class _Checkpointer:
@@ -462,8 +478,6 @@ def _outcome(call: Callable[[], Any]) -> tuple[bool, Any]:
         return True, call()
     except _Alone:
         return False, _AGAIN
-    except _Broken:
-        raise
     except BaseException as exc:
         return False, exc
 
@@ -536,12 +550,15 @@ class Database:
 
     @contextmanager
     def _in_group(self, group: _Group) -> Iterator[Connection]:
-        """A write's part of a group, in a savepoint: what it raises rolls back its own changes only."""
+        """A write's part of a group: what it raises spoils the group (rolled back whole, the others run again)."""
         try:
-            with group.savepoint():
-                yield group.conn
+            yield group.conn
         except SQLAlchemyError as exc:
+            group.spoilt = True
             raise _Alone from exc
+        except BaseException:
+            group.spoilt = True
+            raise
 
     def _require_vault(self) -> Vault:
         if self.vault is None:
