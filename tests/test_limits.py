@@ -3,6 +3,7 @@ and the startup heap ``serve`` keeps from the cycle collector."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import resource
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -19,6 +21,7 @@ import pytest
 from bridge.api.auth import basic_auth
 from bridge.config import Config, parse_config
 from bridge.errors import ConfigError
+from bridge.serving import HeadWithBody
 from bridge.testing import BridgeProcess, make_config, running, write_config_toml
 
 START_SECONDS = 60
@@ -199,6 +202,83 @@ def test_an_idle_keep_alive_connection_is_closed(server: BridgeProcess) -> None:
         assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
         took = seconds_until_closed(sock, b"", every=0.25)
     assert took < KEEP_ALIVE * 3 + 1, took
+
+
+# --- one write per answer ---------------------------------------------------------------
+
+_TCP_INFO_DATA_SEGS_IN = 152  # struct tcp_info: the u32 tcpi_data_segs_in (Linux 4.6 and later)
+
+
+def data_segments_received(sock: socket.socket) -> int:
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return int.from_bytes(info[_TCP_INFO_DATA_SEGS_IN : _TCP_INFO_DATA_SEGS_IN + 4], sys.byteorder)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts segments with Linux's TCP_INFO")
+def test_an_answer_arrives_in_one_segment_head_and_body_together(server: BridgeProcess) -> None:
+    """uvicorn writes the head and the body apart; served, they leave in one write (one segment here)."""
+    with connect(server) as sock:
+        for path in ("/healthz", "/no-such-page", "/healthz"):
+            before = data_segments_received(sock)
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            answer = b""
+            while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _content_length(answer):
+                answer += sock.recv(65536)
+            assert data_segments_received(sock) - before == 1, (path, answer[:200])
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+class _Recorded:
+    """A transport that records what is written to it."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+@pytest.mark.anyio
+async def test_a_head_waits_for_no_more_than_the_current_pass_of_the_loop() -> None:
+    cycle, transport = SimpleNamespace(response_started=False), _Recorded()
+    out = HeadWithBody(cycle, transport)  # type: ignore[arg-type]
+    out.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # before the response starts: at once
+    assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    cycle.response_started = True
+    out.write(b"HEAD")
+    assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]  # held ...
+    await asyncio.sleep(0)
+    assert transport.writes[1:] == [b"HEAD"]  # ... until the loop's next pass: a streamed body's head
+    out.write(b"chunk 1")
+    out.write(b"chunk 2")
+    await asyncio.sleep(0)
+    assert transport.writes[1:] == [b"HEAD", b"chunk 1", b"chunk 2"]
+
+
+@pytest.mark.anyio
+async def test_a_head_with_no_body_bytes_still_goes_out_before_a_close() -> None:
+    transport = _Recorded()
+    out = HeadWithBody(SimpleNamespace(response_started=True), transport)  # type: ignore[arg-type]
+    out.write(b"HEAD")
+    out.close()
+    assert transport.writes == [b"HEAD"] and transport.closed
+    await asyncio.sleep(0)
+    assert transport.writes == [b"HEAD"]  # sent once
+
+
+def _content_length(answer: bytes) -> int:
+    for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 1 << 30  # not yet known: read on
 
 
 # --- the connection cap -----------------------------------------------------------------
