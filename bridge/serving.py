@@ -142,8 +142,9 @@ class LimitedHttpTools(HttpToolsProtocol):
         self._in_body = True
         self._cancel_timer("_head_timer")
         self._arm_body_timer()
+        previous = self.cycle
         super().on_headers_complete()
-        if self.cycle is not None:  # its task has not started yet
+        if self.cycle is not None and self.cycle is not previous:  # a new request's: its task has not started
             self.cycle.transport = HeadWithBody(self.cycle, self.transport)  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
