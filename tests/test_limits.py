@@ -211,6 +211,8 @@ _TCP_INFO_DATA_SEGS_IN = 152  # struct tcp_info: the u32 tcpi_data_segs_in (Linu
 
 def data_segments_received(sock: socket.socket) -> int:
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    if len(info) < _TCP_INFO_DATA_SEGS_IN + 4:
+        pytest.skip("this kernel's TCP_INFO has no count of data segments")
     return int.from_bytes(info[_TCP_INFO_DATA_SEGS_IN : _TCP_INFO_DATA_SEGS_IN + 4], sys.byteorder)
 
 
