@@ -13,6 +13,8 @@ bytes arrive:
 - at most ``max_connections`` sockets are held: a new one evicts the connection
   idle the longest (no request in the app), or is answered 503 if every one is busy.
 
+It also sends a response's head and first body bytes in one write (:class:`HeadWithBody`).
+
 ``uvicorn_settings`` is the one place that turns a :class:`ServerConfig` into
 ``uvicorn.run`` arguments, for ``serve`` and for the benchmarks.
 """
@@ -84,7 +86,8 @@ class HeadWithBody:
 
 
 class LimitedHttpTools(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a header-size cap, header and body timeouts and a connection cap."""
+    """uvicorn's httptools protocol with a header-size cap, header and body timeouts, a connection cap, and
+    each response's head sent with its body."""
 
     limits: ClassVar[ServerConfig] = ServerConfig()
     max_connections: ClassVar[int] = ServerConfig().max_connections
