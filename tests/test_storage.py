@@ -21,10 +21,11 @@ import stat
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import pytest
@@ -771,6 +772,13 @@ class _FailingWrites(Store):
             raise ValueError("failed before writing")
 
     database_errors = 0
+    runs: ClassVar[Counter[str]] = Counter()
+
+    @writes
+    def counted_put(self, scope: str, name: str, value: str) -> None:
+        type(self).runs[name] += 1
+        with self._transaction(write=True) as conn:
+            write_secret(conn, self._require_vault(), scope, name, value)
 
     @writes
     def put_then_database_error(self, scope: str, name: str) -> None:
@@ -778,6 +786,28 @@ class _FailingWrites(Store):
             write_secret(conn, self._require_vault(), scope, name, "half")
             type(self).database_errors += 1
             conn.execute(text("SELECT * FROM no_such_table"))
+
+
+async def test_many_failing_writes_in_a_group_run_the_good_ones_again_at_most_once(
+    grouped_stores: tuple[_FailingWrites, Store],
+) -> None:
+    """A failed write rolls its group back; however many fail, a good write of it runs at most twice."""
+    store, other = grouped_stores
+    _FailingWrites.runs.clear()
+
+    async def failing() -> None:
+        with pytest.raises(ValueError):
+            await store.fail_first()
+
+    async with anyio.create_task_group() as tg:
+        for i in range(60):
+            tg.start_soon(store.counted_put, "link:grouped", f"g{i}", f"v{i}")
+            if i % 2:
+                tg.start_soon(failing)
+    assert set(_FailingWrites.runs) == {f"g{i}" for i in range(60)}
+    assert max(_FailingWrites.runs.values()) <= 2, _FailingWrites.runs.most_common(3)
+    for i in range(60):
+        assert await other.get_secret("link:grouped", f"g{i}") == f"v{i}"
 
 
 @pytest.fixture
