@@ -221,7 +221,11 @@ class _Group:
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        """The write's savepoint; the next write's is taken inside it, and the commit ends them all."""
+        """The write's savepoint; the next write's is taken inside it, and the commit ends them all.
+
+        None is released: a release is a round trip on PostgreSQL and changes nothing a
+        rollback to a later savepoint or the commit would not.
+        """
         self.savepoints += 1
         name = f"pvb_write_{self.savepoints}"
         self.cursor.execute(f"SAVEPOINT {name}")
@@ -244,11 +248,10 @@ class _Writer:
     A group commits once; every caller of it is answered after that commit. A write
     that raises spoils its group: the group is rolled back whole, and the others run
     again without it, each in a savepoint (``_run_grouped``), so none keeps a part of a
-    failed write. A write
-    that met a database error (a conflict, a deadlock, a lost connection) runs again
-    alone after the group, in its own transaction, so its answer is the one it would
-    have had without grouping; if the commit fails, every write of the group runs again
-    alone.
+    failed write. A write that met a database error (a conflict, a deadlock, a lost
+    connection) runs again alone after the group, in its own transaction, so its answer
+    is the one it would have had without grouping; if the commit fails, every write of
+    the group runs again alone.
 
     On PostgreSQL, whose every statement is a round trip, the writes run on the writer
     thread. On SQLite a write is a few tens of microseconds of CPU (WAL, no fsync at
@@ -593,11 +596,10 @@ class Database:
             else:
                 with group.savepoint():
                     yield group.conn
-        except SQLAlchemyError as exc:
-            group.spoilt = group.cursor is None
-            raise _Alone from exc
-        except BaseException:
-            group.spoilt = group.cursor is None
+        except BaseException as exc:
+            group.spoilt = group.cursor is None  # a careful group's savepoint has undone the write
+            if isinstance(exc, SQLAlchemyError):
+                raise _Alone from exc
             raise
 
     def _require_vault(self) -> Vault:
