@@ -124,6 +124,35 @@ def test_a_constraint_raises_what_sqlalchemy_raises_and_the_transaction_rolls_ba
         assert conn.execute(select(THINGS.c.id)).scalars().all() == ["a"]
 
 
+def test_statements_after_others_and_after_a_failure_on_one_connection_answer_as_alone(engine: Engine) -> None:
+    """One connection's statements share a cursor: none sees what the one before it left."""
+    by_id, new_only, insert_one = (
+        Prepared(BY_ID),
+        Prepared(NEW_ONLY, keys=["state"]),
+        Prepared(insert(THINGS), keys=KEYS),
+    )
+    with engine.connect() as conn:
+        with conn.begin():
+            insert_one.run(conn, {**ROWS[0], "count": 1})
+            assert by_id.run(conn, {"id": "a"}).scalar() == "a"
+            updated = new_only.run(conn, {"which": "a", "state": "old"})  # right after a read that returned a row
+            assert updated.rows == [] and updated.rowcount == 1
+            assert by_id.run(conn, {"id": "b"}).rows == []  # no row: none left over from the read before
+        transaction = conn.begin()
+        with pytest.raises(IntegrityError):
+            insert_one.run(conn, {**ROWS[0], "count": 1})
+        transaction.rollback()
+        with conn.begin():  # the same connection, after the failure
+            assert by_id.run(conn, {"id": "a"}).first() is not None
+            assert insert_one.run(conn, {**ROWS[1], "count": 2}).rowcount == 1
+            assert new_only.run(conn, {"which": "a", "state": "older"}).rowcount == 0
+    with engine.connect() as conn:
+        assert conn.execute(select(THINGS.c.id, THINGS.c.state).order_by(THINGS.c.id)).all() == [
+            ("a", "old"),
+            ("b", "new"),
+        ]
+
+
 def test_a_missing_parameter_is_named_before_the_driver_is_called(engine: Engine) -> None:
     with engine.begin() as conn, pytest.raises(ArgumentError, match="'weight'"):
         Prepared(insert(THINGS), keys=KEYS).run(
