@@ -127,10 +127,11 @@ class Prepared:
 def _cursor(conn: Connection) -> Any:
     """The cursor prepared statements run on, one per driver connection, kept for the connection's life.
 
-    A new psycopg cursor per statement cost 15–25 µs of the 30–60 µs of CPU the driver
-    spends on one (each cursor looks up its adapters anew); a cursor that ran a statement
-    runs the next as a new one would. It goes with its connection: a reconnected pool
-    entry (the same ``info``) gets a cursor of the new connection.
+    A new cursor per statement cost about 10 µs of the 60–75 µs of CPU a statement
+    takes here on PostgreSQL (a psycopg cursor looks up its adapters anew) and 3 of
+    9 µs on SQLite; a cursor that ran a statement runs the next as a new one would.
+    It goes with its connection: a pool entry that reconnected (the same ``info``)
+    gets a cursor of the new connection.
     """
     driver = conn.connection.dbapi_connection
     assert driver is not None  # a transaction has begun on it
