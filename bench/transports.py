@@ -1,8 +1,9 @@
 """6. transports: the bridge's vendor client on each candidate inner transport, against a vendor answering in 100 ms.
 
 The bridge calls vendors through one shared ``httpx.AsyncClient(transport=RetryTransport(inner),
-timeout=...)``, built as ``bridge.runtime.open_bridge`` builds it (the default ``[server]``
-timeout, attempts and Retry-After cap); only ``inner`` changes here. Each candidate runs in
+timeout=...)``; ``bridge.vendors.http.shared_client`` builds it here as it does for
+``bridge.runtime.open_bridge`` (the default ``[server]`` timeout, attempts and Retry-After
+cap); only ``inner`` changes here. Each candidate runs in
 a fresh process of its own (``python -m bench.transports``), so the CPU time measured is its
 own: after a warm-up that opens the connections, C asyncio tasks POST a small JSON body to
 the vendor's ``/rooms`` in a loop until N calls are done (or a time cap). Reported: calls/s
@@ -133,7 +134,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     from bench.harness import peak_rss_mb
     from bench.load import cpu_seconds as process_cpu_seconds
     from bridge.config import ServerConfig
-    from bridge.vendors.http import RetryPolicy, RetryTransport
+    from bridge.vendors.http import RetryPolicy, shared_client
 
     def vendor_cpu() -> float:
         return process_cpu_seconds(args.vendor_pid) if args.vendor_pid else float("nan")
@@ -170,7 +171,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             if response.status_code == 201:
                 latencies.append(time.perf_counter() - started)
 
-    async with httpx.AsyncClient(timeout=timeout, transport=RetryTransport(inner, policy, on_retry=retried)) as client:
+    async with shared_client(timeout, inner, policy, on_retry=retried) as client:
         deadline = time.perf_counter() + args.cap
         warm: Counter[str] = Counter()
         await asyncio.gather(*(worker(client, args.warmup, deadline, [], warm) for _ in range(args.concurrency)))

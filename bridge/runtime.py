@@ -31,7 +31,7 @@ from bridge.signing import Signer
 from bridge.storage import migrations
 from bridge.storage.store import Store, make_engine
 from bridge.storage.vault import Vault, VaultError, load_or_create_key_file
-from bridge.vendors.http import PooledTransport, RetryPolicy, RetryTransport
+from bridge.vendors.http import PooledTransport, RetryPolicy, shared_client
 from bridge.vendors.interface import Backend
 from bridge.vendors.registry import PluginRegistry, load_plugins
 
@@ -189,9 +189,7 @@ async def open_bridge(
             attempts=config.server.vendor_attempts, max_retry_after=config.server.vendor_max_retry_after_seconds
         )
         metrics = Metrics()
-        async with httpx.AsyncClient(
-            timeout=timeout, transport=RetryTransport(inner, policy, on_retry=metrics.retried)
-        ) as http:
+        async with shared_client(timeout, inner, policy, on_retry=metrics.retried) as http:
             for name, reason in backends.missing.items():
                 if name in config.meetings.allowed_backends:  # an installed, unused plugin is no news
                     log.warning("backend unavailable", extra={"backend": name, "reason": reason})

@@ -25,7 +25,7 @@ from bridge.config import Config
 from bridge.devtools.loopback import serve_on_loopback
 from bridge.errors import BackendError, BackendUnavailable, VendorFailed
 from bridge.storage.links import Link
-from bridge.testing import bridge_client, make_config
+from bridge.testing import bridge_client, make_config, prepared_store
 from bridge.vendors.hookspecs import hookimpl
 from bridge.vendors.http import (
     IDEMPOTENT_EXTENSION,
@@ -416,3 +416,47 @@ async def test_end_to_end_pipedrive_sees_the_vendors_recovery_or_a_503(
             "success": False,
             "error": "Flaky Video is unavailable right now (HTTP 503); please try again",
         }
+
+
+class CookieVendor:
+    """A vendor (or the load balancer before it) that sets cookies on every answer and notes those it is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[str | None] = []
+
+    def app(self) -> Starlette:
+        async def rooms(request: Request) -> Response:
+            self.sent.append(request.headers.get("cookie"))
+            room_id = f"room-{len(self.sent)}"
+            response = JSONResponse({"id": room_id, "url": f"https://video.example/{room_id}"}, status_code=201)
+            response.set_cookie("session", f"of-the-user-of-call-{len(self.sent)}")
+            response.set_cookie("lb", "backend-3", path="/")
+            return response
+
+        return Starlette(routes=[Route("/rooms", rooms, methods=["POST"])])
+
+
+async def test_a_cookie_one_users_vendor_call_was_given_never_goes_out_with_another_call(tmp_path: Path) -> None:
+    """The bridge's one client calls the vendor for every user: it keeps no cookie an answer sets."""
+    vendor = CookieVendor()
+    with serve_on_loopback(lambda url: vendor.app()) as url:
+        config = make_config(
+            tmp_path,
+            backends={"flaky": {"base_url": url}},
+            meetings={"default_backend": "flaky", "allowed_backends": ["flaky"]},
+        )
+        async with prepared_store(config) as store:
+            links = [
+                await store.create_link(
+                    pipedrive_user_id=user, company_id=202, user_name="A", user_email="a@example.com"
+                )
+                for user in (101, 102)
+            ]
+        async with bridge_client(config, [VendorPlugin()]) as pipedrive:
+            for user_link in (links[0], links[1], links[0]):
+                response = await pipedrive.post(
+                    f"/api/v1/links/{user_link.id}/meetings",
+                    json={"topic": f"Demo {len(vendor.sent)}", "start_time": "2031-05-14 09:30", "duration": 45},
+                )
+                assert response.status_code == 201, response.text
+    assert vendor.sent == [None, None, None]

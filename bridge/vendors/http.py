@@ -22,6 +22,8 @@ throttle is retried as a 429 is.
 
 ``raise_for_vendor`` turns a final 429/5xx answer into the bridge's error with a
 status for Pipedrive; backends call it after handling the statuses they know.
+
+``shared_client`` builds that client, which keeps no cookies (``NoCookies``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.cookiejar import Cookie, CookieJar
+from typing import Any
 
 import anyio
 import httpx
@@ -163,6 +167,37 @@ class PooledTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         for pool in self.pools:
             await pool.aclose()
+
+
+class NoCookies(CookieJar):
+    """A cookie jar that keeps none: the one client calls Pipedrive and every vendor for every user.
+
+    httpx keeps the cookies its answers set and sends them with later calls to the same
+    host. Here a later call is often another user's, so a vendor's session cookie or a
+    load balancer's would go out with it. A cookie a call passes itself still goes out
+    with that call.
+    """
+
+    def set_cookie(self, cookie: Cookie) -> None:
+        return None
+
+    def set_cookie_if_ok(self, cookie: Cookie, request: Any) -> None:
+        return None
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+
+def shared_client(
+    timeout: httpx.Timeout,
+    inner: httpx.AsyncBaseTransport,
+    policy: RetryPolicy,
+    on_retry: Callable[[str, str], None] | None = None,
+) -> httpx.AsyncClient:
+    """The ``httpx.AsyncClient`` Pipedrive's and the vendors' calls share: ``RetryTransport`` over ``inner``."""
+    return httpx.AsyncClient(
+        timeout=timeout, transport=RetryTransport(inner, policy, on_retry=on_retry), cookies=NoCookies()
+    )
 
 
 def raise_for_vendor(response: httpx.Response, title: str) -> None:
