@@ -35,6 +35,7 @@ from bridge.vendors.http import (
     RetryTransport,
     raise_for_vendor,
     retry_after_seconds,
+    shared_client,
 )
 from bridge.vendors.interface import Backend, BackendContext, MeetingRequest, Room
 from bridge.vendors.invitation import render_invitation
@@ -279,6 +280,21 @@ async def test_on_retry_is_told_the_host_and_the_reason() -> None:
 
 
 # --- raise_for_vendor -------------------------------------------------------------------------------
+
+
+async def test_the_shared_client_sends_only_the_cookies_a_call_sets_itself() -> None:
+    seen: list[str | None] = []
+
+    def vendor(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("cookie"))
+        return httpx.Response(201, headers=[("set-cookie", "session=abc"), ("set-cookie", "lb=3; Path=/")])
+
+    async with shared_client(httpx.Timeout(5.0), httpx.MockTransport(vendor), POLICY) as http:
+        await http.post(URL, json={})
+        await http.post(URL, json={}, headers={"Cookie": "mine=1"})
+        await http.post(URL, json={})
+        assert not http.cookies
+    assert seen == [None, "mine=1", None]
 
 
 def test_raise_for_vendor_throttled_is_503_with_the_wait() -> None:

@@ -174,8 +174,8 @@ class NoCookies(CookieJar):
 
     httpx keeps the cookies its answers set and sends them with later calls to the same
     host. Here a later call is often another user's, so a vendor's session cookie or a
-    load balancer's would go out with it. A cookie a call passes itself still goes out
-    with that call.
+    load balancer's would go out with it. A ``Cookie`` header a call sets itself still
+    goes out with that call.
     """
 
     def set_cookie(self, cookie: Cookie) -> None:
