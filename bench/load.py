@@ -3,8 +3,9 @@
 Each worker has its own connection: by default a minimal hand-written HTTP/1.1
 client (``RawConnection``), with ``client="httpx"`` one shared ``httpx.AsyncClient``.
 A run is a fixed request count and a time cap after an unmeasured warm-up.
-``measured_load`` also reads the bridge's ``/metrics`` and the server process's
-CPU time when the measured part starts and ends.
+``measured_load`` also reads the bridge's ``/metrics``, the server process's CPU
+time, and what the machine's cores did (the server, PostgreSQL, the load generator,
+idle) when the measured part starts and ends.
 """
 
 from __future__ import annotations
@@ -316,12 +317,43 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_seconds() -> float:
+    """User + system CPU time every PostgreSQL server process on the machine has used so far."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):  # a process that ended meanwhile
+                if (entry / "comm").read_text().startswith("postgres"):
+                    total += cpu_seconds(int(entry.name))
+    return total
+
+
+def idle_seconds() -> float:
+    """Time the machine's cores have spent idle (or waiting on I/O) so far, summed over the cores."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Cores:
+    """What the machine's cores did during a measured run, in cores (CPU seconds per second)."""
+
+    server: float
+    postgres: float
+    bench: float  # this process: the load generator
+    idle: float
+
+    def __str__(self) -> str:
+        return f"{self.server:.2f} / {self.postgres:.2f} / {self.bench:.2f} / {self.idle:.2f}"
+
+
 @dataclass
 class Measured:
     run: Load
     seen: ServerSide | None  # from /metrics (None for servers without it)
     cpu_ms: float  # the server process's CPU time per request sent in the measured part
     also: Any = None
+    cores: Cores | None = None
 
 
 def measured_load(
@@ -341,14 +373,22 @@ def measured_load(
     before: Scrape | None = None
     also_value: Any = None
     cpu_before = 0.0
+    machine_before = (0.0, 0.0, 0.0)
+
+    def machine() -> tuple[float, float, float]:
+        return postgres_cpu_seconds(), cpu_seconds(os.getpid()), idle_seconds()
 
     def starts() -> None:
-        nonlocal before, also_value, cpu_before
+        nonlocal before, also_value, cpu_before, machine_before
         before = scrape(url, backend) if backend else None
         also_value = also() if also else None
+        machine_before = machine()
         cpu_before = cpu_seconds(pid)
 
     run = load(url, request, concurrency, total, time_cap, client=client, warmup=warmup, measure_starts=starts)
     cpu = cpu_seconds(pid) - cpu_before
+    postgres, bench, idle = (end - start for end, start in zip(machine(), machine_before, strict=True))
     seen = server_side(before, scrape(url, backend)) if backend and before else None
-    return Measured(run, seen, cpu / run.sent * 1000 if run.sent else float("nan"), also_value)
+    wall = run.elapsed or float("nan")
+    cores = Cores(cpu / wall, postgres / wall, bench / wall, idle / wall)
+    return Measured(run, seen, cpu / run.sent * 1000 if run.sent else float("nan"), also_value, cores)

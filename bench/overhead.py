@@ -10,6 +10,7 @@ measured through ``httpx.AsyncClient``, for comparison.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -68,6 +69,7 @@ def run(r: Run) -> None:
                     "",
                     "",
                     "",
+                    str(bare_run.cores),
                 ]
             )
             raw.append(
@@ -78,6 +80,7 @@ def run(r: Run) -> None:
                     "p50": base.pct(0.5),
                     "p99": base.pct(0.99),
                     "cpu_ms": bare_run.cpu_ms,
+                    "cores": dataclasses.asdict(bare_run.cores) if bare_run.cores else None,
                 }
             )
             if r.client != "httpx":  # what the baseline looks like through httpx.AsyncClient, for context
@@ -91,6 +94,7 @@ def run(r: Run) -> None:
                         f"{other.rps:.0f}",
                         ms(other.pct(0.5)),
                         ms(other.pct(0.99)),
+                        "",
                         "",
                         "",
                         "",
@@ -127,6 +131,7 @@ def run(r: Run) -> None:
                         "1.00",
                         "",
                         "",
+                        str(p.cores),
                     ]
                 )
                 raw.append(
@@ -137,6 +142,7 @@ def run(r: Run) -> None:
                         "p50": p.run.pct(0.5),
                         "p99": p.run.pct(0.99),
                         "cpu_ms": p.cpu_ms,
+                        "cores": dataclasses.asdict(p.cores) if p.cores else None,
                         "statuses": dict(p.run.statuses),
                     }
                 )
@@ -169,6 +175,7 @@ def run(r: Run) -> None:
                         "" if vs_plain is None else f"{vs_plain:.2f}",
                         seen.latency(),
                         f"{seen.count} {check}",
+                        str(m.cores),
                     ]
                 )
                 raw.append(
@@ -179,6 +186,7 @@ def run(r: Run) -> None:
                         "p50": one.pct(0.5),
                         "p99": one.pct(0.99),
                         "cpu_ms": m.cpu_ms,
+                        "cores": dataclasses.asdict(m.cores) if m.cores else None,
                         "ratio": ratio,
                         "vs_plain": vs_plain,
                         "p99_vs_plain": p99_vs_plain,
@@ -229,6 +237,7 @@ def run(r: Run) -> None:
                 "vs plain",
                 "server p50/p99 ms",
                 "server 201s",
+                "cores: server / pg / bench / idle",
             ],
             rows,
         ),
@@ -238,6 +247,7 @@ def run(r: Run) -> None:
         "(ratio: throughput vs the bare endpoint; vs plain: vs the plain same-work app on the same database; "
         "p50/p99: client-side, successful requests; CPU ms/req: the server process's CPU time (all threads) "
         "per request; server p50/p99: /metrics' histogram, interpolated; '=': the server counted exactly "
-        "the client's 201s)"
+        "the client's 201s; cores: CPU seconds per second of the server process, every PostgreSQL process, "
+        "the load generator, and the idle time of the machine's cores, during the measured part)"
     )
     r.report.raw["overhead"] = raw

@@ -8,6 +8,7 @@ client and through ``httpx.AsyncClient``, is the baseline.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -53,6 +54,7 @@ def run(r: Run) -> None:
                 "",
                 "",
                 "",
+                "",
             ]
         )
         raw.append({"server": "vendor", "c": 64, "rps": base.rps})
@@ -69,6 +71,7 @@ def run(r: Run) -> None:
                 f"{other.rps / (64 / delay):.2f}",
                 ms(other.pct(0.5)),
                 ms(other.pct(0.99)),
+                "",
                 "",
                 "",
                 "",
@@ -121,6 +124,7 @@ def run(r: Run) -> None:
                             f"{m.cpu_ms:.2f}",
                             seen.latency(),
                             conns,
+                            str(m.cores),
                         ]
                     )
                     raw.append(
@@ -133,6 +137,7 @@ def run(r: Run) -> None:
                             "p50": one.pct(0.5),
                             "p99": one.pct(0.99),
                             "cpu_ms": m.cpu_ms,
+                            "cores": dataclasses.asdict(m.cores) if m.cores else None,
                             "server_count": seen.count,
                             "client_ok": one.ok,
                             "vendor_new_connections": conns,
@@ -172,6 +177,7 @@ def run(r: Run) -> None:
                 "CPU ms/req",
                 "server p50/p99 ms",
                 "new vendor conns",
+                "cores: server / pg / bench / idle",
             ],
             rows,
         ),
@@ -179,6 +185,7 @@ def run(r: Run) -> None:
     )
     print(
         "(ideal = connections / 0.1 s; 'new vendor conns' = TCP connections the vendor saw opened during "
-        "the measured run, warm-up excluded)"
+        "the measured run, warm-up excluded; cores: CPU seconds per second of the bridge, every PostgreSQL "
+        "process, the load generator, and the idle time of the machine's cores, during the measured run)"
     )
     r.report.raw["slow_vendor"] = raw
