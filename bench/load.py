@@ -352,8 +352,8 @@ class Measured:
     run: Load
     seen: ServerSide | None  # from /metrics (None for servers without it)
     cpu_ms: float  # the server process's CPU time per request sent in the measured part
+    cores: Cores
     also: Any = None
-    cores: Cores | None = None
 
 
 def measured_load(
@@ -391,4 +391,4 @@ def measured_load(
     seen = server_side(before, scrape(url, backend)) if backend and before else None
     wall = run.elapsed or float("nan")
     cores = Cores(cpu / wall, postgres / wall, bench / wall, idle / wall)
-    return Measured(run, seen, cpu / run.sent * 1000 if run.sent else float("nan"), also_value, cores)
+    return Measured(run, seen, cpu / run.sent * 1000 if run.sent else float("nan"), cores, also_value)

@@ -80,7 +80,7 @@ def run(r: Run) -> None:
                     "p50": base.pct(0.5),
                     "p99": base.pct(0.99),
                     "cpu_ms": bare_run.cpu_ms,
-                    "cores": dataclasses.asdict(bare_run.cores) if bare_run.cores else None,
+                    "cores": dataclasses.asdict(bare_run.cores),
                 }
             )
             if r.client != "httpx":  # what the baseline looks like through httpx.AsyncClient, for context
@@ -142,7 +142,7 @@ def run(r: Run) -> None:
                         "p50": p.run.pct(0.5),
                         "p99": p.run.pct(0.99),
                         "cpu_ms": p.cpu_ms,
-                        "cores": dataclasses.asdict(p.cores) if p.cores else None,
+                        "cores": dataclasses.asdict(p.cores),
                         "statuses": dict(p.run.statuses),
                     }
                 )
@@ -186,7 +186,7 @@ def run(r: Run) -> None:
                         "p50": one.pct(0.5),
                         "p99": one.pct(0.99),
                         "cpu_ms": m.cpu_ms,
-                        "cores": dataclasses.asdict(m.cores) if m.cores else None,
+                        "cores": dataclasses.asdict(m.cores),
                         "ratio": ratio,
                         "vs_plain": vs_plain,
                         "p99_vs_plain": p99_vs_plain,

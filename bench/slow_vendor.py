@@ -137,7 +137,7 @@ def run(r: Run) -> None:
                             "p50": one.pct(0.5),
                             "p99": one.pct(0.99),
                             "cpu_ms": m.cpu_ms,
-                            "cores": dataclasses.asdict(m.cores) if m.cores else None,
+                            "cores": dataclasses.asdict(m.cores),
                             "server_count": seen.count,
                             "client_ok": one.ok,
                             "vendor_new_connections": conns,

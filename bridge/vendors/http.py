@@ -181,10 +181,7 @@ class NoCookies(CookieJar):
     def set_cookie(self, cookie: Cookie) -> None:
         return None
 
-    def set_cookie_if_ok(self, cookie: Cookie, request: Any) -> None:
-        return None
-
-    def extract_cookies(self, response: Any, request: Any) -> None:
+    def extract_cookies(self, response: Any, request: Any) -> None:  # not even parsed: none would be kept
         return None
 
 
