@@ -39,7 +39,7 @@ from sqlalchemy.pool import NullPool
 from sqlmodel import create_engine
 
 from bridge.errors import StorageUnavailable
-from bridge.storage.statements import Prepared
+from bridge.storage.statements import Prepared, driver_cursor
 from bridge.storage.vault import Vault, VaultError
 
 log = logging.getLogger(__name__)
@@ -208,15 +208,15 @@ class _Group:
     """The transaction the writer runs a group of writes in, and whether one of them raised inside it.
 
     A group's first try takes no savepoints. Once a write has spoilt it, the rest run
-    ``careful``: each write in a savepoint of its own (straight on the driver's connection;
+    ``careful``: each write in a savepoint of its own (on the driver connection's cursor;
     SQLAlchemy's ``begin_nested`` costs about as much as the write), so what one raises is
     rolled back alone and the group goes on.
     """
 
     def __init__(self, conn: Connection, *, careful: bool) -> None:
         self.conn = conn
+        self.careful = careful
         self.spoilt = False
-        self.cursor: Any = conn.connection.dbapi_connection.cursor() if careful else None  # type: ignore[union-attr]
         self.savepoints = 0
 
     @contextmanager
@@ -228,12 +228,13 @@ class _Group:
         """
         self.savepoints += 1
         name = f"pvb_write_{self.savepoints}"
-        self.cursor.execute(f"SAVEPOINT {name}")
+        cursor = driver_cursor(self.conn)
+        cursor.execute(f"SAVEPOINT {name}")
         try:
             yield
         except BaseException:
             try:
-                self.cursor.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                cursor.execute(f"ROLLBACK TO SAVEPOINT {name}")
             except BaseException as exc:
                 raise _Broken from exc
             raise
@@ -439,8 +440,6 @@ class _Writer:
                         outcomes.append(outcome)
                 finally:
                     db._local.group = None
-                    if group.cursor is not None:
-                        group.cursor.close()
         except (Exception, _Broken) as exc:
             raise _GroupFailed(began) from exc
         return outcomes
@@ -591,13 +590,13 @@ class Database:
         """A write's part of a group: what it raises spoils the group (rolled back whole, the others run
         again), or, in a careful group, is rolled back to the write's own savepoint."""
         try:
-            if group.cursor is None:
+            if not group.careful:
                 yield group.conn
             else:
                 with group.savepoint():
                     yield group.conn
         except BaseException as exc:
-            group.spoilt = group.cursor is None  # a careful group's savepoint has undone the write
+            group.spoilt = not group.careful  # a careful group's savepoint has undone the write
             if isinstance(exc, SQLAlchemyError):
                 raise _Alone from exc
             raise
