@@ -51,18 +51,19 @@ class HeadWithBody:
     a streamed body's head is not kept waiting for its first chunk.
     """
 
-    __slots__ = ("_cycle", "_head", "_transport")
+    __slots__ = ("_cycle", "_head", "_loop", "_transport")
 
-    def __init__(self, cycle: Any, transport: Transport) -> None:
+    def __init__(self, cycle: Any, transport: Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._cycle = cycle
         self._transport = transport
+        self._loop = loop  # the connection's (``get_running_loop`` per answer is a system call on 3.11)
         self._head: bytes | None = None  # held; b"": already sent
 
     def write(self, data: bytes) -> None:
         head = self._head
         if head is None and self._cycle.response_started:  # uvicorn's first write once started: the head
             self._head = data
-            asyncio.get_running_loop().call_soon(self.flush)
+            self._loop.call_soon(self.flush)
             return
         if head:
             self._head = b""
@@ -148,7 +149,7 @@ class LimitedHttpTools(HttpToolsProtocol):
         previous = self.cycle
         super().on_headers_complete()
         if self.cycle is not None and self.cycle is not previous:  # a new request's: its task has not started
-            self.cycle.transport = HeadWithBody(self.cycle, self.transport)  # type: ignore[assignment]
+            self.cycle.transport = HeadWithBody(self.cycle, self.transport, self.loop)  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         self._arm_body_timer()

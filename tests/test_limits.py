@@ -250,7 +250,7 @@ class _Recorded:
 @pytest.mark.anyio
 async def test_a_head_waits_for_no_more_than_the_current_pass_of_the_loop() -> None:
     cycle, transport = SimpleNamespace(response_started=False), _Recorded()
-    out = HeadWithBody(cycle, transport)  # type: ignore[arg-type]
+    out = HeadWithBody(cycle, transport, asyncio.get_running_loop())  # type: ignore[arg-type]
     out.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # before the response starts: at once
     assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
     cycle.response_started = True
@@ -267,7 +267,7 @@ async def test_a_head_waits_for_no_more_than_the_current_pass_of_the_loop() -> N
 @pytest.mark.anyio
 async def test_a_head_with_no_body_bytes_still_goes_out_before_a_close() -> None:
     transport = _Recorded()
-    out = HeadWithBody(SimpleNamespace(response_started=True), transport)  # type: ignore[arg-type]
+    out = HeadWithBody(SimpleNamespace(response_started=True), transport, asyncio.get_running_loop())  # type: ignore[arg-type]
     out.write(b"HEAD")
     out.close()
     assert transport.writes == [b"HEAD"] and transport.closed
