@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -337,6 +337,12 @@ def idle_seconds() -> float:
 @dataclass
 class Cores:
     """What the machine's cores did during a measured run, in cores (CPU seconds per second)."""
+
+    HEADER: ClassVar[str] = "cores: server / pg / bench / idle"
+    NOTE: ClassVar[str] = (
+        "cores: CPU seconds per second of the server process, every PostgreSQL process, the load generator, "
+        "and the idle time of the machine's cores, during the measured part"
+    )
 
     server: float
     postgres: float

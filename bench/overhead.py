@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from bench.harness import Run, Server
-from bench.load import cells, load, measured_load, meeting_requests, statuses
+from bench.load import Cores, cells, load, measured_load, meeting_requests, statuses
 from bench.report import heading, ms, table
 from bench.rows import create_links
 from bridge.config import TRIAL_CLIENT_ID, TRIAL_CLIENT_SECRET
@@ -237,7 +237,7 @@ def run(r: Run) -> None:
                 "vs plain",
                 "server p50/p99 ms",
                 "server 201s",
-                "cores: server / pg / bench / idle",
+                Cores.HEADER,
             ],
             rows,
         ),
@@ -247,7 +247,6 @@ def run(r: Run) -> None:
         "(ratio: throughput vs the bare endpoint; vs plain: vs the plain same-work app on the same database; "
         "p50/p99: client-side, successful requests; CPU ms/req: the server process's CPU time (all threads) "
         "per request; server p50/p99: /metrics' histogram, interpolated; '=': the server counted exactly "
-        "the client's 201s; cores: CPU seconds per second of the server process, every PostgreSQL process, "
-        "the load generator, and the idle time of the machine's cores, during the measured part)"
+        f"the client's 201s; {Cores.NOTE})"
     )
     r.report.raw["overhead"] = raw

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from bench.harness import Run
-from bench.load import cells, load, measured_load, meeting_requests, statuses
+from bench.load import Cores, cells, load, measured_load, meeting_requests, statuses
 from bench.report import heading, ms, table
 from bench.rows import create_links
 from bridge.devtools.processes import free_port
@@ -177,7 +177,7 @@ def run(r: Run) -> None:
                 "CPU ms/req",
                 "server p50/p99 ms",
                 "new vendor conns",
-                "cores: server / pg / bench / idle",
+                Cores.HEADER,
             ],
             rows,
         ),
@@ -185,7 +185,6 @@ def run(r: Run) -> None:
     )
     print(
         "(ideal = connections / 0.1 s; 'new vendor conns' = TCP connections the vendor saw opened during "
-        "the measured run, warm-up excluded; cores: CPU seconds per second of the bridge, every PostgreSQL "
-        "process, the load generator, and the idle time of the machine's cores, during the measured run)"
+        f"the measured run, warm-up excluded; {Cores.NOTE})"
     )
     r.report.raw["slow_vendor"] = raw
