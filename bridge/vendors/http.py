@@ -42,6 +42,7 @@ import anyio
 import httpx
 
 from bridge.errors import BackendUnavailable, VendorFailed
+from bridge.vendors.network import asyncio_transport
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +153,14 @@ class PooledTransport(httpx.AsyncBaseTransport):
     64 concurrent calls it spends milliseconds of CPU per request (about 85 calls
     a second against a vendor answering in 100 ms, where 640 are possible). With a
     few smaller pools each list stays short. Each pool holds up to
-    ``max_connections / pools`` connections.
+    ``max_connections / pools`` connections, on plain asyncio sockets
+    (``bridge.vendors.network``).
     """
 
     def __init__(self, max_connections: int = 200, pools: int = 8) -> None:
         per_pool = max(1, max_connections // pools)
         limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
-        self.pools = [httpx.AsyncHTTPTransport(limits=limits) for _ in range(pools)]
+        self.pools = [asyncio_transport(limits) for _ in range(pools)]
         self._next = itertools.cycle(self.pools)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
