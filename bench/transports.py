@@ -16,7 +16,11 @@ with little client CPU points at the machine, not the transport).
 The candidates for ``inner`` (at most 200 connections each, all kept alive):
 
 - ``httpx``          ``httpx.AsyncHTTPTransport``: one httpcore pool, httpx as shipped;
-- ``pooled``         ``bridge.vendors.http.PooledTransport``: 8 such pools of 25, taken in turn (the bridge today);
+- ``pooled-anyio``   8 such pools of 25, taken in turn by ``bridge.vendors.http.PooledTransport``, each on
+                     httpcore's own network backend (anyio's socket streams): the bridge before
+                     ``bridge.vendors.network``;
+- ``pooled``         ``PooledTransport`` as the bridge builds it: the same 8 pools, each on plain asyncio sockets
+                     (``bridge.vendors.network.AsyncioBackend``);
 - ``pooled32``       the same with 32 pools of 6: httpx's own pool tuned. httpx has no setting that changes
                      the pool's bookkeeping (``AsyncHTTPTransport`` takes http1/http2 (HTTP/1.1 only is already
                      the default), limits, retries, socket options, uds, local address), so only more pools help;
@@ -62,7 +66,7 @@ if TYPE_CHECKING:
     from bench.harness import Run, Server
 
 DELAY = 0.1  # the fake vendor's answer time
-CANDIDATES = ("httpx", "pooled", "pooled32", "aiohttp", "httpcore2", "httpx2-client")
+CANDIDATES = ("httpx", "pooled-anyio", "pooled", "pooled32", "aiohttp", "httpcore2", "httpx2-client")
 PACKAGES = {"aiohttp": "httpx-aiohttp", "httpcore2": "httpx2", "httpx2-client": "httpx2"}  # beyond the bridge's own
 MAX_CONNECTIONS = 200  # as bridge.runtime builds PooledTransport
 
@@ -82,6 +86,8 @@ def inner_transport(candidate: str) -> httpx.AsyncBaseTransport:
         return httpx.AsyncHTTPTransport(limits=limits)
     if candidate == "pooled":
         return PooledTransport(max_connections=MAX_CONNECTIONS)
+    if candidate == "pooled-anyio":
+        return PooledTransport(max_connections=MAX_CONNECTIONS, pool=lambda per: httpx.AsyncHTTPTransport(limits=per))
     if candidate == "pooled32":
         return PooledTransport(max_connections=MAX_CONNECTIONS, pools=32)
     try:

@@ -154,13 +154,19 @@ class PooledTransport(httpx.AsyncBaseTransport):
     a second against a vendor answering in 100 ms, where 640 are possible). With a
     few smaller pools each list stays short. Each pool holds up to
     ``max_connections / pools`` connections, on plain asyncio sockets
-    (``bridge.vendors.network``).
+    (``bridge.vendors.network``); ``pool`` builds each (the benchmark passes
+    httpx's own transport to compare).
     """
 
-    def __init__(self, max_connections: int = 200, pools: int = 8) -> None:
+    def __init__(
+        self,
+        max_connections: int = 200,
+        pools: int = 8,
+        pool: Callable[[httpx.Limits], httpx.AsyncBaseTransport] = asyncio_transport,
+    ) -> None:
         per_pool = max(1, max_connections // pools)
         limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
-        self.pools = [asyncio_transport(limits) for _ in range(pools)]
+        self.pools = [pool(limits) for _ in range(pools)]
         self._next = itertools.cycle(self.pools)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
