@@ -24,7 +24,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -34,7 +33,11 @@ from bridge.vendors import network
 from bridge.vendors.http import PooledTransport
 from bridge.vendors.network import asyncio_transport
 
-LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
+with contextlib.suppress(ImportError):  # uvloop is installed wherever it builds (not on Windows)
+    import uvloop
+
+    LOOPS["uvloop"] = uvloop.new_event_loop
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
 
