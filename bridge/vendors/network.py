@@ -40,7 +40,11 @@ SocketOption = tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple
 
 
 class _Protocol(asyncio.Protocol):
-    """One connection's incoming bytes, end of stream and write pressure, for ``AsyncioStream``."""
+    """One connection's incoming bytes, end of stream and write pressure, for ``AsyncioStream``.
+
+    It keeps one waiter: HTTP/1.1, the only protocol the pools speak, writes a request and
+    then reads its answer, so a read and a write never wait on one connection at once.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
