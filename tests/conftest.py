@@ -114,8 +114,8 @@ class FakeVendor:
 
 
 def make_fake_plugin(vendor: FakeVendor) -> Any:
-    """A plugin with the backends ``fake``, ``other``, ``listing``, ``finding`` and ``joining``, that keep their
-    rooms in ``vendor``."""
+    """A plugin with the backends ``fake``, ``other``, ``listing``, ``finding``, ``joining`` and ``offline``, that
+    keep their rooms in ``vendor``."""
 
     class FakeBackend(Backend):
         name = "fake"
@@ -185,6 +185,13 @@ def make_fake_plugin(vendor: FakeVendor) -> Any:
             vendor.calls.append((self.name, "find", key))
             return [VendorRoom(room_id, meeting.key) for room_id, meeting in vendor.rooms.items() if meeting.key == key]
 
+    class OfflineBackend(FakeBackend):
+        """Declares that create reaches no vendor (a delay makes it break that promise)."""
+
+        name = "offline"
+        title = "Offline Video"
+        creates_offline = True
+
     class JoiningBackend(FakeBackend):
         """Picks the way in at each click, as a vendor with host links and minted tokens does."""
 
@@ -210,6 +217,7 @@ def make_fake_plugin(vendor: FakeVendor) -> Any:
             register(ListingBackend)
             register(FindingBackend)
             register(JoiningBackend)
+            register(OfflineBackend)
 
     return Plugin()
 

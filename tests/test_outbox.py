@@ -24,7 +24,7 @@ from bridge.config import Config
 from bridge.errors import BackendError
 from bridge.runtime import open_bridge
 from bridge.storage.links import Link
-from bridge.storage.meetings import Ticket, room_key
+from bridge.storage.meetings import Choice, Ticket, room_key
 from bridge.storage.schema import CLAIMS, JOBS, MEETING_ACTIVE
 from bridge.storage.store import Store
 from bridge.testing import bridge_client, load_plugins, make_config, wait_for_empty_outbox, wait_until
@@ -59,7 +59,12 @@ async def claim_elsewhere(store: Store, link: Link, *, lease_seconds: float, bac
     """BODY's postMeeting claimed by another process (one that may be dead), as the store records it."""
     fingerprint = request_fingerprint(link.id, BODY_REQUEST)
     claimed = await store.claim_meeting(
-        fingerprint, link.id, lambda _link: (backend, True), "elsewhere:1:x", lease_seconds=lease_seconds, since=None
+        fingerprint,
+        link.id,
+        lambda _link: Choice(backend, sweep=True),
+        "elsewhere:1:x",
+        lease_seconds=lease_seconds,
+        since=None,
     )
     assert claimed.ticket is not None
     return claimed.ticket

@@ -8,6 +8,7 @@ Errors (validation, auth, routing, vendor failures) are in test_reverse_api_erro
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from bridge.config import Config
 from bridge.errors import BackendError
 from bridge.storage.links import Link
 from bridge.storage.meetings import room_key
-from bridge.storage.schema import MEETING_ACTIVE, MEETING_DELETED, MeetingTable, SecretTable
+from bridge.storage.schema import MEETING_ACTIVE, MEETING_DELETED, ClaimTable, MeetingTable, SecretTable
 from bridge.storage.store import Store, StoreError
 from bridge.testing import bridge_client, make_config, prepared_store, wait_for_empty_outbox, wait_until
 from bridge.vendors.hookspecs import hookimpl
@@ -672,3 +673,125 @@ async def test_retry_window_zero_turns_recognition_off(tmp_path, database_url, f
     async with bridge_client(config, [fake_plugin]) as client:
         ids = {(await client.post(meetings_url(link.id), json=BODY)).json()["data"]["meeting_id"] for _ in range(2)}
     assert len(ids) == 2
+
+
+# --- a backend that makes its rooms offline (creates_offline) ----------------------------
+
+
+@pytest.fixture
+async def offline(
+    tmp_path: Path, database_url: str, config: Config, fake_plugin: Any, store: Store
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on the test's database with ``offline`` (the fake vendor's rooms, made offline) as the default."""
+    settings = make_config(
+        tmp_path,
+        database_url,
+        vault={"keys": list(config.vault.keys)},
+        meetings={"default_backend": "offline", "allowed_backends": ["offline", "fake"]},
+    )
+    async with bridge_client(settings, [fake_plugin]) as client:
+        yield client
+
+
+def _claims(store: Store) -> list[ClaimTable]:
+    with Session(store.engine) as session:
+        return list(session.exec(select(ClaimTable)))
+
+
+async def test_an_offline_backend_stores_its_meeting_in_the_claims_own_transaction(
+    offline, link, vendor, store, monkeypatch
+):
+    async def second_transaction(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the meeting must be stored with its claim, not after it")
+
+    monkeypatch.setattr(Store, "add_meeting", second_transaction)
+    response = await offline.post(meetings_url(link.id), json=BODY)
+
+    assert response.status_code == 201, response.text
+    data = response.json()["data"]
+    assert vendor.calls == [("offline", "create", "offline-1")]
+    assert data["join_url"].startswith("https://bridge.example.com/j/") and data["join_url"] in data["invitation"]
+    assert data["password"] == "s3cret-pass"
+    (claim,) = await anyio.to_thread.run_sync(_claims, store)
+    assert (claim.meeting_id, claim.backend, claim.state, claim.lease_until) == (
+        data["meeting_id"],
+        "offline",
+        "done",
+        0,
+    )
+    meetings, _ = await all_rows(store)
+    assert [(m.id, m.backend, m.vendor_meeting_id, m.state) for m in meetings] == [
+        (data["meeting_id"], "offline", "offline-1", MEETING_ACTIVE)
+    ]
+    room = await store.get_room(data["meeting_id"])
+    assert room is not None and room.join_url == "https://video.example.com/offline-1"
+    assert room.invitation == data["invitation"]
+    # the room's key is the meeting's, and its join link opens the room
+    assert vendor.rooms["offline-1"].key == room_key(data["meeting_id"])
+    opened = await offline.get(data["join_url"], headers={"Authorization": ""}, follow_redirects=False)
+    assert (opened.status_code, opened.headers["location"]) == (303, "https://video.example.com/offline-1")
+    # a retry answers the same meeting; the backend was asked once, and the call counted once
+    again = await offline.post(meetings_url(link.id), json=BODY)
+    assert again.status_code == 201 and again.json() == response.json()
+    assert len(vendor.calls) == 1
+    metrics = (await offline.get("/metrics")).text
+    assert 'pvb_vendor_calls_total{backend="offline",operation="create the meeting",outcome="ok"} 1.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "words"),
+    [
+        (BackendError("Offline Video has no rooms today"), 502, ["no rooms today"]),
+        (ValueError("a bug in the plugin"), 502, ["Offline Video failed to create the meeting"]),
+        ("awaits", 502, ["Offline Video failed to create the meeting"]),
+    ],
+)
+async def test_an_offline_create_that_fails_writes_nothing_and_the_retry_makes_the_meeting(
+    offline, link, vendor, store, caplog, failure, status, words
+):
+    if failure == "awaits":  # a backend declaring creates_offline that waits on something after all
+        vendor.delay = 0.01
+    else:
+        vendor.fail["create"] = failure
+    response = await offline.post(meetings_url(link.id), json=BODY)
+
+    assert_error(response, status, *words)
+    assert await anyio.to_thread.run_sync(_claims, store) == []
+    assert await all_rows(store) == ([], [])
+    assert vendor.rooms == {}
+    if failure == "awaits":  # on the event loop's thread it waits; on a writer thread there is no loop to ask
+        reasons = ("awaited something not ready at once", "Not currently running on any asynchronous event loop")
+        assert any(reason in caplog.text for reason in reasons), caplog.text
+    metrics = (await offline.get("/metrics")).text
+    assert 'pvb_vendor_calls_total{backend="offline",operation="create the meeting",outcome="error"} 1.0' in metrics
+
+    vendor.delay = 0.0
+    retried = await offline.post(meetings_url(link.id), json=BODY)
+    assert retried.status_code == 201, retried.text
+    assert list(vendor.rooms) == ["offline-1"]
+
+
+async def test_identical_posts_to_an_offline_backend_at_two_replicas_make_one_meeting(
+    offline, link, store, tmp_path, database_url, config, fake_plugin
+):
+    settings = make_config(
+        tmp_path,
+        database_url,
+        vault={"keys": list(config.vault.keys)},
+        meetings={"default_backend": "offline", "allowed_backends": ["offline"]},
+    )
+    answers: list[httpx.Response] = []
+
+    async def post(client: httpx.AsyncClient) -> None:
+        answers.append(await client.post(meetings_url(link.id), json=BODY))
+
+    async with bridge_client(settings, [fake_plugin]) as replica:
+        for _ in range(3):
+            async with anyio.create_task_group() as tasks:
+                for client in (offline, replica, offline, replica):
+                    tasks.start_soon(post, client)
+    assert {a.status_code for a in answers} == {201}
+    assert len({a.json()["data"]["meeting_id"] for a in answers}) == 1
+    assert len({a.text for a in answers}) == 1
+    meetings, _ = await all_rows(store)
+    assert [m.id for m in meetings] == [answers[0].json()["data"]["meeting_id"]]

@@ -5,7 +5,9 @@ The rules that hold whatever the vendor, on one replica or several, across crash
   update and delete go to the backend that made the room;
 - **claim, then call**: a postMeeting claims its request in the database before the
   vendor is called; an identical request anywhere waits for that claim and answers
-  its meeting, so a retry never makes a second room;
+  its meeting, so a retry never makes a second room. A backend that makes its rooms
+  offline (``creates_offline``) has nothing to wait for: its room is made inside the
+  claim's transaction and stored with it, one write instead of two;
 - **the outbox**: a deleted meeting's room, a room replaced by a move (once the new
   one is stored) and a room made but not stored are jobs, run at once and retried
   in the background until the vendor has them gone;
@@ -30,13 +32,14 @@ from datetime import timedelta
 import anyio
 
 from bridge.api.jobs import JobRunner
-from bridge.api.vendor_calls import backend_context, call_backend
+from bridge.api.vendor_calls import backend_context, call_backend, call_offline
 from bridge.config import Config
 from bridge.errors import Gone, NotFound, ServiceUnavailable
 from bridge.metrics import Observation
 from bridge.runtime import Bridge
 from bridge.storage.links import Link
 from bridge.storage.meetings import (
+    Choice,
     LostClaim,
     Meeting,
     Repeated,
@@ -59,6 +62,7 @@ log = logging.getLogger(__name__)
 _CLEANUP_SECONDS = 10.0
 _STORE_MARGIN = 1.0
 _CLAIM_POLL = (0.02, 0.25)  # the first and the longest wait between two looks at a claim another request holds
+CREATE = "create the meeting"  # finishes "<title> failed to ..."
 JOIN_PREFIX = "/j/"
 JOIN_PATH = JOIN_PREFIX + "{token}"  # the route (bridge.web.join) and the OpenAPI document's path
 
@@ -117,9 +121,20 @@ class MeetingService:
         fingerprint = request_fingerprint(link_id, request) if window else secrets.token_hex(32)
         since = utcnow() - timedelta(seconds=window) if window else None
 
-        def choose(found: Link | None) -> tuple[str, bool]:  # runs in the claim's transaction
-            name = self.backend_for(_usable(found))
-            return name, self._backend(name).recovers_rooms
+        def choose(found: Link | None) -> Choice:  # runs in the claim's transaction
+            link = _usable(found)
+            name = self.backend_for(link)
+            backend = self._backend(name)
+            if not type(backend).creates_offline:
+                return Choice(name, sweep=backend.recovers_rooms)
+
+            def make(meeting_id: str) -> Repeated:  # the room made and stored with the claim: one transaction
+                token, keyed = self._keyed(name, request, meeting_id)
+                ctx = backend_context(self.bridge, link, name)
+                room = call_offline(self.bridge, backend, CREATE, lambda: backend.create(ctx, keyed))
+                return self._made(link, name, keyed, fingerprint, meeting_id, token, room)
+
+            return Choice(name, make=make)
 
         # an identical request's vendor call ends within the timeout; a moment more lets it store its answer
         deadline = anyio.current_time() + self.bridge.config.server.backend_timeout_seconds + _STORE_MARGIN
@@ -133,8 +148,16 @@ class MeetingService:
                 lease_seconds=settings.operation_lease_seconds,
                 since=since,
             )
+            if claimed.made is not None:
+                log.info("meeting created", extra={"meeting_id": claimed.made.meeting.id, "backend": claimed.backend})
+                return self._answer(claimed.made)
             if claimed.repeated is not None:
-                return self._repeated(claimed.repeated)
+                self.observation.backend = claimed.repeated.meeting.backend
+                log.info(
+                    "repeated postMeeting answered with the meeting already made",
+                    extra={"meeting_id": claimed.repeated.meeting.id},
+                )
+                return self._answer(claimed.repeated)
             if claimed.ticket is not None and claimed.link is not None:
                 backend = self._backend(claimed.backend)
                 return await self._create(claimed.link, claimed.backend, backend, request, claimed.ticket)
@@ -145,46 +168,63 @@ class MeetingService:
             await anyio.sleep(wait)
             wait = min(wait * 2, longest)
 
-    def _repeated(self, repeated: Repeated) -> CreatedMeeting:
-        meeting, stored = repeated.meeting, repeated.room
-        self.observation.backend = meeting.backend
-        log.info("repeated postMeeting answered with the meeting already made", extra={"meeting_id": meeting.id})
-        room = Room(
+    def _answer(self, stored: Repeated) -> CreatedMeeting:
+        """What Pipedrive gets for a stored meeting: the same whether it was just made or made before."""
+        meeting, room = stored.meeting, stored.room
+        answer = Room(
             vendor_meeting_id=meeting.vendor_meeting_id,
-            join_url=join_link(self.bridge.config, stored.join_token) or stored.join_url,
-            invitation=stored.invitation,
-            password=stored.password,
+            join_url=join_link(self.bridge.config, room.join_token) or room.join_url,
+            invitation=room.invitation,
+            password=room.password,
         )
-        return CreatedMeeting(meeting.id, room)
+        return CreatedMeeting(meeting.id, answer)
+
+    def _keyed(self, name: str, request: MeetingRequest, meeting_id: str) -> tuple[str | None, MeetingRequest]:
+        """A new meeting's join-link token (None when the backend hands out the vendor's links) and the
+        request as its backend gets it: with the room's key and the join link."""
+        token = new_join_token() if self.bridge.config.meetings.join_links_for(name) == "bridge" else None
+        keyed = dataclasses.replace(request, key=room_key(meeting_id), join_link=join_link(self.bridge.config, token))
+        return token, keyed
+
+    def _made(
+        self,
+        link: Link,
+        name: str,
+        keyed: MeetingRequest,
+        fingerprint: str,
+        meeting_id: str,
+        token: str | None,
+        room: Room,
+    ) -> Repeated:
+        """The new meeting and its room as they are stored."""
+        meeting = new_meeting(
+            link_id=link.id,
+            backend=name,
+            vendor_meeting_id=room.vendor_meeting_id,
+            start_time=keyed.start_time,
+            duration=keyed.duration,
+            request_hash=fingerprint,
+            meeting_id=meeting_id,
+            join_key=join_key(token) if token else None,
+        )
+        return Repeated(meeting, _stored_room(room, handed_out(room, keyed.join_link), token, keyed))
 
     async def _create(
         self, link: Link, name: str, backend: Backend, request: MeetingRequest, ticket: Ticket
     ) -> CreatedMeeting:
         ctx = backend_context(self.bridge, link, name)
-        token = new_join_token() if self.bridge.config.meetings.join_links_for(name) == "bridge" else None
-        keyed = dataclasses.replace(
-            request, key=room_key(ticket.meeting_id), join_link=join_link(self.bridge.config, token)
-        )
+        token, keyed = self._keyed(name, request, ticket.meeting_id)
         try:
-            room = await call_backend(self.bridge, backend, "create the meeting", lambda: backend.create(ctx, keyed))
+            room = await call_backend(self.bridge, backend, CREATE, lambda: backend.create(ctx, keyed))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._release(ticket)
             raise
-        meeting = new_meeting(
-            link_id=link.id,
-            backend=name,
-            vendor_meeting_id=room.vendor_meeting_id,
-            start_time=request.start_time,
-            duration=request.duration,
-            request_hash=ticket.fingerprint,
-            meeting_id=ticket.meeting_id,
-            join_key=join_key(token) if token else None,
-        )
-        answer = handed_out(room, keyed.join_link)
+        made = self._made(link, name, keyed, ticket.fingerprint, ticket.meeting_id, token, room)
+        meeting = made.meeting
         with anyio.CancelScope(shield=True):
             try:
-                await self.store.add_meeting(meeting, _stored_room(room, answer, token, keyed), ticket)
+                await self.store.add_meeting(meeting, made.room, ticket)
             except Exception as exc:
                 await self._remove_room(backend, ctx, link.id, room.vendor_meeting_id, reason="create not stored")
                 if isinstance(exc, LostClaim):
@@ -195,7 +235,7 @@ class MeetingService:
                     "the meeting could not be saved, so its room was removed again; please try again"
                 ) from exc
         log.info("meeting created", extra={"meeting_id": meeting.id, "backend": name})
-        return CreatedMeeting(meeting.id, answer)
+        return self._answer(made)
 
     async def _release(self, ticket: Ticket) -> None:
         """After a failed vendor call: identical requests may try again (the claim's sweep job stays)."""

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, NoReturn, TypeVar, cast
 
 import anyio
 import httpx
@@ -50,30 +50,56 @@ async def call_backend(bridge: Bridge, backend: Backend, action: str, call: Call
     ``action`` finishes the sentence "<title> failed to ...", e.g. "create the meeting".
     """
     try:
-        result = await _mapped_call(bridge, backend, action, call)
-    except BridgeError as exc:
-        bridge.metrics.labelled(
-            bridge.metrics.vendor_calls, backend.name, action, _OUTCOMES.get(exc.status, "error")
-        ).inc()
-        raise
-    bridge.metrics.labelled(bridge.metrics.vendor_calls, backend.name, action, "ok").inc()
+        with anyio.fail_after(bridge.config.server.backend_timeout_seconds):
+            result = await call()
+    except Exception as exc:
+        _failed(bridge, backend, action, exc)
+    _count(bridge, backend, action, "ok")
     return result
 
 
-async def _mapped_call(bridge: Bridge, backend: Backend, action: str, call: Callable[[], Awaitable[T]]) -> T:
+def call_offline(bridge: Bridge, backend: Backend, action: str, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """``call_backend`` for a call that waits on nothing (``Backend.creates_offline``): run to its end here
+    and now, on whatever thread this is, with no event loop's help (so no deadline either)."""
+    try:
+        result = finish_now(call())
+    except Exception as exc:
+        _failed(bridge, backend, action, exc)
+    _count(bridge, backend, action, "ok")
+    return result
+
+
+def finish_now(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that waits on nothing to its end; RuntimeError (and the coroutine closed) if it waits."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return cast(T, done.value)
+    coroutine.close()
+    raise RuntimeError("it awaited something not ready at once, which a backend that creates offline must not do")
+
+
+def _count(bridge: Bridge, backend: Backend, action: str, outcome: str) -> None:
+    bridge.metrics.labelled(bridge.metrics.vendor_calls, backend.name, action, outcome).inc()
+
+
+def _failed(bridge: Bridge, backend: Backend, action: str, exc: Exception) -> NoReturn:
+    """Raise what a backend call that raised ``exc`` gives its caller (a BridgeError), and count it."""
     title = backend.title
     timeout = bridge.config.server.backend_timeout_seconds
-    try:
-        with anyio.fail_after(timeout):
-            return await call()
-    except BridgeError:
-        raise
-    except (TimeoutError, httpx.TimeoutException) as exc:
-        raise BackendTimeout(f"{title} did not answer within {timeout:g} seconds; please try again") from exc
-    except httpx.TransportError as exc:
-        raise BackendUnavailable(f"{title} could not be reached ({exc.__class__.__name__}); please try again") from exc
-    except httpx.HTTPStatusError as exc:
-        raise BackendError(f"{title} refused the request (HTTP {exc.response.status_code})") from exc
-    except Exception as exc:
+    error: BridgeError
+    if isinstance(exc, BridgeError):
+        error = exc
+    elif isinstance(exc, (TimeoutError, httpx.TimeoutException)):
+        error = BackendTimeout(f"{title} did not answer within {timeout:g} seconds; please try again")
+    elif isinstance(exc, httpx.TransportError):
+        error = BackendUnavailable(f"{title} could not be reached ({exc.__class__.__name__}); please try again")
+    elif isinstance(exc, httpx.HTTPStatusError):
+        error = BackendError(f"{title} refused the request (HTTP {exc.response.status_code})")
+    else:
         log.exception("backend failed", extra={"backend": backend.name, "operation": action})
-        raise VendorFailed(f"{title} failed to {action}") from exc
+        error = VendorFailed(f"{title} failed to {action}")
+    _count(bridge, backend, action, _OUTCOMES.get(error.status, "error"))
+    if error is exc:
+        raise error
+    raise error from exc

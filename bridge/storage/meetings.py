@@ -5,8 +5,9 @@ meeting's scope, written in the same transaction as the meeting's row.
 
 A postMeeting claims its request (``meeting_claim``, keyed by the request's
 fingerprint) before the vendor is called, and the meeting is stored in the same
-transaction that marks the claim done; vendor work a change leaves (a replaced
-room, a deleted meeting's room) is an outbox job written with the change.
+transaction that marks the claim done (for a backend that makes its rooms
+offline, the very transaction that claims it); vendor work a change leaves (a
+replaced room, a deleted meeting's room) is an outbox job written with the change.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class StoredRoom:
 
 @dataclass(frozen=True)
 class Repeated:
-    """A meeting already made from the same postMeeting, and its room."""
+    """A meeting and its room as stored: one already made from the same postMeeting, or just made."""
 
     meeting: Meeting
     room: StoredRoom
@@ -95,17 +96,33 @@ class Ticket:
 
 @dataclass(frozen=True)
 class Claimed:
-    """What claiming a postMeeting found: ours to make (``ticket``), already answered (``repeated``), or neither
-    (another request holds the claim and is making the meeting right now); and the link and backend it was for."""
+    """What claiming a postMeeting found: ours to make (``ticket``), made and stored with the claim (``made``),
+    already answered (``repeated``), or none of these (another request holds the claim and is making the
+    meeting right now); and the link and backend it was for."""
 
     link: Link | None = None
     backend: str = ""
     ticket: Ticket | None = None
     repeated: Repeated | None = None
+    made: Repeated | None = None
 
 
-ChooseBackend = Callable[[Link | None], tuple[str, bool]]
-"""Given the link as read (None: unknown), the backend to claim for and whether it sweeps; raises to refuse."""
+MakeMeeting = Callable[[str], Repeated]
+"""Given the claim's new meeting id, the meeting and its room, made without waiting on anything."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The backend a postMeeting is claimed for, whether its vendor call gets a sweep job, and, for a backend
+    that makes its rooms offline, how to make the meeting inside the claim's own transaction."""
+
+    backend: str
+    sweep: bool = False
+    make: MakeMeeting | None = None
+
+
+ChooseBackend = Callable[[Link | None], Choice]
+"""Given the link as read (None: unknown), what to claim for; raises to refuse."""
 
 
 class LostClaim(Exception):
@@ -281,21 +298,25 @@ class Meetings(Database):
         lapsed, older, another backend's, deleted) is taken over with a new meeting id.
         With ``sweep``, a sweep job for the new id's key, due when the lease ends, is
         written with the claim: if this process dies, that job finds the room it made.
+        With ``make`` (a backend whose rooms need no vendor call), the claim is written
+        done and the meeting it makes is stored in the same transaction; if ``make``
+        raises, nothing is written.
         """
         vault = self._require_vault()
 
         def claim(conn: Connection) -> Claimed | None:
             link = link_from_row(LINK_BY_ID.run(conn, {"id": link_id}).first())
-            backend, sweep = choose(link)
+            choice = choose(link)
+            backend = choice.backend
             now = time.time()
             meeting_id = new_meeting_id()
             values = {
                 "link_id": link_id,
                 "backend": backend,
                 "meeting_id": meeting_id,
-                "state": CLAIM_CREATING,
+                "state": CLAIM_CREATING if choice.make is None else CLAIM_DONE,
                 "holder": holder,
-                "lease_until": now + lease_seconds,
+                "lease_until": now + lease_seconds if choice.make is None else 0.0,
                 "created_at": utcnow(),
             }
             # the usual case, a request not seen before, is this one statement
@@ -313,8 +334,12 @@ class Meetings(Database):
                     if meeting is not None and meeting.state == MEETING_ACTIVE and room is not None:
                         return Claimed(link, backend, repeated=Repeated(meeting, room))
                 _RECLAIM.run(conn, {"claimed": fingerprint, **values})
+            if choice.make is not None:
+                made = choice.make(meeting_id)
+                _store_meeting(conn, vault, made)
+                return Claimed(link, backend, made=made)
             sweep_job_id = None
-            if sweep:
+            if choice.sweep:
                 job = sweep_job(backend, link_id, meeting_id, reason="create", delay=lease_seconds)
                 insert_job(conn, job)
                 sweep_job_id = job.id
@@ -414,8 +439,7 @@ class Meetings(Database):
                     raise LostClaim("the claim was taken over")
                 if ticket.sweep_job_id and not take_unclaimed(conn, ticket.sweep_job_id):
                     raise LostClaim("the claim's sweep job has started")
-            _INSERT_MEETING.run(conn, row_values(meeting))
-            write_secret(conn, vault, meeting_scope(meeting.id), "room", room_text(room))
+            _store_meeting(conn, vault, Repeated(meeting, room))
 
     @writes
     def replace_room(
@@ -476,6 +500,12 @@ def sweep_job(backend: str, link_id: str, meeting_id: str, *, reason: str, delay
         reason=reason,
         delay=delay,
     )
+
+
+def _store_meeting(conn: Connection, vault: Vault, made: Repeated) -> None:
+    """Insert a new meeting and its encrypted room."""
+    _INSERT_MEETING.run(conn, row_values(made.meeting))
+    write_secret(conn, vault, meeting_scope(made.meeting.id), "room", room_text(made.room))
 
 
 def _settle_claim(conn: Connection, ticket: Ticket, state: str) -> bool:

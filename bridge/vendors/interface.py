@@ -222,6 +222,13 @@ class Backend(ABC):
     """True when the room is made at the first click (in :meth:`join_url`), not by ``create``: such a
     backend has no URL to hand Pipedrive and works only with ``join_links = "bridge"``."""
 
+    creates_offline: ClassVar[bool] = False
+    """True when ``create`` reaches no vendor and waits on nothing: it makes the room up (a name, a URL,
+    a signed token) from its arguments alone. The bridge then runs it inside the database transaction
+    that claims the postMeeting, perhaps on a thread without an event loop, and stores the meeting in
+    that same transaction: one write instead of two. A ``create`` that awaits something that is not
+    ready at once fails there (502, and the log says why); the conformance kit checks it."""
+
     # --- the optional per-user connect flow (only when ``needs_user_account``) --------
 
     async def connect_url(self, ctx: BackendContext, callback_url: str, state: str) -> str:

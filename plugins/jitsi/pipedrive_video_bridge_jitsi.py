@@ -177,6 +177,7 @@ def _private_key(config: Mapping[str, Any]) -> RSAPrivateKey:
 class JitsiBackend(Backend):
     name = "jitsi"
     title = "Jitsi Meet"
+    creates_offline = True  # a room is a name; its token is signed here
 
     def __init__(self, settings: JitsiSettings | None = None) -> None:
         self.settings = settings or JitsiSettings()

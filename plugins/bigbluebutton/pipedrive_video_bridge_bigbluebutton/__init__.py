@@ -113,6 +113,7 @@ class BigBlueButtonBackend(Backend):
     name = "bigbluebutton"
     title = "BigBlueButton"
     creates_on_join = True
+    creates_offline = True  # create asks the server nothing
 
     def __init__(self, settings: BigBlueButtonSettings) -> None:
         self.settings = settings
