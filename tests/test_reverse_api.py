@@ -795,3 +795,26 @@ async def test_identical_posts_to_an_offline_backend_at_two_replicas_make_one_me
     assert len({a.text for a in answers}) == 1
     meetings, _ = await all_rows(store)
     assert [m.id for m in meetings] == [answers[0].json()["data"]["meeting_id"]]
+
+
+async def test_an_offline_create_run_again_with_its_group_is_counted_once(offline, link, vendor, store):
+    """A write that fails spoils its group's first try (the others run again): each create is counted once."""
+    answers: list[httpx.Response] = []
+
+    async def post(link_id: str, topic: str) -> None:
+        answers.append(await offline.post(meetings_url(link_id), json={**BODY, "topic": topic}))
+
+    made = 0
+    while len(vendor.calls) == made:  # until a group has run a create again (the first round, almost always)
+        assert made < 100, "no create ran twice: the requests never shared a group"
+        async with anyio.create_task_group() as tasks:
+            for i in range(made, made + 10):
+                tasks.start_soon(post, link.id, f"made {i}")
+                tasks.start_soon(post, "no-such-link", f"refused {i}")
+        made += 10
+    assert sorted(a.status_code for a in answers) == [201] * made + [404] * made
+    meetings, _ = await all_rows(store)
+    assert len(meetings) == made
+    metrics = (await offline.get("/metrics")).text
+    ok = f'pvb_vendor_calls_total{{backend="offline",operation="create the meeting",outcome="ok"}} {made}.0'
+    assert ok in metrics

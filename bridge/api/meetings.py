@@ -32,9 +32,9 @@ from datetime import timedelta
 import anyio
 
 from bridge.api.jobs import JobRunner
-from bridge.api.vendor_calls import backend_context, call_backend, call_offline
+from bridge.api.vendor_calls import backend_context, call_backend, call_offline, count_call
 from bridge.config import Config
-from bridge.errors import Gone, NotFound, ServiceUnavailable
+from bridge.errors import BridgeError, Gone, NotFound, ServiceUnavailable
 from bridge.metrics import Observation
 from bridge.runtime import Bridge
 from bridge.storage.links import Link
@@ -121,7 +121,9 @@ class MeetingService:
         fingerprint = request_fingerprint(link_id, request) if window else secrets.token_hex(32)
         since = utcnow() - timedelta(seconds=window) if window else None
 
-        def choose(found: Link | None) -> Choice:  # runs in the claim's transaction
+        offline: list[tuple[Backend, BridgeError | None]] = []  # the last offline create's outcome, counted once
+
+        def choose(found: Link | None) -> Choice:  # runs in the claim's transaction (perhaps more than once)
             link = _usable(found)
             name = self.backend_for(link)
             backend = self._backend(name)
@@ -131,7 +133,13 @@ class MeetingService:
             def make(meeting_id: str) -> Repeated:  # the room made and stored with the claim: one transaction
                 token, keyed = self._keyed(name, request, meeting_id)
                 ctx = backend_context(self.bridge, link, name)
-                room = call_offline(self.bridge, backend, CREATE, lambda: backend.create(ctx, keyed))
+                offline.clear()
+                try:
+                    room = call_offline(self.bridge, backend, CREATE, lambda: backend.create(ctx, keyed))
+                except BridgeError as exc:
+                    offline.append((backend, exc))
+                    raise
+                offline.append((backend, None))
                 return self._made(link, name, keyed, fingerprint, meeting_id, token, room)
 
             return Choice(name, make=make)
@@ -140,14 +148,20 @@ class MeetingService:
         deadline = anyio.current_time() + self.bridge.config.server.backend_timeout_seconds + _STORE_MARGIN
         wait, longest = _CLAIM_POLL
         while True:
-            claimed = await self.store.claim_meeting(
-                fingerprint,
-                link_id,
-                choose,
-                self.bridge.holder,
-                lease_seconds=settings.operation_lease_seconds,
-                since=since,
-            )
+            try:
+                claimed = await self.store.claim_meeting(
+                    fingerprint,
+                    link_id,
+                    choose,
+                    self.bridge.holder,
+                    lease_seconds=settings.operation_lease_seconds,
+                    since=since,
+                )
+            finally:
+                if offline:
+                    maker, error = offline[-1]
+                    count_call(self.bridge, maker, CREATE, error)
+                    offline.clear()
             if claimed.made is not None:
                 log.info("meeting created", extra={"meeting_id": claimed.made.meeting.id, "backend": claimed.backend})
                 return self._answer(claimed.made)

@@ -45,7 +45,7 @@ _OUTCOMES = {504: "timeout", 503: "unavailable"}
 
 
 async def call_backend(bridge: Bridge, backend: Backend, action: str, call: Callable[[], Awaitable[T]]) -> T:
-    """Run one backend call under the configured deadline; map every failure to a BridgeError.
+    """Run one backend call under the configured deadline; map every failure to a BridgeError, count it.
 
     ``action`` finishes the sentence "<title> failed to ...", e.g. "create the meeting".
     """
@@ -53,20 +53,21 @@ async def call_backend(bridge: Bridge, backend: Backend, action: str, call: Call
         with anyio.fail_after(bridge.config.server.backend_timeout_seconds):
             result = await call()
     except Exception as exc:
-        _failed(bridge, backend, action, exc)
-    _count(bridge, backend, action, "ok")
+        error = _mapped(bridge, backend, action, exc)
+        count_call(bridge, backend, action, error)
+        _raise(error, exc)
+    count_call(bridge, backend, action, None)
     return result
 
 
 def call_offline(bridge: Bridge, backend: Backend, action: str, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """``call_backend`` for a call that waits on nothing (``Backend.creates_offline``): run to its end here
-    and now, on whatever thread this is, with no event loop's help (so no deadline either)."""
+    """Run a call that waits on nothing (``Backend.creates_offline``) to its end here and now, on whatever
+    thread this is (no deadline: there is nothing to wait for), its failures mapped as ``call_backend`` maps
+    them. Not counted: a transaction may run it twice, so its caller counts the call once (``count_call``)."""
     try:
-        result = finish_now(call())
+        return finish_now(call())
     except Exception as exc:
-        _failed(bridge, backend, action, exc)
-    _count(bridge, backend, action, "ok")
-    return result
+        _raise(_mapped(bridge, backend, action, exc), exc)
 
 
 def finish_now(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -79,27 +80,29 @@ def finish_now(coroutine: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("it awaited something not ready at once, which a backend that creates offline must not do")
 
 
-def _count(bridge: Bridge, backend: Backend, action: str, outcome: str) -> None:
+def count_call(bridge: Bridge, backend: Backend, action: str, error: BridgeError | None) -> None:
+    """Count one backend call by its outcome (None: it succeeded)."""
+    outcome = "ok" if error is None else _OUTCOMES.get(error.status, "error")
     bridge.metrics.labelled(bridge.metrics.vendor_calls, backend.name, action, outcome).inc()
 
 
-def _failed(bridge: Bridge, backend: Backend, action: str, exc: Exception) -> NoReturn:
-    """Raise what a backend call that raised ``exc`` gives its caller (a BridgeError), and count it."""
+def _mapped(bridge: Bridge, backend: Backend, action: str, exc: Exception) -> BridgeError:
+    """What a backend call that raised ``exc`` gives its caller; a plugin's own bug is logged."""
     title = backend.title
-    timeout = bridge.config.server.backend_timeout_seconds
-    error: BridgeError
     if isinstance(exc, BridgeError):
-        error = exc
-    elif isinstance(exc, (TimeoutError, httpx.TimeoutException)):
-        error = BackendTimeout(f"{title} did not answer within {timeout:g} seconds; please try again")
-    elif isinstance(exc, httpx.TransportError):
-        error = BackendUnavailable(f"{title} could not be reached ({exc.__class__.__name__}); please try again")
-    elif isinstance(exc, httpx.HTTPStatusError):
-        error = BackendError(f"{title} refused the request (HTTP {exc.response.status_code})")
-    else:
-        log.exception("backend failed", extra={"backend": backend.name, "operation": action})
-        error = VendorFailed(f"{title} failed to {action}")
-    _count(bridge, backend, action, _OUTCOMES.get(error.status, "error"))
+        return exc
+    if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
+        timeout = bridge.config.server.backend_timeout_seconds
+        return BackendTimeout(f"{title} did not answer within {timeout:g} seconds; please try again")
+    if isinstance(exc, httpx.TransportError):
+        return BackendUnavailable(f"{title} could not be reached ({exc.__class__.__name__}); please try again")
+    if isinstance(exc, httpx.HTTPStatusError):
+        return BackendError(f"{title} refused the request (HTTP {exc.response.status_code})")
+    log.exception("backend failed", extra={"backend": backend.name, "operation": action})
+    return VendorFailed(f"{title} failed to {action}")
+
+
+def _raise(error: BridgeError, exc: Exception) -> NoReturn:
     if error is exc:
         raise error
     raise error from exc
