@@ -42,7 +42,7 @@ from bridge.storage.meetings import (
     Choice,
     LostClaim,
     Meeting,
-    Repeated,
+    StoredMeeting,
     StoredRoom,
     Ticket,
     join_key,
@@ -130,7 +130,7 @@ class MeetingService:
             if not type(backend).creates_offline:
                 return Choice(name, sweep=backend.recovers_rooms)
 
-            def make(meeting_id: str) -> Repeated:  # the room made and stored with the claim: one transaction
+            def make(meeting_id: str) -> StoredMeeting:  # the room made and stored with the claim: one transaction
                 token, keyed = self._keyed(name, request, meeting_id)
                 ctx = backend_context(self.bridge, link, name)
                 offline.clear()
@@ -182,7 +182,7 @@ class MeetingService:
             await anyio.sleep(wait)
             wait = min(wait * 2, longest)
 
-    def _answer(self, stored: Repeated) -> CreatedMeeting:
+    def _answer(self, stored: StoredMeeting) -> CreatedMeeting:
         """What Pipedrive gets for a stored meeting: the same whether it was just made or made before."""
         meeting, room = stored.meeting, stored.room
         answer = Room(
@@ -209,7 +209,7 @@ class MeetingService:
         meeting_id: str,
         token: str | None,
         room: Room,
-    ) -> Repeated:
+    ) -> StoredMeeting:
         """The new meeting and its room as they are stored."""
         meeting = new_meeting(
             link_id=link.id,
@@ -221,7 +221,7 @@ class MeetingService:
             meeting_id=meeting_id,
             join_key=join_key(token) if token else None,
         )
-        return Repeated(meeting, _stored_room(room, handed_out(room, keyed.join_link), token, keyed))
+        return StoredMeeting(meeting, _stored_room(room, handed_out(room, keyed.join_link), token, keyed))
 
     async def _create(
         self, link: Link, name: str, backend: Backend, request: MeetingRequest, ticket: Ticket

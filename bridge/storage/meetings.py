@@ -77,7 +77,7 @@ class StoredRoom:
 
 
 @dataclass(frozen=True)
-class Repeated:
+class StoredMeeting:
     """A meeting and its room as stored: one already made from the same postMeeting, or just made."""
 
     meeting: Meeting
@@ -103,11 +103,11 @@ class Claimed:
     link: Link | None = None
     backend: str = ""
     ticket: Ticket | None = None
-    repeated: Repeated | None = None
-    made: Repeated | None = None
+    repeated: StoredMeeting | None = None
+    made: StoredMeeting | None = None
 
 
-MakeMeeting = Callable[[str], Repeated]
+MakeMeeting = Callable[[str], StoredMeeting]
 """Given the claim's new meeting id, the meeting and its room, made without waiting on anything."""
 
 
@@ -332,7 +332,7 @@ class Meetings(Database):
                     meeting = _meeting_of(conn, link_id, row["meeting_id"])
                     room = None if meeting is None else _room_of(conn, vault, meeting.id)
                     if meeting is not None and meeting.state == MEETING_ACTIVE and room is not None:
-                        return Claimed(link, backend, repeated=Repeated(meeting, room))
+                        return Claimed(link, backend, repeated=StoredMeeting(meeting, room))
                 _RECLAIM.run(conn, {"claimed": fingerprint, **values})
             if choice.make is not None:
                 made = choice.make(meeting_id)
@@ -439,7 +439,7 @@ class Meetings(Database):
                     raise LostClaim("the claim was taken over")
                 if ticket.sweep_job_id and not take_unclaimed(conn, ticket.sweep_job_id):
                     raise LostClaim("the claim's sweep job has started")
-            _store_meeting(conn, vault, Repeated(meeting, room))
+            _store_meeting(conn, vault, StoredMeeting(meeting, room))
 
     @writes
     def replace_room(
@@ -502,7 +502,7 @@ def sweep_job(backend: str, link_id: str, meeting_id: str, *, reason: str, delay
     )
 
 
-def _store_meeting(conn: Connection, vault: Vault, made: Repeated) -> None:
+def _store_meeting(conn: Connection, vault: Vault, made: StoredMeeting) -> None:
     """Insert a new meeting and its encrypted room."""
     _INSERT_MEETING.run(conn, row_values(made.meeting))
     write_secret(conn, vault, meeting_scope(made.meeting.id), "room", room_text(made.room))
