@@ -212,6 +212,48 @@ async def test_the_same_post_meeting_at_two_replicas_in_any_order_makes_one_meet
         second.stop()
 
 
+async def test_identical_post_meetings_for_an_offline_backend_at_two_replicas_make_one_meeting(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Jitsi makes its rooms offline, inside the claim's transaction: copies of one request racing at two
+    replicas wait on the claim's unique key, and every copy answers the one meeting the first stored."""
+    config = make_config(tmp_path, postgres_url)
+    meetings = {"default_backend": "jitsi", "allowed_backends": ["jitsi"]}
+    config_path = write_config_toml(
+        tmp_path / "bridge.toml", config, {"logging": {"level": "WARNING"}, "meetings": meetings}
+    )
+    async with prepared_store(config) as store:
+        link = (await store.create_link(pipedrive_user_id=401, company_id=77, user_name="Ada Lovelace")).id
+    auth = basic_auth(config.pipedrive.client_id, config.pipedrive.client_secret)
+    replicas = [BridgeProcess.serve(config_path, tmp_path / f"replica-{n}.log", name=f"replica-{n}") for n in (1, 2)]
+    rounds, copies = 30, 6
+    try:
+        for replica in replicas:
+            replica.wait_ready("/readyz", START_SECONDS)
+        async with httpx.AsyncClient(timeout=30, headers=auth) as http:
+            answers: dict[int, list[httpx.Response]] = {n: [] for n in range(rounds)}
+
+            async def post(n: int, replica: BridgeProcess) -> None:
+                url = f"{replica.url}/api/v1/links/{link}/meetings"
+                answers[n].append(await http.post(url, json=body(f"Offline demo {n}", day=1 + n % 28)))
+
+            async with anyio.create_task_group() as tasks:  # every round's copies at once, the rounds overlapping
+                for n in range(rounds):
+                    for copy in range(copies):
+                        tasks.start_soon(post, n, replicas[copy % 2])
+        for n, got in answers.items():
+            assert [a.status_code for a in got] == [201] * copies, [a.text for a in got]
+            assert len({a.text for a in got}) == 1, f"round {n}: the copies were answered differently"
+        async with prepared_store(config) as store:
+            live, _issued = await store.known_keys("jitsi")
+        assert sorted(m.id for m in live.values()) == sorted(
+            got[0].json()["data"]["meeting_id"] for got in answers.values()
+        )
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
 # --- kill -9 under load ---------------------------------------------------------------------------
 
 
