@@ -16,7 +16,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from sqlalchemy import Connection, Table, bindparam, delete, select
+from sqlalchemy import CTE, Connection, Table, bindparam, delete, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 
 from bridge.errors import ServiceUnavailable
 from bridge.storage.schema import LEASES, SECRETS, per_dialect, utcnow
@@ -80,9 +81,8 @@ def _lease_take(dialect_insert: Callable[[Table], Any]) -> Any:
 # built once, so SQLAlchemy's compiled cache always hits; those of the reverse API's path run on the driver's cursor
 _SECRET = select(SECRETS.c.ciphertext).where(SECRETS.c.scope == bindparam("scope"), SECRETS.c.name == bindparam("name"))
 _READ_SECRET = {False: Prepared(_SECRET), True: Prepared(_SECRET.with_for_update())}  # by ``for_update``
-_UPSERT_SECRET = Prepared(
-    per_dialect(_secret_upsert), keys=["scope", "name", "key_id", "ciphertext", "version", "updated_at"]
-)
+_SECRET_KEYS = ["scope", "name", "key_id", "ciphertext", "version", "updated_at"]
+_UPSERT_SECRET = Prepared(per_dialect(_secret_upsert), keys=_SECRET_KEYS)
 _DELETE_SECRET = delete(SECRETS).where(SECRETS.c.scope == bindparam("scope"), SECRETS.c.name == bindparam("name"))
 # a first write that loses to a concurrent first write changes nothing (compare-and-swap from "absent")
 _CREATE_SECRET = per_dialect(
@@ -103,11 +103,21 @@ def read_secret(conn: Connection, vault: Vault, scope: str, name: str, *, for_up
 
 def write_secret(conn: Connection, vault: Vault, scope: str, name: str, value: str) -> None:
     """Encrypt with the primary key and insert or overwrite the secret (its version goes up)."""
+    _UPSERT_SECRET.run(conn, secret_params(vault, scope, name, value))
+
+
+def upsert_secret_after(first: CTE) -> Prepared:
+    """PostgreSQL only: ``first``, a data-modifying WITH, then ``write_secret``'s upsert, as one statement (one
+    round trip instead of two); run it with ``secret_params``. ``first``'s parameters must not be the secret's
+    column names."""
+    return Prepared({"postgresql": _secret_upsert(postgresql_insert).add_cte(first)}, keys=_SECRET_KEYS)
+
+
+def secret_params(vault: Vault, scope: str, name: str, value: str) -> dict[str, Any]:
+    """The secret's row as the upsert writes it: encrypted with the primary key (add ``first``'s parameters
+    for ``upsert_secret_after``)."""
     kid, ciphertext = vault.encrypt(value, secret_context(scope, name))
-    _UPSERT_SECRET.run(
-        conn,
-        {"scope": scope, "name": name, "key_id": kid, "ciphertext": ciphertext, "version": 1, "updated_at": utcnow()},
-    )
+    return {"scope": scope, "name": name, "key_id": kid, "ciphertext": ciphertext, "version": 1, "updated_at": utcnow()}
 
 
 def erase_scope(conn: Connection, scope: str) -> int:
