@@ -102,6 +102,7 @@ class FakeVendor:
     calls: list[tuple[str, str, str]] = field(default_factory=list)  # (backend, operation, vendor id)
     fail: dict[str, Exception] = field(default_factory=dict)  # operation -> exception to raise once
     delay: float = 0.0
+    refused_topic: str | None = None  # a create for this topic is refused, every time
     new_room_on_update: bool = False
     counter: int = 0
     joins: list[Joining] = field(default_factory=list)  # what each click's join_url was given
@@ -125,6 +126,8 @@ def make_fake_plugin(vendor: FakeVendor) -> Any:
             if vendor.delay:
                 await anyio.sleep(vendor.delay)
             vendor.take_failure("create")
+            if meeting.topic == vendor.refused_topic:
+                raise BackendError(f"{self.title} refused this topic")
             vendor.counter += 1
             room_id = f"{self.name}-{vendor.counter}"
             vendor.rooms[room_id] = meeting

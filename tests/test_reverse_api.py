@@ -798,23 +798,42 @@ async def test_identical_posts_to_an_offline_backend_at_two_replicas_make_one_me
 
 
 async def test_an_offline_create_run_again_with_its_group_is_counted_once(offline, link, vendor, store):
-    """A write that fails spoils its group's first try (the others run again): each create is counted once."""
+    """A create that fails spoils its group's first try (the others run again): each create is counted once."""
+    answers: list[httpx.Response] = []
+    vendor.refused_topic = "refused"
+
+    async def post(topic: str) -> None:
+        answers.append(await offline.post(meetings_url(link.id), json={**BODY, "topic": topic}))
+
+    rounds = 0
+    while len(vendor.calls) == 9 * rounds:  # until a group has run a create again (almost always at once)
+        assert rounds < 10, "no create ran twice: the requests never shared a group"
+        async with anyio.create_task_group() as tasks:
+            for i in range(10):
+                tasks.start_soon(post, "refused" if i == 5 else f"round {rounds} #{i}")
+        rounds += 1
+    made = 9 * rounds
+    assert sorted(a.status_code for a in answers) == [201] * made + [502] * rounds
+    meetings, _ = await all_rows(store)
+    assert len(meetings) == made
+    metrics = (await offline.get("/metrics")).text
+    labels = 'backend="offline",operation="create the meeting"'
+    assert f'pvb_vendor_calls_total{{{labels},outcome="ok"}} {made}.0' in metrics
+    assert f'pvb_vendor_calls_total{{{labels},outcome="error"}} {rounds}.0' in metrics
+
+
+async def test_a_request_refused_before_its_claim_does_not_make_its_group_run_again(offline, link, vendor, store):
+    """An unknown link is refused having written nothing: the creates that shared its transaction run once."""
     answers: list[httpx.Response] = []
 
     async def post(link_id: str, topic: str) -> None:
         answers.append(await offline.post(meetings_url(link_id), json={**BODY, "topic": topic}))
 
-    made = 0
-    while len(vendor.calls) == made:  # until a group has run a create again (the first round, almost always)
-        assert made < 100, "no create ran twice: the requests never shared a group"
-        async with anyio.create_task_group() as tasks:
-            for i in range(made, made + 10):
-                tasks.start_soon(post, link.id, f"made {i}")
-                tasks.start_soon(post, "no-such-link", f"refused {i}")
-        made += 10
-    assert sorted(a.status_code for a in answers) == [201] * made + [404] * made
+    async with anyio.create_task_group() as tasks:
+        for i in range(20):
+            tasks.start_soon(post, link.id, f"made {i}")
+            tasks.start_soon(post, "no-such-link", f"refused {i}")
+    assert sorted(a.status_code for a in answers) == [201] * 20 + [404] * 20
+    assert len(vendor.calls) == 20, "a create ran twice: a refusal spoilt its group"
     meetings, _ = await all_rows(store)
-    assert len(meetings) == made
-    metrics = (await offline.get("/metrics")).text
-    ok = f'pvb_vendor_calls_total{{backend="offline",operation="create the meeting",outcome="ok"}} {made}.0'
-    assert ok in metrics
+    assert len(meetings) == 20

@@ -50,7 +50,7 @@ from bridge.storage.secrets import (
     write_secret,
 )
 from bridge.storage.statements import Prepared
-from bridge.storage.transactions import Database, in_thread, writes
+from bridge.storage.transactions import Database, Unwritten, in_thread, writes
 from bridge.storage.vault import Vault
 
 
@@ -318,7 +318,10 @@ class Meetings(Database):
 
         def claim(conn: Connection) -> Claimed | None:
             link = link_from_row(LINK_BY_ID.run(conn, {"id": link_id}).first())
-            choice = choose(link)
+            try:
+                choice = choose(link)
+            except Exception as exc:  # refused (an unknown link, say) with nothing written
+                raise Unwritten(exc) from exc
             backend = choice.backend
             now = time.time()
             meeting_id = new_meeting_id()

@@ -189,6 +189,15 @@ class _Spoilt(BaseException):
         self.index, self.outcome = index, outcome
 
 
+class Unwritten(Exception):
+    """Raised by a write that refused before it wrote anything (it only read): its group's transaction holds
+    nothing of it, so the group goes on, and its caller gets ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _Broken(BaseException):
     """A write's savepoint could not be rolled back: the whole group is, and each of its writes runs alone."""
 
@@ -249,7 +258,8 @@ class _Writer:
     A group commits once; every caller of it is answered after that commit. A write
     that raises spoils its group: the group is rolled back whole, and the others run
     again without it, each in a savepoint (``_run_grouped``), so none keeps a part of a
-    failed write. A write that met a database error (a conflict, a deadlock, a lost
+    failed write. One that refuses before it writes anything raises ``Unwritten``: its
+    caller gets the refusal, and the group goes on. A write that met a database error (a conflict, a deadlock, a lost
     connection) runs again alone after the group, in its own transaction, so its answer
     is the one it would have had without grouping; if the commit fails, every write of
     the group runs again alone.
@@ -511,6 +521,8 @@ def _outcome(call: Callable[[], Any]) -> tuple[bool, Any]:
     """What a write gave or raised (``_AGAIN``: to run alone); anything goes to its caller, so none waits forever."""
     try:
         return True, call()
+    except Unwritten as refused:
+        return False, refused.error
     except _Alone:
         return False, _AGAIN
     except _Broken:
@@ -595,6 +607,8 @@ class Database:
             else:
                 with group.savepoint():
                     yield group.conn
+        except Unwritten:
+            raise  # nothing of it to undo: the group is not spoilt
         except BaseException as exc:
             group.spoilt = not group.careful  # a careful group's savepoint has undone the write
             if isinstance(exc, SQLAlchemyError):
