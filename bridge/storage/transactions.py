@@ -259,10 +259,10 @@ class _Writer:
     that raises spoils its group: the group is rolled back whole, and the others run
     again without it, each in a savepoint (``_run_grouped``), so none keeps a part of a
     failed write. One that refuses before it writes anything raises ``Unwritten``: its
-    caller gets the refusal, and the group goes on. A write that met a database error (a conflict, a deadlock, a lost
-    connection) runs again alone after the group, in its own transaction, so its answer
-    is the one it would have had without grouping; if the commit fails, every write of
-    the group runs again alone.
+    caller gets the refusal, and the group goes on. A write that met a database error
+    (a conflict, a deadlock, a lost connection) runs again alone after the group, in
+    its own transaction, so its answer is the one it would have had without grouping;
+    if the commit fails, every write of the group runs again alone.
 
     On PostgreSQL, whose every statement is a round trip, the writes run on the writer
     thread. On SQLite a write is a few tens of microseconds of CPU (WAL, no fsync at
